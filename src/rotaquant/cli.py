@@ -1,0 +1,133 @@
+"""The ``rotaquant`` command line: each subcommand is a thin map onto one public function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import RotaquantError
+from .io import atomic_write_json
+
+logger = logging.getLogger("rotaquant")
+
+EPILOG = """examples:
+  rotaquant eval --model smollm2-135m --max-windows 2 --seqlen 512
+  rotaquant eval --model ./my-hf-folder --dtype bf16 --device cuda --batch-size 8 --json out.json
+  rotaquant demo
+"""
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that loads a model."""
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="alias (smollm2-135m), .gguf file or HF model folder (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--dtype", default=None, help="float32 | bf16 | fp16 | float64 (default: float32)")
+
+
+def add_eval_args(parser: argparse.ArgumentParser) -> None:
+    """Perplexity flags shared by ``eval``, ``ptq`` and ``demo``."""
+    parser.add_argument("--data", default=None, help="named set (wikitext2) or a local .txt/.jsonl path")
+    parser.add_argument("--split", default=None, help="split of a named set (default: test)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding the named sets (default: $ROTAQUANT_DATA_DIR or ../shared/data)")
+    parser.add_argument("--seqlen", type=int, default=None, help="window length (default: 2048)")
+    parser.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: 1)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write settings and results as JSON")
+
+
+def eval_overrides(args: argparse.Namespace) -> dict:
+    """The evaluation settings given on the command line (unset flags are left out)."""
+    keys = ("model", "device", "dtype", "data", "split", "data_dir", "seqlen", "max_windows", "batch_size")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run
+
+    result = run(None, progress=not args.quiet, **eval_overrides(args))
+    print(f"{result.extra.get('model')}: {result.summary()}")
+    if args.json:
+        atomic_write_json(args.json, result.to_dict())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(max_windows=args.max_windows, device=args.device, json_path=args.json,
+             progress=not args.quiet)
+    return 0
+
+
+class _Sub:
+    """Adds subcommands that all share the ``common`` flags."""
+
+    def __init__(self, action, common: argparse.ArgumentParser):
+        self.action, self.common = action, common
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.action.add_parser(name, parents=[self.common], **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rotaquant",
+        description="Rotation-based post-training quantization of LLMs (offline, local files only).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # The same two flags are accepted after the subcommand too; SUPPRESS keeps the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    sub = _Sub(parser.add_subparsers(dest="command", metavar="COMMAND"), common)
+
+    p = sub.add_parser("eval", help="WikiText-2 (or local text) perplexity of a model",
+                       description="Perplexity over non-overlapping windows: rows joined with "
+                       "'\\n\\n', tokenized once, PPL = exp(mean token NLL).")
+    add_model_args(p)
+    add_eval_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the main job on the built-in default model and data",
+                       description="Runs the quick start job on smollm2-135m and WikiText-2 and "
+                       "prints a results table (a subset of windows on CPU, all on GPU).")
+    p.add_argument("--max-windows", type=int, default=None,
+                   help="windows of 2048 tokens (default: 8 on CPU, all on GPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the table as JSON")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "accelerate", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except RotaquantError as exc:
+        print(f"rotaquant {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

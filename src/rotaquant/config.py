@@ -1,0 +1,80 @@
+"""Validated, serializable configs, one per job; each loads from YAML, a dict or kwargs.
+
+Unknown keys are errors (a typo must not be silently ignored), and every config carries a
+``version`` so saved files can be migrated later.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base for configs: unknown keys are refused, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | dict | None = None, **overrides: Any):
+        """Build from a YAML file path, a dict, or nothing, then apply keyword overrides."""
+        data: dict[str, Any] = {}
+        if isinstance(source, dict):
+            data.update(source)
+        elif source is not None:
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path} must hold a mapping of settings, not {type(loaded).__name__}")
+            data.update(loaded)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid {cls.__name__}:\n{_explain(exc)}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+class EvalConfig(StrictModel):
+    """Settings of ``rotaquant eval``: which model, which data, how to cut windows."""
+
+    version: int = 1
+    model: str = "smollm2-135m"
+    data: str = "wikitext2"
+    split: str = "test"
+    data_dir: str | None = None
+    seqlen: int = Field(2048, ge=2)
+    max_windows: int | None = Field(None, ge=1)
+    batch_size: int = Field(1, ge=1)
+    device: str = "auto"
+    dtype: str = "float32"
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        from .models.loading import resolve_dtype
+
+        resolve_dtype(value)
+        return value

@@ -1,0 +1,252 @@
+"""Load a causal LM and its tokenizer from local files only.
+
+Accepted sources, in the order they are tried:
+
+* a built-in alias (``smollm2-135m``), resolved to a file shipped inside an installed package;
+* a ``.gguf`` file (dequantized by transformers; the result is cached as a standard HF folder,
+  keyed by the file's sha256, so later loads skip the slow GGUF conversion);
+* a local Hugging Face folder (``config.json`` + safetensors);
+* a hub id that is already in the local Hugging Face cache.
+
+Nothing is ever downloaded: ``HF_HUB_OFFLINE`` is set to 1 unless the caller set it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_directory
+from ..errors import ModelLoadError, ModelNotFoundError, OfflineError
+from .aliases import ALIASES, ModelAlias
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+logger = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+}
+GGUF_MAGIC = b"GGUF"
+CACHE_FORMAT = 1  # bump when the cached folder layout changes
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map ``"bf16"``, ``"float32"``, ... or a ``torch.dtype`` to a ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` means CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cache_root() -> Path:
+    """Where converted models are cached: ``$ROTAQUANT_CACHE_DIR`` or ``~/.cache/rotaquant``."""
+    env = os.environ.get("ROTAQUANT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rotaquant"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: ``kind`` is ``gguf``, ``folder`` or ``hub-cache``."""
+
+    kind: str
+    path: str
+    name: str
+
+
+def _alias_file(alias: ModelAlias) -> Path:
+    """Locate an alias's file in its installed distribution without importing the package."""
+    spec = importlib.util.find_spec(alias.module)
+    roots: list[Path] = []
+    if spec is not None and spec.submodule_search_locations:
+        roots += [Path(p) for p in spec.submodule_search_locations]
+    else:
+        try:
+            dist = importlib.metadata.distribution(alias.distribution)
+            roots += [Path(str(dist.locate_file(alias.module)))]
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    for root in roots:
+        if (root / alias.filename).is_file():
+            return root / alias.filename
+    raise ModelNotFoundError(
+        f"model alias {alias.name!r} needs the package {alias.distribution!r}, which is not "
+        f"installed (or lacks {alias.filename}). Install it with:\n    {alias.install_command}"
+    )
+
+
+def resolve_source(name_or_path: str | os.PathLike) -> ModelSource:
+    """Decide what ``name_or_path`` refers to, or raise a named error saying what to do."""
+    name = str(name_or_path)
+    if name.lower() in ALIASES:
+        return ModelSource("gguf", str(_alias_file(ALIASES[name.lower()])), name.lower())
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return ModelSource("gguf", str(path.resolve()), path.stem)
+        raise ModelLoadError(
+            f"{path} is a file but not a .gguf; pass a .gguf file or a Hugging Face model folder "
+            "(config.json + *.safetensors)"
+        )
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a folder without config.json; it is not a HF model folder")
+        return ModelSource("folder", str(path.resolve()), path.name)
+    looks_like_path = name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1
+    if looks_like_path or "/" not in name:
+        known = ", ".join(sorted(ALIASES))
+        raise ModelNotFoundError(
+            f"model {name!r} not found: it is neither a built-in alias ({known}), "
+            "nor an existing .gguf file, nor a local Hugging Face folder"
+        )
+    return ModelSource("hub-cache", name, name.replace("/", "--"))
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_gguf_header(path: Path) -> None:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{path} is not a GGUF file (its first bytes are {magic!r}, expected {GGUF_MAGIC!r}); "
+            "the file is corrupt or of another format"
+        )
+
+
+def _save_dequantized(model, folder: Path) -> None:
+    """Save a GGUF-loaded model as a plain float32 HF checkpoint (config + safetensors).
+
+    ``save_pretrained`` refuses GGUF-quantized models, but after loading the weights are
+    ordinary dequantized tensors: we write them ourselves and drop the GGUF marker from the
+    config so the folder reloads as a full-precision checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    """Dequantize a GGUF file with transformers and save it as an HF folder at ``target``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for module in ("gguf", "accelerate"):
+        if importlib.util.find_spec(module) is None:
+            raise ModelLoadError(f"loading GGUF needs the package {module!r}: pip install {module}")
+    started = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        raise ModelLoadError(f"transformers could not read the GGUF file {path}: {exc}") from exc
+    with atomic_directory(target, overwrite=True) as tmp:
+        _save_dequantized(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "rotaquant-source.json").write_text(
+            json.dumps({"gguf": str(path), "format": CACHE_FORMAT}, indent=1)
+        )
+    logger.info("converted %s in %.1f s, cached at %s", path.name, time.perf_counter() - started, target)
+
+
+def gguf_cache_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the cached HF folder for a GGUF file, converting it on first use."""
+    path = Path(path)
+    _check_gguf_header(path)
+    root = Path(cache_dir) if cache_dir else cache_root()
+    target = root / "gguf" / f"{file_sha256(path)[:24]}-v{CACHE_FORMAT}"
+    if not (target / "config.json").is_file():
+        logger.info("first use of %s: converting GGUF to a cached HF folder (slow once)", path.name)
+        _convert_gguf(path, target)
+    return target
+
+
+def _load_folder(folder: str, dtype: torch.dtype, device: torch.device, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, **kwargs
+        )
+    except OSError as exc:
+        if not Path(folder).exists():
+            raise OfflineError(
+                f"{folder!r} is not a local path and is not in the local Hugging Face cache; "
+                "rotaquant works offline and never downloads. Copy the model folder here and "
+                "pass its path (or a .gguf file)."
+            ) from exc
+        raise ModelLoadError(f"could not load the model folder {folder}: {exc}") from exc
+    return model.to(device).eval(), tokenizer
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    attn_implementation: str | None = "sdpa",
+):
+    """Load a causal LM and its tokenizer from local files.
+
+    Args:
+        name_or_path: a built-in alias (``smollm2-135m``), a ``.gguf`` file, a HF model folder,
+            or a hub id already present in the local Hugging Face cache.
+        dtype: the weights' dtype (``float32``, ``bf16``, ``fp16``, ``float64`` or a torch dtype).
+        device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
+        cache_dir: where GGUF conversions are cached (default ``$ROTAQUANT_CACHE_DIR`` or
+            ``~/.cache/rotaquant``).
+        attn_implementation: transformers' attention implementation.
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode on ``device``.
+
+    Raises:
+        ModelNotFoundError, ModelLoadError, OfflineError: with a message saying what to do.
+    """
+    source = resolve_source(name_or_path)
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    folder = str(gguf_cache_folder(source.path, cache_dir)) if source.kind == "gguf" else source.path
+    model, tokenizer = _load_folder(folder, dtype, device, attn_implementation=attn_implementation)
+    model.config.name_or_path = source.name
+    return model, tokenizer
