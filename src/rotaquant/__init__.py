@@ -3,14 +3,30 @@
 Public API (each verb takes one validated config or plain keyword arguments):
 
 * :func:`load_model` - a causal LM and its tokenizer from local files (alias, GGUF, HF folder).
+* :func:`rotate` - fold norms, fuse R1/R2, insert online R3/R4 (mutates the model).
+* :func:`register_model` - teach rotaquant a new architecture (a config or two functions).
+* :func:`export_hf` - write a rotated model as a standard Hugging Face folder.
 * :mod:`rotaquant.evaluate` - ``evaluate.perplexity(model, tokenizer, data, seqlen, ...)``.
 """
 
 from __future__ import annotations
 
-from . import evaluate
+from . import errors, evaluate
 from .errors import RotaquantError
+from .export.hf import export_hf
 from .models.loading import load_model
+from .models.registry import register_model
+from .rotation.rotate import rotate, rotation_state
 
 __version__ = "0.1.0"
-__all__ = ["RotaquantError", "__version__", "evaluate", "load_model"]
+__all__ = [
+    "RotaquantError",
+    "__version__",
+    "errors",
+    "evaluate",
+    "export_hf",
+    "load_model",
+    "register_model",
+    "rotate",
+    "rotation_state",
+]

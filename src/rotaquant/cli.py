@@ -14,6 +14,7 @@ logger = logging.getLogger("rotaquant")
 EPILOG = """examples:
   rotaquant eval --model smollm2-135m --max-windows 2 --seqlen 512
   rotaquant eval --model ./my-hf-folder --dtype bf16 --device cuda --batch-size 8 --json out.json
+  rotaquant rotate --model smollm2-135m --mode hadamard --output ./smollm2-rotated
   rotaquant demo
 """
 
@@ -51,6 +52,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{result.extra.get('model')}: {result.summary()}")
     if args.json:
         atomic_write_json(args.json, result.to_dict())
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    from .rotation.job import run_rotate
+
+    keys = ("model", "config", "mode", "seed", "rotation_path", "output", "device", "dtype", "overwrite")
+    out = run_rotate({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None},
+                     progress=not args.quiet)
+    print(f"wrote {out}: R1/R2 fused; it reloads with AutoModelForCausalLM.from_pretrained. "
+          "Online R3/R4 are not part of this export (they live in the quantized exports of `rotaquant ptq`).")
     return 0
 
 
@@ -93,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_eval_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("rotate", help="rotate a model (norms folded, R1/R2 fused) and export an HF folder",
+                       description="Fold norms and fuse R1 (residual) and R2 (per head V/O) rotations in "
+                       "float64, then write a standard Hugging Face folder that plain transformers "
+                       "reloads. Online R3/R4 are not part of this export.")
+    add_model_args(p)
+    p.add_argument("--config", default=None,
+                   help="auto (the registry's config for the model class), a built-in name "
+                   "(llama, qwen2, qwen3, mistral, transformer_universal) or a YAML path (default: auto)")
+    p.add_argument("--mode", default=None, choices=["hadamard", "base_hadamard", "orthogonal"],
+                   help="override every fused matrix's mode (default: the config's, random Hadamard)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random matrices (default: 0)")
+    p.add_argument("--rotation-path", default=None,
+                   help="load R1/R2 from a file (rotaquant safetensors or SpinQuant torch format)")
+    p.add_argument("--output", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output folder")
+    p.set_defaults(func=cmd_rotate)
 
     p = sub.add_parser("demo", help="the main job on the built-in default model and data",
                        description="Runs the quick start job on smollm2-135m and WikiText-2 and "

@@ -78,3 +78,27 @@ class EvalConfig(StrictModel):
 
         resolve_dtype(value)
         return value
+
+
+class RotateConfig(StrictModel):
+    """Settings of ``rotaquant rotate``: which model, which rotation config, where to write."""
+
+    version: int = 1
+    model: str = "smollm2-135m"
+    config: str = "auto"
+    mode: str | None = None
+    seed: int = 0
+    rotation_path: str | None = None
+    output: str
+    device: str = "auto"
+    dtype: str = "float32"
+    overwrite: bool = False
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str | None) -> str | None:
+        from .rotation.hadamard import ROTATION_MODES
+
+        if value is not None and value not in ROTATION_MODES:
+            raise ValueError(f"unknown mode {value!r}; use one of {list(ROTATION_MODES)}")
+        return value

@@ -1,0 +1,1 @@
+"""Exports: rotated models as standard Hugging Face folders (and, later, quantized checkpoints)."""

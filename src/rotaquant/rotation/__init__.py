@@ -1,0 +1,1 @@
+"""Rotation matrices (Hadamard, random orthogonal) and fast transforms."""

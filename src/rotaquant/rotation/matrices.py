@@ -1,0 +1,155 @@
+"""The rotation matrices of one model: generated from a spec or loaded from a file.
+
+Each matrix of a :class:`~rotaquant.rotation.spec.RotationSpec` is shared model-wise or per
+group of modules (per decoder layer, or per match of a regex). :class:`RotationStore` resolves
+the group of a module name, makes each matrix once (seeded, float64) and keeps it, so a saved
+store can be reloaded and applied again. File formats:
+
+* rotaquant safetensors: key ``name`` for a shared matrix, ``name@group`` for a grouped one;
+* SpinQuant's torch file: ``R1`` and ``model.layers.{i}.self_attn.R2`` (loaded with
+  ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zlib
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..io import atomic_write_bytes
+from .hadamard import make_rotation
+from .spec import MatrixSpec, RotationConfigError, RotationSpec
+
+logger = logging.getLogger(__name__)
+_LAYER = re.compile(r"(?:^|\.)(layers\.\d+)(?:\.|$)")
+_SPINQUANT_R2 = re.compile(r"^(.*layers\.\d+)\.self_attn\.R2$")
+
+
+class RotationFileError(ConfigError):
+    """A rotation file is unreadable, or a matrix in it has the wrong shape or dtype."""
+
+
+def config_dim(config, key: int | str) -> int:
+    """Resolve a matrix ``dim`` (an int or a model-config key) against ``config``."""
+    if isinstance(key, int):
+        return key
+    if key == "head_dim" and getattr(config, "head_dim", None) is None:
+        return config.hidden_size // config.num_attention_heads
+    value = getattr(config, key, None)
+    if not isinstance(value, int):
+        keys = sorted(k for k, v in config.to_dict().items() if isinstance(v, int) and not isinstance(v, bool))
+        raise RotationConfigError(
+            f"rotation dim {key!r} is not an integer key of the model config ({type(config).__name__}); "
+            f"integer keys are: {', '.join(keys)}"
+        )
+    return value
+
+
+class RotationStore:
+    """Matrices by (name, group), created on first use and cached.
+
+    Args:
+        spec: the rotation config.
+        model_config: the model's config (resolves ``dim`` keys).
+        seed: base seed; each (name, group) gets its own derived seed, so matrices are
+            reproducible and independent of the order in which they are requested.
+        mode: overrides every non-online matrix's mode when given.
+    """
+
+    def __init__(self, spec: RotationSpec, model_config, seed: int = 0, mode: str | None = None):
+        self.spec, self.seed, self.mode = spec, int(seed), mode
+        self.dims = {n: config_dim(model_config, m.dim) for n, m in spec.rotation_matrices.items()}
+        self.matrices: dict[tuple[str, str], torch.Tensor] = {}
+
+    def group_of(self, name: str, module_name: str) -> str:
+        """The sharing group of matrix ``name`` for the module ``module_name`` ('' = shared)."""
+        per_layer = self.spec.rotation_matrices[name].per_layer
+        if per_layer is False:
+            return ""
+        regex = _LAYER if per_layer is True else re.compile(per_layer)
+        found = regex.search(module_name)
+        if not found:
+            return ""
+        return found.group(1) if found.groups() else found.group(0)
+
+    def mode_of(self, name: str) -> str:
+        spec: MatrixSpec = self.spec.rotation_matrices[name]
+        return spec.mode if (self.mode is None or spec.online) else self.mode
+
+    def get(self, name: str, module_name: str = "") -> torch.Tensor:
+        """The float64 matrix ``name`` for the module ``module_name`` (made on first use)."""
+        key = (name, self.group_of(name, module_name))
+        if key not in self.matrices:
+            derived = (self.seed * 1_000_003 + zlib.crc32(f"{key[0]}@{key[1]}".encode())) % (2**63)
+            self.matrices[key] = make_rotation(self.dims[name], self.mode_of(name), seed=derived)
+        return self.matrices[key]
+
+    # -- files ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {(n if not g else f"{n}@{g}"): m.contiguous() for (n, g), m in self.matrices.items()}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the matrices made so far to a safetensors file (atomically)."""
+        from safetensors.torch import save
+
+        return atomic_write_bytes(path, save(self.state_dict(), metadata={"format": "rotaquant-rotations-v1"}))
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load matrices from a rotaquant safetensors file or a SpinQuant torch file.
+
+        Every loaded matrix must be square of its spec's size, floating point and orthogonal;
+        anything else raises :class:`RotationFileError` naming the key.
+        """
+        for (name, group), tensor in read_rotation_file(path).items():
+            if name not in self.dims:
+                raise RotationFileError(f"{path}: key {name!r} names no matrix of the config ({sorted(self.dims)})")
+            self.matrices[(name, group)] = check_rotation(tensor, self.dims[name], f"{path}:{name}@{group}")
+
+
+def check_rotation(tensor: torch.Tensor, dim: int, where: str) -> torch.Tensor:
+    """Validate a loaded rotation: float, ``dim x dim``, orthogonal; returned as float64."""
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        raise RotationFileError(f"{where}: expected a floating-point matrix, got {getattr(tensor, 'dtype', type(tensor))}")
+    if tuple(tensor.shape) != (dim, dim):
+        raise RotationFileError(f"{where}: shape {tuple(tensor.shape)}, expected ({dim}, {dim}) for this model")
+    mat = tensor.detach().to(torch.float64, copy=True)
+    err = (mat @ mat.T - torch.eye(dim, dtype=torch.float64)).abs().max().item()
+    tol = 1e-2 if tensor.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    if err > tol:
+        raise RotationFileError(f"{where}: not orthogonal (max |R R^T - I| = {err:.2e} > {tol})")
+    return mat
+
+
+def read_rotation_file(path: str | os.PathLike) -> dict[tuple[str, str], torch.Tensor]:
+    """(name, group) -> tensor, from a rotaquant safetensors or a SpinQuant torch file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RotationFileError(f"rotation file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            raw = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise RotationFileError(f"{path} is not a readable safetensors file: {exc}") from None
+        return {tuple(k.split("@", 1)) if "@" in k else (k, ""): v for k, v in raw.items()}
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RotationFileError(f"{path} is not a readable torch rotation file: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RotationFileError(f"{path} must hold a dict of matrices (SpinQuant format: R1, model.layers.i.self_attn.R2)")
+    out: dict[tuple[str, str], torch.Tensor] = {}
+    for key, value in raw.items():
+        if key == "R1":
+            out[("r1", "")] = value
+        elif m := _SPINQUANT_R2.match(key):
+            out[("r2", m.group(1).removeprefix("model."))] = value
+        else:
+            raise RotationFileError(f"{path}: unexpected key {key!r} (SpinQuant files hold R1 and *.self_attn.R2)")
+    return out

@@ -1,0 +1,92 @@
+import pytest
+import torch
+import yaml
+
+from rotaquant.rotation.rotate import rotate
+from rotaquant.rotation.spec import RotationConfigError, builtin_specs, load_spec, pattern_matches
+from tests.conftest import tiny_model
+
+
+def test_builtin_configs_load():
+    assert {"llama", "qwen2", "qwen3", "mistral", "transformer_universal"} <= set(builtin_specs())
+    for name in builtin_specs():
+        spec = load_spec(name)
+        assert "r1" in spec.rotation_matrices and spec.use_float64
+
+
+def test_pipe_alternatives_and_globs():
+    assert pattern_matches("*q_proj|*k_proj", "model.layers.0.self_attn.k_proj")
+    assert not pattern_matches("*q_proj|*k_proj", "model.layers.0.self_attn.v_proj")
+
+
+def write(tmp_path, data):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_typo_key_is_named(tmp_path):
+    data = load_spec("llama").model_dump()
+    data["rotation_matrice"] = data.pop("rotation_matrices")
+    with pytest.raises(RotationConfigError, match="rotation_matrice.*unknown key"):
+        load_spec(write(tmp_path, data))
+
+
+def test_typo_in_matrix_spec(tmp_path):
+    data = load_spec("llama").model_dump()
+    data["rotation_matrices"]["r1"]["per_layr"] = True
+    with pytest.raises(RotationConfigError, match="per_layr"):
+        load_spec(data)
+
+
+def test_pattern_matching_nothing_is_an_error():
+    data = load_spec("llama").model_dump()
+    data["rotation_config"]["*qq_proj"] = ["r1", None]
+    with pytest.raises(RotationConfigError, match=r"\*qq_proj.*match no module"):
+        rotate(tiny_model("llama"), data, progress=False)
+
+
+def test_missing_dim_key_lists_the_keys():
+    data = load_spec("llama").model_dump()
+    data["rotation_matrices"]["r1"]["dim"] = "hidden_sise"
+    with pytest.raises(RotationConfigError, match="hidden_sise.*hidden_size"):
+        rotate(tiny_model("llama"), data, progress=False)
+
+
+def test_undefined_matrix_name_and_bad_mode():
+    data = load_spec("llama").model_dump()
+    data["rotation_config"]["*v_proj"] = ["r1", "r9"]
+    with pytest.raises(RotationConfigError, match="r9"):
+        load_spec(data)
+    data = load_spec("llama").model_dump()
+    data["rotation_matrices"]["r1"]["mode"] = "fourier"
+    with pytest.raises(RotationConfigError, match="fourier"):
+        load_spec(data)
+
+
+def test_unknown_config_name_lists_builtins():
+    with pytest.raises(RotationConfigError, match="transformer_universal"):
+        load_spec("llama4-turbo")
+
+
+def test_per_layer_regex_groups(tmp_path):
+    """per_layer as a regex: layers 0 and 1 share one R2 when the pattern ignores the index."""
+    data = load_spec("llama").model_dump()
+    data["rotation_matrices"]["r2"]["per_layer"] = r"self_attn"
+    model = tiny_model("llama", dtype=torch.float64)
+    ids = torch.randint(0, 96, (1, 10))
+    with torch.no_grad():
+        ref = model(ids).logits
+    state = rotate(model, data, progress=False)
+    groups = {g for (n, g) in state.store.matrices if n == "r2"}
+    assert groups == {"self_attn"}
+    with torch.no_grad():
+        assert ((model(ids).logits - ref).abs().max() / ref.abs().max()) < 1e-6
+
+
+def test_layernorm_with_bias_is_refused():
+    model = tiny_model("llama")
+    ln = torch.nn.LayerNorm(64)
+    model.model.layers[0].input_layernorm = ln
+    with pytest.raises(RotationConfigError, match="mean"):
+        rotate(model, progress=False)
