@@ -15,6 +15,7 @@ EPILOG = """examples:
   rotaquant eval --model smollm2-135m --max-windows 2 --seqlen 512
   rotaquant eval --model ./my-hf-folder --dtype bf16 --device cuda --batch-size 8 --json out.json
   rotaquant rotate --model smollm2-135m --mode hadamard --output ./smollm2-rotated
+  rotaquant ptq --model smollm2-135m --w-bits 4 --a-bits 4 --k-bits 4 --v-bits 4 --gptq
   rotaquant demo
 """
 
@@ -66,11 +67,22 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ptq(args: argparse.Namespace) -> int:
+    from .quant.cli_args import recipe_overrides
+    from .quant.job import run_ptq
+
+    result = run_ptq(args.recipe, json_path=args.json, progress=not args.quiet, **recipe_overrides(args))
+    ev = result["eval"]
+    print(f"{result['label']}: ppl={result['ppl']:.4f} windows={ev['windows']} seqlen={ev['seqlen']} "
+          f"device={ev['device']} seconds={result['seconds']['total']:.1f}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(max_windows=args.max_windows, device=args.device, json_path=args.json,
-             progress=not args.quiet)
+             progress=not args.quiet, method="gptq" if args.gptq else "rtn")
     return 0
 
 
@@ -123,13 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output folder")
     p.set_defaults(func=cmd_rotate)
 
-    p = sub.add_parser("demo", help="the main job on the built-in default model and data",
-                       description="Runs the quick start job on smollm2-135m and WikiText-2 and "
-                       "prints a results table (a subset of windows on CPU, all on GPU).")
+    p = sub.add_parser("ptq", help="rotate, quantize (RTN/GPTQ, activations, KV cache) and evaluate",
+                       description="Post-training quantization with SpinQuant's flags or a YAML recipe; "
+                       "prints the quantized model's WikiText-2 perplexity. --json writes every setting "
+                       "and result (the perplexity under 'ppl').")
+    add_model_args(p)
+    add_eval_args(p)
+    from .quant.cli_args import add_ptq_args
+
+    add_ptq_args(p)
+    p.set_defaults(func=cmd_ptq)
+
+    p = sub.add_parser("demo", help="the main job: FP vs W4A4KV4 without and with rotation",
+                       description="Runs the quick start job on smollm2-135m and WikiText-2: FP, "
+                       "W4A4KV4 without rotation and W4A4KV4 with R1-R4 rotation, as a table "
+                       "(a subset of windows on CPU, all on GPU).")
     p.add_argument("--max-windows", type=int, default=None,
                    help="windows of 2048 tokens (default: 8 on CPU, all on GPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: auto)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the table as JSON")
+    p.add_argument("--gptq", action="store_true", help="GPTQ weights instead of RTN")
     p.set_defaults(func=cmd_demo)
     return parser
 

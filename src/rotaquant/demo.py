@@ -1,19 +1,16 @@
-"""The quick-start job: the default model on the default data, as a results table."""
+"""The quick-start job: FP vs W4A4KV4 without and with rotation, on the default model and data."""
 
 from __future__ import annotations
 
 import logging
-import time
 
-import torch
-
-from .eval.perplexity import perplexity
 from .io import atomic_write_json
 from .models.aliases import DEFAULT_MODEL
-from .models.loading import load_model, resolve_device
+from .models.loading import resolve_device
 
 logger = logging.getLogger(__name__)
 CPU_WINDOWS = 8
+W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -28,27 +25,45 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(max_windows: int | None = None, device: str | None = None,
-             json_path: str | None = None, progress: bool = True) -> list[dict]:
-    """Evaluate the default model's WikiText-2 perplexity and print a table.
+def demo_recipes(method: str = "rtn") -> list[dict]:
+    """The three settings of the demo, as recipe overrides."""
+    return [
+        {"rotate": False},
+        {**W4A4KV4, "w_method": method, "rotate": False},
+        {**W4A4KV4, "w_method": method, "rotate": True, "rotation_mode": "hadamard"},
+    ]
+
+
+def run_demo(max_windows: int | None = None, device: str | None = None, json_path: str | None = None,
+             progress: bool = True, method: str = "rtn") -> list[dict]:
+    """Evaluate FP, W4A4KV4 without rotation and W4A4KV4 with R1-R4 rotation; print a table.
 
     On CPU only the first ``CPU_WINDOWS`` windows of 2048 tokens are used unless
-    ``max_windows`` says otherwise; on GPU the whole test split.
+    ``max_windows`` says otherwise; on GPU the whole WikiText-2 test split.
     """
+    from .quant.job import run_ptq
+
     dev = resolve_device(device)
     if max_windows is None and dev.type == "cpu":
         max_windows = CPU_WINDOWS
-    dtype = torch.float32
-    started = time.perf_counter()
-    model, tokenizer = load_model(DEFAULT_MODEL, dtype=dtype, device=dev)
-    logger.info("model loaded in %.1f s", time.perf_counter() - started)
-    res = perplexity(model, tokenizer, "wikitext2", "test", seqlen=2048,
-                     batch_size=1 if dev.type == "cpu" else 8, max_windows=max_windows, progress=progress)
-    rows = [{"setting": "FP32 (no quantization)", "ppl": res.ppl, "seconds": res.seconds}]
-    scope = "all windows" if max_windows is None else f"first {res.windows} windows (subset)"
+    base = {"model": DEFAULT_MODEL, "device": str(dev), "max_windows": max_windows,
+            "batch_size": 1 if dev.type == "cpu" else 8, "nsamples": 32 if dev.type == "cpu" else 128}
+    rows, results = [], []
+    for overrides in demo_recipes(method):
+        res = run_ptq(None, progress=progress, **base, **overrides)
+        results.append(res)
+        rows.append({"setting": res["label"], "ppl": res["ppl"], "seconds": res["seconds"]["total"]})
+        logger.info("%s: ppl %.3f", res["label"], res["ppl"])
+    ev = results[0]["eval"]
+    scope = "all windows" if max_windows is None else f"first {ev['windows']} windows (a subset; all on GPU)"
+    fp = rows[0]["ppl"]
+    for row in rows:
+        row["vs_fp"] = row["ppl"] / fp
     print(f"\nrotaquant demo: {DEFAULT_MODEL}, WikiText-2 test, seqlen 2048, {scope}, "
-          f"{res.tokens} tokens scored, device {res.device}")
-    print(format_table(rows, [("setting", "setting", ""), ("ppl", "PPL", ".3f"), ("seconds", "seconds", ".1f")]))
+          f"{ev['tokens']} tokens scored, device {ev['device']}, weights {method.upper()}, "
+          "per-token activations, per-head KV, symmetric")
+    print(format_table(rows, [("setting", "setting", ""), ("ppl", "PPL", ".3f"),
+                              ("vs_fp", "x FP", ".2f"), ("seconds", "seconds", ".1f")]))
     if json_path:
-        atomic_write_json(json_path, {"model": DEFAULT_MODEL, "windows": res.windows, "rows": rows})
+        atomic_write_json(json_path, {"model": DEFAULT_MODEL, "rows": rows, "results": results})
     return rows

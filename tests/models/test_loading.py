@@ -8,8 +8,8 @@ from tests.conftest import ByteTokenizer, requires_default_model, tiny_model
 
 
 def save_tiny_folder(path):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     model = tiny_model("llama")
     model.save_pretrained(path)

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 import rotaquant
-from rotaquant.models.registry import UnknownArchitectureError, lookup, register_model, registered_models, unregister_model
+from rotaquant.models.registry import (
+    UnknownArchitectureError,
+    lookup,
+    register_model,
+    registered_models,
+    unregister_model,
+)
 from rotaquant.rotation.rotate import rotate
 from tests.conftest import tiny_model
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ..io import atomic_directory
 from ..errors import ModelLoadError, ModelNotFoundError, OfflineError
+from ..io import atomic_directory
 from .aliases import ALIASES, ModelAlias
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,56 @@
+"""``rotaquant ptq`` flags: SpinQuant's names, each mapped onto one PTQRecipe key."""
+
+from __future__ import annotations
+
+import argparse
+
+from .recipe import PTQRecipe
+
+
+def _bool_pair(parser, name: str, key: str, help_on: str, help_off: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(f"--{name}", dest=key, action="store_true", default=None, help=help_on)
+    group.add_argument(f"--no-{name}", dest=key, action="store_false", default=None, help=help_off)
+
+
+def add_ptq_args(parser: argparse.ArgumentParser) -> None:
+    """Add the quantization flags; every one defaults to None (= the recipe's value)."""
+    parser.add_argument("--recipe", default=None, help="YAML recipe; flags given here override it")
+    q = parser.add_argument_group("quantization (bits 2..8, or 16 = off)")
+    for what, key in (("w", "weights"), ("a", "activations (per token)"), ("k", "keys"), ("v", "values")):
+        q.add_argument(f"--{what}-bits", type=int, default=None, help=f"bits of the {key} (default: 16)")
+        q.add_argument(f"--{what}-groupsize", type=int, default=None, help=f"group size of the {key} (default: one group per row)")
+        q.add_argument(f"--{what}-asym", action="store_true", default=None, help=f"asymmetric {key} quantization")
+    q.add_argument("--w-clip", action="store_true", default=None, help="search the weight clipping range (per channel)")
+    for what in ("a", "k", "v"):
+        q.add_argument(f"--{what}-clip-ratio", type=float, default=None, help="clip ratio in (0, 1] (default: 1.0)")
+    method = q.add_mutually_exclusive_group()
+    method.add_argument("--w-rtn", dest="w_method", action="store_const", const="rtn", default=None,
+                        help="round-to-nearest weights (default)")
+    method.add_argument("--gptq", dest="w_method", action="store_const", const="gptq", help="GPTQ weights")
+    q.add_argument("--percdamp", dest="gptq_damp", type=float, default=None, help="GPTQ damping (default: 0.01)")
+    q.add_argument("--act-order", dest="gptq_act_order", action="store_true", default=None, help="GPTQ act-order")
+    q.add_argument("--static-groups", dest="gptq_static_groups", action="store_true", default=None,
+                   help="GPTQ groups computed up front")
+    r = parser.add_argument_group("rotation")
+    _bool_pair(r, "rotate", "rotate", "rotate before quantizing (default)", "quantize without rotation")
+    r.add_argument("--rotation-mode", default=None, choices=["hadamard", "base_hadamard", "orthogonal"],
+                   help="mode of the fused R1/R2 (default: hadamard, random signs)")
+    r.add_argument("--rotation-path", default=None, help="load R1/R2 from a file (rotaquant or SpinQuant format)")
+    r.add_argument("--rotation-config", default=None, help="auto, a built-in config name or a YAML path")
+    c = parser.add_argument_group("calibration")
+    c.add_argument("--nsamples", type=int, default=None, help="calibration windows for GPTQ (default: 128)")
+    c.add_argument("--cal-seqlen", type=int, default=None, help="calibration window length (default: --seqlen)")
+    c.add_argument("--cal-data", default=None, help="calibration text (default: wikitext2 validation)")
+    c.add_argument("--seed", type=int, default=None, help="seed of rotations and calibration sampling (default: 0)")
+
+
+RECIPE_KEYS = [k for k in PTQRecipe.model_fields if k != "version"]
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict:
+    """The recipe keys set on the command line (unset flags are left out)."""
+    out = {k: getattr(args, k) for k in RECIPE_KEYS if getattr(args, k, None) is not None}
+    if "seqlen" in out and "cal_seqlen" not in out:
+        out["cal_seqlen"] = out["seqlen"]
+    return out

@@ -1,0 +1,61 @@
+"""The ``rotaquant ptq`` job: load, rotate, quantize, evaluate; one result dict (and JSON)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from ..eval.perplexity import perplexity
+from ..io import atomic_write_json
+from ..models.loading import load_model
+from ..rotation.rotate import rotate
+from .pipeline import load_recipe, quantize
+from .recipe import PTQRecipe
+
+logger = logging.getLogger(__name__)
+
+
+def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_path: str | None = None,
+            progress: bool = True, preloaded: tuple | None = None, **overrides) -> dict:
+    """Run one PTQ recipe end to end and return ``{"ppl": ..., "recipe": ..., ...}``.
+
+    ``preloaded=(model, tokenizer)`` skips loading (that model is mutated). The result
+    holds the quantized model's perplexity under ``ppl``, the full recipe, and the seconds of
+    each stage; with ``json_path`` it is also written there (atomically, only on success).
+    """
+    rec = load_recipe(recipe, **overrides)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if preloaded is None:
+        model, tokenizer = load_model(rec.model, dtype=rec.dtype, device=rec.device)
+    else:
+        model, tokenizer = preloaded
+    times["load"] = time.perf_counter() - t0
+    rotation = None
+    if rec.rotate:
+        t = time.perf_counter()
+        state = rotate(model, rec.rotation_config, mode=rec.rotation_mode, seed=rec.seed,
+                       rotation_path=rec.rotation_path, online=rec.online_rotations, progress=progress)
+        times["rotate"] = time.perf_counter() - t
+        rotation = {"fused_modules": state.fused_modules, "online_hooks": len(state.handles),
+                    "folded_norms": state.folded_norms}
+    t = time.perf_counter()
+    qstate = quantize(model, rec, tokenizer=tokenizer, progress=progress)
+    times["quantize"] = time.perf_counter() - t
+    res = perplexity(model, tokenizer, rec.data, rec.split, seqlen=rec.seqlen, batch_size=rec.batch_size,
+                     max_windows=rec.max_windows, data_dir=rec.data_dir, progress=progress)
+    times["eval"] = res.seconds
+    times["total"] = time.perf_counter() - t0
+    result = {
+        "label": rec.label(),
+        "ppl": res.ppl,
+        "eval": res.to_dict(),
+        "recipe": rec.to_dict(),
+        "rotation": rotation,
+        "weights": qstate.weight_stats,
+        "seconds": times,
+    }
+    if json_path:
+        atomic_write_json(json_path, result)
+    return result

@@ -1,0 +1,128 @@
+"""The PTQ recipe: one validated config for ``rotaquant.quantize`` and ``rotaquant ptq``.
+
+Field names follow SpinQuant/QuaRot's flags (``w_bits``, ``a_bits``, ``k_bits``, ...), so a
+YAML recipe and the CLI mean the same thing: ``--w-bits 4`` is ``w_bits: 4``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config import StrictModel
+from .quantizer import QuantSpec
+
+
+def _bits(value: int) -> int:
+    if value != 16 and not 2 <= value <= 8:
+        raise ValueError(f"bits must be in 2..8, or 16 for no quantization; got {value}")
+    return value
+
+
+class PTQRecipe(StrictModel):
+    """Everything that defines one post-training quantization run."""
+
+    version: int = 1
+    # model and rotation
+    model: str = "smollm2-135m"
+    rotate: bool = True
+    rotation_config: str = "auto"
+    rotation_mode: str = "hadamard"
+    rotation_path: str | None = None
+    online_rotations: bool = True
+    seed: int = 0
+    # weights
+    w_bits: int = 16
+    w_groupsize: int | None = Field(None, ge=1)
+    w_asym: bool = False
+    w_clip: bool = False
+    w_method: str = "rtn"
+    gptq_damp: float = Field(0.01, ge=0)
+    gptq_block_size: int = Field(128, ge=1)
+    gptq_act_order: bool = False
+    gptq_static_groups: bool = False
+    # activations (per-token dynamic)
+    a_bits: int = 16
+    a_groupsize: int | None = Field(None, ge=1)
+    a_asym: bool = False
+    a_clip_ratio: float = Field(1.0, gt=0, le=1)
+    skip_modules: list[str] = Field(default_factory=lambda: ["*lm_head"])
+    # KV cache
+    k_bits: int = 16
+    k_groupsize: int | None = Field(None, ge=1)
+    k_asym: bool = False
+    k_clip_ratio: float = Field(1.0, gt=0, le=1)
+    v_bits: int = 16
+    v_groupsize: int | None = Field(None, ge=1)
+    v_asym: bool = False
+    v_clip_ratio: float = Field(1.0, gt=0, le=1)
+    # calibration (GPTQ)
+    nsamples: int = Field(128, ge=1)
+    cal_seqlen: int = Field(2048, ge=2)
+    cal_data: str = "wikitext2"
+    cal_split: str = "validation"
+    # evaluation
+    data: str = "wikitext2"
+    split: str = "test"
+    data_dir: str | None = None
+    seqlen: int = Field(2048, ge=2)
+    max_windows: int | None = Field(None, ge=1)
+    batch_size: int = Field(1, ge=1)
+    device: str = "auto"
+    dtype: str = "float32"
+
+    @field_validator("w_bits", "a_bits", "k_bits", "v_bits")
+    @classmethod
+    def _check_bits(cls, value: int) -> int:
+        return _bits(value)
+
+    @field_validator("w_method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in ("rtn", "gptq"):
+            raise ValueError(f"w_method must be 'rtn' or 'gptq', not {value!r}")
+        return value
+
+    @field_validator("rotation_mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        from ..rotation.hadamard import ROTATION_MODES
+
+        if value not in ROTATION_MODES:
+            raise ValueError(f"unknown rotation mode {value!r}; use one of {list(ROTATION_MODES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PTQRecipe:
+        if self.rotation_path and not self.rotate:
+            raise ValueError("rotation_path is given but rotate is false")
+        return self
+
+    # -- the quantizer specs ------------------------------------------------------------------
+    @property
+    def weight_spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.w_bits, symmetric=not self.w_asym, group_size=self.w_groupsize)
+
+    @property
+    def act_spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.a_bits, symmetric=not self.a_asym, group_size=self.a_groupsize,
+                         clip_ratio=self.a_clip_ratio)
+
+    @property
+    def key_spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.k_bits, symmetric=not self.k_asym, group_size=self.k_groupsize,
+                         clip_ratio=self.k_clip_ratio)
+
+    @property
+    def value_spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.v_bits, symmetric=not self.v_asym, group_size=self.v_groupsize,
+                         clip_ratio=self.v_clip_ratio)
+
+    def label(self) -> str:
+        """Short name of the setting, e.g. ``W4A4KV4 GPTQ rotated``."""
+        kv = "" if self.k_bits == self.v_bits == 16 else (
+            f"KV{self.k_bits}" if self.k_bits == self.v_bits else f"K{self.k_bits}V{self.v_bits}")
+        if self.w_bits == self.a_bits == 16 and not kv:
+            return "FP (no quantization)"
+        method = f" {self.w_method.upper()}" if self.w_bits < 16 else ""
+        rot = (" rotated" if self.rotate else " no rotation")
+        return f"W{self.w_bits}A{self.a_bits}{kv}{method}{rot}"

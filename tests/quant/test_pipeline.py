@@ -1,0 +1,161 @@
+"""The PTQ pipeline on tiny models: KV/activation hooks applied, recipe <-> CLI, bad input."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from rotaquant import attention
+from rotaquant.cli import build_parser, main
+from rotaquant.errors import ConfigError
+from rotaquant.quant.cli_args import recipe_overrides
+from rotaquant.quant.gptq import NonFiniteActivationError
+from rotaquant.quant.kv import TAG as KV_TAG
+from rotaquant.quant.pipeline import load_recipe, quantize
+from rotaquant.quant.recipe import PTQRecipe
+from rotaquant.rotation.online import TAG as R3_TAG
+from rotaquant.rotation.rotate import rotate
+from tests.conftest import ByteTokenizer, tiny_model
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+IDS = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(0))
+
+
+def test_kv_quantizer_runs_inside_attention_after_r3():
+    model = tiny_model("llama")
+    rotate(model, progress=False)
+    quantize(model, k_bits=2, v_bits=2, progress=False)
+    ops = attention.ops_of(model.model.layers[0].self_attn)
+    assert [t for t, _ in ops.key] == [R3_TAG, KV_TAG]  # keys: R3 first, then quantized
+    assert [t for t, _ in ops.value] == [KV_TAG]
+    seen = []
+    kq = ops.key[1][1]
+    ops.key[1] = (KV_TAG, lambda k: seen.append(k.shape) or kq(k))
+    model(IDS)
+    assert seen and seen[0][-1] == 16  # called with [batch, kv_heads, seq, head_dim]
+
+
+def test_kv_quantization_changes_the_output_and_bypassing_it_restores_it():
+    """Fails if the K/V quantizer is bypassed: 2-bit KV must change the logits."""
+    model = tiny_model("llama")
+    ref = logits(model, IDS)
+    quantize(model, k_bits=2, v_bits=2, progress=False)
+    assert model.config._attn_implementation == attention.NAME
+    quantized = logits(model, IDS)
+    assert not torch.allclose(quantized, ref, atol=1e-3)
+    attention.detach(model, KV_TAG)
+    torch.testing.assert_close(logits(model, IDS), ref)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_activation_quantizers_hook_every_linear_but_lm_head():
+    model = tiny_model("llama")
+    state = quantize(model, a_bits=4, progress=False)
+    assert len(state.act_handles) == 2 * 7  # q,k,v,o,gate,up,down per layer; lm_head skipped
+    out = logits(model, IDS)
+    for h in state.act_handles:
+        h.remove()
+    assert not torch.allclose(out, logits(model, IDS), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_weights_are_quantized_on_the_grid(method):
+    model = tiny_model("llama")
+    calib = torch.randint(0, 96, (8, 32), generator=torch.Generator().manual_seed(1))
+    before = model.lm_head.weight.clone()
+    quantize(model, w_bits=3, w_method=method, calibration=calib, progress=False)
+    w = model.model.layers[1].mlp.down_proj.weight
+    assert all(len(torch.unique(row)) <= 8 for row in w)  # 3 bits, symmetric per channel
+    assert torch.equal(model.lm_head.weight, before)  # lm_head left in full precision
+
+
+def test_rotation_helps_w4a4kv4_on_outlier_model():
+    """A tiny model with a planted outlier channel: rotation must cut the quantization error."""
+    def build():
+        m = tiny_model("llama", seed=3)
+        with torch.no_grad():
+            m.model.embed_tokens.weight[:, 5] *= 40
+        return m
+
+    ref = logits(build(), IDS)
+    plain, rotated = build(), build()
+    quantize(plain, w_bits=4, a_bits=4, k_bits=4, v_bits=4, progress=False)
+    rotate(rotated, progress=False)
+    quantize(rotated, w_bits=4, a_bits=4, k_bits=4, v_bits=4, progress=False)
+    err_plain = (logits(plain, IDS) - ref).pow(2).mean()
+    err_rot = (logits(rotated, IDS) - ref).pow(2).mean()
+    assert err_rot < err_plain
+
+
+def test_cli_flags_equal_yaml_recipe(tmp_path):
+    argv = ["ptq", "--w-bits", "4", "--a-bits", "4", "--k-bits", "4", "--v-bits", "8", "--w-groupsize", "32",
+            "--a-asym", "--k-asym", "--w-clip", "--a-clip-ratio", "0.9", "--k-clip-ratio", "0.95", "--gptq",
+            "--no-rotate", "--nsamples", "16", "--seqlen", "256", "--seed", "3", "--max-windows", "2",
+            "--batch-size", "2", "--device", "cpu", "--dtype", "bf16", "--percdamp", "0.05", "--act-order"]
+    from_flags = load_recipe(None, **recipe_overrides(build_parser().parse_args(argv)))
+    recipe = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 8, "w_groupsize": 32, "a_asym": True,
+              "k_asym": True, "w_clip": True, "a_clip_ratio": 0.9, "k_clip_ratio": 0.95, "w_method": "gptq",
+              "rotate": False, "nsamples": 16, "seqlen": 256, "cal_seqlen": 256, "seed": 3, "max_windows": 2,
+              "batch_size": 2, "device": "cpu", "dtype": "bf16", "gptq_damp": 0.05, "gptq_act_order": True}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert from_flags == load_recipe(path)
+    # a recipe file plus flags: flags win
+    args = build_parser().parse_args(["ptq", "--recipe", str(path), "--w-bits", "3"])
+    mixed = load_recipe(args.recipe, **recipe_overrides(args))
+    assert mixed.w_bits == 3 and mixed.v_bits == 8
+
+
+@pytest.mark.parametrize("bad", [{"w_bits": 1}, {"a_bits": 9}, {"k_bits": 0}, {"w_method": "awq"},
+                                 {"a_clip_ratio": 1.5}, {"w_bit": 4}])
+def test_bad_recipe_values_are_named_errors(bad):
+    with pytest.raises(ConfigError):
+        PTQRecipe.load(bad)
+
+
+def test_group_size_not_dividing_leaves_model_untouched():
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="does not divide"):
+        quantize(model, w_bits=4, w_groupsize=24, a_bits=4, progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ConfigError, match="head_dim"):
+        quantize(model, k_bits=4, k_groupsize=5, progress=False)
+
+
+def test_nan_calibration_is_a_named_error_and_nothing_is_written(tmp_path, monkeypatch):
+    import rotaquant.quant.job as job
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.embed_tokens.weight[7] = float("nan")
+    monkeypatch.setattr(job, "load_model", lambda *a, **k: (model, ByteTokenizer()))
+    calib = torch.full((2, 16), 7)
+    with pytest.raises(NonFiniteActivationError):
+        quantize(model, w_bits=4, w_method="gptq", calibration=calib, progress=False)
+    out = tmp_path / "r.json"
+    data = tmp_path / "t.txt"
+    data.write_text("\x07" * 400)  # byte 7 -> token 7 -> NaN embedding
+    code = main(["ptq", "--w-bits", "4", "--gptq", "--no-rotate", "--cal-data", str(data), "--data", str(data),
+                 "--seqlen", "16", "--nsamples", "2", "--json", str(out), "-q"])
+    assert code == 2 and not out.exists()
+
+
+def test_ptq_cli_writes_json_with_ppl(tmp_path, monkeypatch):
+    import rotaquant.quant.job as job
+
+    monkeypatch.setattr(job, "load_model", lambda *a, **k: (tiny_model("llama"), ByteTokenizer()))
+    data = tmp_path / "t.txt"
+    data.write_text("rotations spread outliers\n" * 80)
+    out = tmp_path / "r.json"
+    assert main(["ptq", "--w-bits", "4", "--a-bits", "8", "--k-bits", "8", "--v-bits", "8", "--data", str(data),
+                 "--seqlen", "64", "--max-windows", "2", "--json", str(out), "-q"]) == 0
+    blob = json.loads(out.read_text())
+    assert blob["ppl"] > 1 and blob["recipe"]["w_bits"] == 4 and blob["rotation"]["online_hooks"] == 2
