@@ -1,62 +1,131 @@
 """GPTQ (Frantar et al., 2022) for one linear weight, and the Hessian it needs.
 
-Columns are quantized one at a time on the same grids as RTN; each column's rounding error is
-spread over the columns not yet quantized, weighted by the inverse Hessian ``H = 2/N X^T X``
-of the layer's inputs, so the layer output error ``tr((W - Q) H (W - Q)^T)`` stays small.
+The layer's calibration inputs give ``H = 2/N sum_n x_n x_n^T`` (:class:`HessianAccumulator`).
+GPTQ quantizes the weight ``W`` ``[out, in]`` one input column at a time, on exactly the grids
+of :mod:`rotaquant.quant.quantizer` (the same ones RTN uses), and spreads each column's rounding
+error over the columns not yet quantized through the upper Cholesky factor of ``H^-1``, so
+that the layer-output error ``tr((W - Q) H (W - Q)^T)`` (:func:`quantization_objective`) stays
+small. Columns are processed in blocks with lazy updates of the rest of the matrix.
+
+Where the quantization parameters come from:
+
+* per-channel (``group_size=None``): one ``(scale, zero)`` per output row, computed once from
+  the whole original row (after zeroing dead columns), with the optional clipping search;
+* groups, ``static_groups=False``: the parameters of a group are computed when GPTQ reaches
+  the first column of that group, from the current (error-updated) values of all the group's
+  columns. Groups are always consecutive ranges of *original* column indices, also with
+  ``act_order`` (so a deployed kernel needs no column-to-group map);
+* groups, ``static_groups=True``: all groups' parameters are computed upfront from the
+  original (un-updated) weight, exactly as RTN would.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ConfigError, RotaquantError
-from .quantizer import QuantSpec, dequantize, quantize_to_int
-from .rtn import weight_params
+from .quantizer import QuantSpec, compute_dtype, quantize_dequantize
+from .rtn import weight_quant_params
 
 logger = logging.getLogger(__name__)
+
+DAMP_RETRIES = 4  # each retry multiplies the damping by 10
 
 
 class NonFiniteActivationError(RotaquantError, ValueError):
     """Calibration activations contain NaN or Inf."""
 
 
-class GPTQError(RotaquantError):
-    """GPTQ could not factor the Hessian even with extra damping."""
+class GPTQError(RotaquantError, ValueError):
+    """GPTQ cannot run: inconsistent shapes, no calibration data, or a Hessian that cannot be
+    factored even with much more damping."""
 
 
 class HessianAccumulator:
-    """Running ``H = 2/N sum x x^T`` over the rows of every added activation tensor."""
+    """Running ``H = 2/N sum x x^T`` over all ``N`` rows (tokens) added so far.
 
-    def __init__(self, in_features: int, device=None, dtype: torch.dtype = torch.float32, name: str = ""):
+    Args:
+        in_features: size of the last dim of the activations.
+        device: where ``H`` lives (activations are moved there).
+        dtype: float32 (default) or float64.
+        name: layer name, used in error messages.
+    """
+
+    def __init__(self, in_features: int, device=None, dtype: torch.dtype = torch.float32, name: str | None = None):
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features <= 0:
+            raise ConfigError(f"in_features must be a positive integer, got {in_features!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ConfigError(f"HessianAccumulator dtype must be float32 or float64, got {dtype}")
+        self.in_features = in_features
         self.name = name
-        self.hessian = torch.zeros(in_features, in_features, device=device, dtype=dtype)
-        self.nsamples = 0
+        self._hessian = torch.zeros(in_features, in_features, device=device, dtype=dtype)
+        self._nsamples = 0
+
+    def _where(self) -> str:
+        return f" of {self.name}" if self.name else ""
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
-        """Accumulate activations ``x`` [..., in_features]."""
-        rows = x.reshape(-1, x.shape[-1])
-        bad = (~torch.isfinite(rows)).sum().item()
-        if bad:
-            where = f" at {self.name}" if self.name else ""
-            raise NonFiniteActivationError(
-                f"calibration activations{where} contain {bad} NaN/Inf values; check the model "
-                "weights and the calibration text (or use a wider dtype)"
-            )
-        rows = rows.to(self.hessian.dtype)
+        """Accumulate activations ``x`` ``[..., in_features]`` (every leading index is a row).
+
+        Raises :class:`NonFiniteActivationError` (naming the layer and how many values are bad)
+        if ``x`` holds NaN or Inf; the accumulated Hessian is then left unchanged.
+        """
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise GPTQError(f"activations{self._where()} have shape {tuple(x.shape)}; "
+                            f"expected [..., {self.in_features}]")
+        rows = x.detach().reshape(-1, self.in_features)
         n = rows.shape[0]
-        total = self.nsamples + n
-        self.hessian.mul_(self.nsamples / total)
-        self.hessian.addmm_(rows.T, rows, alpha=2.0 / total)
-        self.nsamples = total
+        if n == 0:
+            return
+        rows = rows.to(device=self._hessian.device, dtype=self._hessian.dtype)
+        finite = torch.isfinite(rows)
+        if not bool(finite.all()):
+            bad = rows[~finite]
+            nans = int(torch.isnan(bad).sum())
+            raise NonFiniteActivationError(
+                f"calibration activations{self._where()} contain {bad.numel()} non-finite values "
+                f"({nans} NaN, {bad.numel() - nans} Inf) out of {rows.numel()}; check the model "
+                "weights and calibration data, or run the model in a wider dtype (float32)"
+            )
+        total = self._nsamples + n
+        self._hessian.mul_(self._nsamples / total)
+        self._hessian.addmm_(rows.T, rows, alpha=2.0 / total)
+        self._nsamples = total
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """The accumulated ``[in_features, in_features]`` Hessian (the live tensor; do not modify).
+
+        Raises :class:`GPTQError` if no rows were added (an all-zero Hessian would make GPTQ
+        zero the whole weight; quantize such a layer with RTN instead).
+        """
+        if self._nsamples == 0:
+            raise GPTQError(f"no calibration activations were added{self._where()}; "
+                            "the layer was never called (use RTN for it)")
+        return self._hessian
+
+    @property
+    def nsamples(self) -> int:
+        """Number of rows (tokens) accumulated."""
+        return self._nsamples
 
 
 @dataclass(frozen=True)
 class GPTQConfig:
-    """GPTQ settings: relative damping, block size, act-order, static groups."""
+    """GPTQ settings.
+
+    Attributes:
+        damp: added to ``H``'s diagonal, relative to its mean diagonal (>= 0).
+        block_size: columns per block of lazy updates (> 0); does not change the result
+            beyond float rounding.
+        act_order: quantize columns in order of decreasing ``H`` diagonal.
+        static_groups: compute all group parameters upfront from the original weight.
+    """
 
     damp: float = 0.01
     block_size: int = 128
@@ -64,86 +133,145 @@ class GPTQConfig:
     static_groups: bool = False
 
     def __post_init__(self):
-        if self.damp < 0:
-            raise ConfigError(f"GPTQ damp must be >= 0, got {self.damp}")
-        if self.block_size <= 0:
-            raise ConfigError(f"GPTQ block_size must be > 0, got {self.block_size}")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not (
+            math.isfinite(self.damp) and self.damp >= 0
+        ):
+            raise ConfigError(f"GPTQ damp must be a finite number >= 0, got {self.damp!r}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size <= 0:
+            raise ConfigError(f"GPTQ block_size must be a positive integer, got {self.block_size!r}")
 
 
 def quantization_objective(w: torch.Tensor, wq: torch.Tensor, hessian: torch.Tensor) -> float:
-    """``tr((W - Q) H (W - Q)^T)``: the layer-output error GPTQ minimises."""
-    d = (w - wq).double()
-    return torch.einsum("ij,jk,ik->", d, hessian.double(), d).item()
+    """``tr((W - Q) H (W - Q)^T)`` in float64: the layer-output error GPTQ minimises."""
+    d = (w.detach().double() - wq.detach().double().to(w.device))
+    h = hessian.detach().to(device=d.device, dtype=torch.float64)
+    return float(((d @ h) * d).sum())
 
 
-def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of ``(H + damp * mean(diag) I)^-1``, damping more if needed."""
-    mean_diag = torch.mean(torch.diag(h)).item()
-    eye = torch.eye(h.shape[0], device=h.device, dtype=h.dtype)
-    for attempt in range(4):
-        lam = max(damp, 1e-6) * 10**attempt * mean_diag
-        chol, info = torch.linalg.cholesky_ex(h + lam * eye)
-        if info.item() == 0:
-            inv = torch.cholesky_inverse(chol)
-            upper, info = torch.linalg.cholesky_ex(inv, upper=True)
-            if info.item() == 0:
-                if attempt:
-                    logger.warning("GPTQ: Hessian needed %gx the damping", 10**attempt)
-                return upper
-    raise GPTQError("the Hessian is not positive definite even with 1000x damping")
+def _inverse_hessian_factor(h: torch.Tensor, damp: float, where: str) -> torch.Tensor:
+    """Upper Cholesky factor ``U`` of ``(H + lam I)^-1`` (``U^T U``), in float64.
+
+    ``lam = damp * mean(diag H)``; if a factorization fails the damping is multiplied by 10,
+    up to :data:`DAMP_RETRIES` times, with a warning.
+    """
+    mean_diag = float(torch.diagonal(h).mean())
+    base = max(damp, 1e-4)
+    tries = [damp] + [base * 10**k for k in range(1, DAMP_RETRIES + 1)]
+    for attempt, d in enumerate(tries):
+        damped = h.clone()
+        damped.diagonal().add_(d * mean_diag)
+        chol, info = torch.linalg.cholesky_ex(damped)
+        del damped
+        if int(info) != 0:
+            continue
+        upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+        del chol
+        if int(info) == 0 and bool(torch.isfinite(upper).all()):
+            if attempt:
+                logger.warning("GPTQ%s: the Hessian needed damping %g instead of %g to factor", where, d, damp)
+            return upper
+    raise GPTQError(f"GPTQ{where}: the Hessian is not positive definite even with damping {tries[-1]:g} "
+                    "(relative to its mean diagonal); check the calibration activations")
 
 
 @torch.no_grad()
-def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec,
-                         cfg: GPTQConfig = GPTQConfig(), clip_search: bool = False) -> torch.Tensor:
-    """GPTQ-quantized copy of ``w`` [out, in] (same dtype), computed in float32.
+def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, cfg: GPTQConfig | None = None,
+                         clip_search: bool = False, *, return_params: bool = False, name: str | None = None):
+    """GPTQ fake quantization of a linear weight ``w`` ``[out, in]`` given its Hessian ``[in, in]``.
 
-    Per-channel parameters come from the whole (dead-column-zeroed) weight. With groups, each
-    group's parameters are computed when its first column is reached, from the weight as GPTQ
-    has updated it so far; with ``static_groups`` (and always with ``act_order`` + groups, so a
-    column's group is its original index) all groups' parameters come from the original weight.
+    Args:
+        w: the weight (any float dtype; computed in float32, float64 for float64 ``w``).
+        hessian: ``2/N X^T X`` of the layer inputs (:class:`HessianAccumulator`). Inputs with a
+            zero diagonal entry (dead inputs) get a diagonal of 1 and their weight column 0.
+        spec: the grid (shared with RTN); ``group_size`` groups the input dim.
+        cfg: :class:`GPTQConfig` (default settings when ``None``).
+        clip_search: choose the parameters with RTN's clipping search
+            (:func:`~rotaquant.quant.rtn.search_clip_params`) instead of the plain min/max.
+        return_params: also return ``(scale, zero)``, shaped ``[out, G, 1]`` with groups in
+            original column order, so that ``fake_quantize(wq, spec, scale, zero) == wq``.
+        name: layer name for log and error messages.
+
+    Returns:
+        The quantized weight, same shape and dtype as ``w`` (or ``(wq, scale, zero)``). A
+        disabled spec returns ``w`` itself (parameters ``None``). See the module docstring for
+        where the parameters come from.
     """
+    cfg = cfg if cfg is not None else GPTQConfig()
     if not spec.enabled:
-        return w
-    W = w.detach().float().clone()
-    rows, cols = W.shape
-    H = hessian.detach().to(W.device, torch.float32).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+        return (w, None, None) if return_params else w
+    where = f" ({name})" if name else ""
+    if w.dim() != 2:
+        raise GPTQError(f"GPTQ{where} needs a 2-D weight [out, in], got shape {tuple(w.shape)}")
+    rows, cols = w.shape
+    if tuple(hessian.shape) != (cols, cols):
+        raise GPTQError(f"GPTQ{where}: Hessian shape {tuple(hessian.shape)} does not match the weight's "
+                        f"input size {cols}")
     gs = spec.group_size
     if gs is not None and cols % gs:
-        raise ConfigError(f"group size {gs} does not divide the input size {cols}")
-    static = gs is not None and (cfg.static_groups or cfg.act_order)
-    if gs is None:
-        scale, zero = (t[:, 0] for t in weight_params(W, spec, clip_search))
-    elif static:
-        all_scale, all_zero = weight_params(W, spec, clip_search)  # [rows, groups, 1]
-    perm = torch.argsort(torch.diag(H), descending=True) if cfg.act_order else None
-    if perm is not None:
+        raise ConfigError(f"group_size {gs} does not divide the input dimension {cols}{where}")
+    dtype = compute_dtype(w)
+    W = w.detach().to(dtype).clone()
+    H = hessian.detach().to(device=W.device, dtype=torch.float64).clone()
+    if not bool(torch.isfinite(H).all()):
+        raise GPTQError(f"GPTQ{where}: the Hessian contains NaN/Inf")
+    diag = torch.diagonal(H)
+    dead = diag == 0
+    n_dead = int(dead.sum())
+    if n_dead:
+        logger.info("GPTQ%s: %d of %d inputs are never active; their weights are set to 0", where, n_dead, cols)
+        diag[dead] = 1.0
+        W[:, dead] = 0
+
+    ngroups = cols // gs if gs else 1
+    dynamic = gs is not None and not cfg.static_groups
+    if dynamic:
+        scale = torch.ones(rows, ngroups, 1, dtype=dtype, device=W.device)
+        zero = torch.zeros_like(scale)
+    else:
+        scale, zero = weight_quant_params(W, spec, clip_search)  # [rows, G, 1], from the original W
+
+    if cfg.act_order:
+        perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
         W, H = W[:, perm], H[perm][:, perm]
-    Hinv = _inverse_cholesky(H, cfg.damp)
-    Q = torch.zeros_like(W)
+        invperm = torch.argsort(perm)
+        order = perm.tolist()
+    else:
+        perm = invperm = None
+        order = range(cols)
+    group_of = [c // gs for c in order] if gs else [0] * cols
+    ready = [False] * ngroups
+    if dynamic:  # permuted positions of each group's columns
+        positions = invperm if invperm is not None else torch.arange(cols, device=W.device)
+        members = positions.reshape(ngroups, gs)
+    U = _inverse_hessian_factor(H, cfg.damp, where).to(dtype)
+    del H
+
+    Q = torch.empty_like(W)
     for i1 in range(0, cols, cfg.block_size):
         i2 = min(i1 + cfg.block_size, cols)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        W1 = W[:, i1:i2].clone()
+        U1 = U[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
-            col = i1 + i
-            if gs is not None:
-                if static:
-                    g = (perm[col].item() if perm is not None else col) // gs
-                    scale, zero = all_scale[:, g], all_zero[:, g]
-                elif col % gs == 0:
-                    block = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :gs]
-                    scale, zero = (t[:, 0] for t in weight_params(block, spec, clip_search))
-            x = W1[:, i : i + 1]
-            q = dequantize(quantize_to_int(x, scale, zero, spec), scale, zero)
-            Q[:, col : col + 1] = q
-            err = (x - q) / Hinv1[i, i]
-            W1[:, i:] -= err @ Hinv1[i : i + 1, i:]
-            Err1[:, i : i + 1] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    if perm is not None:
-        Q = Q[:, torch.argsort(perm)]
-    return Q.to(w.dtype)
+            g = group_of[i1 + i]
+            if dynamic and not ready[g]:
+                # current values of the group's columns (all still unquantized): the block-start
+                # values minus the error feedback of this block's columns so far
+                idx = members[g]
+                current = W[:, idx] - Err1[:, :i] @ U[i1:i1 + i, idx]
+                s, z = weight_quant_params(current, spec, clip_search)
+                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+                ready[g] = True
+            x = W1[:, i:i + 1]
+            q = quantize_dequantize(x, scale[:, g], zero[:, g], spec)
+            Q[:, i1 + i:i1 + i + 1] = q
+            err = (x - q) / U1[i, i]
+            W1[:, i:] -= err @ U1[i:i + 1, i:]
+            Err1[:, i:i + 1] = err
+        if i2 < cols:
+            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+
+    if invperm is not None:
+        Q = Q[:, invperm]
+    out = Q.to(w.dtype)
+    return (out, scale, zero) if return_params else out

@@ -1,148 +1,280 @@
-"""Fake quantization on exact integer grids, with a straight-through estimator for training.
+"""Quantization specs and fake quantization on exact integer grids.
 
-Grids (b bits):
+Grid convention (``b`` bits, ``c`` = ``clip_ratio``), computed per row of the last dimension or
+per group of ``group_size`` consecutive elements of it:
 
-* symmetric: codes in ``[-2^(b-1), 2^(b-1) - 1]``, zero point 0, ``scale = clip * max|x| /
-  (2^(b-1) - 1)``;
-* asymmetric: codes in ``[0, 2^b - 1]``, ``scale = clip * (max(x, 0) - min(x, 0)) / (2^b - 1)``
-  and an integer zero point ``round(-clip * min(x, 0) / scale)``.
+* **symmetric**: codes ``q`` in ``[-2^(b-1), 2^(b-1) - 1]``, zero point 0,
+  ``scale = c * max|x| / (2^(b-1) - 1)``. Dynamic parameters therefore never produce the
+  code ``-2^(b-1)``; it is reached only when fixed parameters meet a larger value (as in GPTQ,
+  where error feedback moves weights after their scales were fixed). This is QuaRot's grid.
+* **asymmetric**: codes in ``[0, 2^b - 1]``, ``scale = c * (max - min) / (2^b - 1)`` where the
+  range is first widened to contain 0 (``min <= 0 <= max``, the GPTQ convention, so 0 is always
+  exactly representable), and an integer zero point ``zero = round(-c * min / scale)`` in
+  ``[0, 2^b - 1]``.
 
-Dequantized value: ``(code - zero) * scale``. Scales are computed per row of the last dim, or
-per group of ``group_size`` consecutive elements. The same function serves weights ``[out,
-in]`` (per output channel / per group along the input), activations ``[..., tokens, hidden]``
-(per token) and the KV cache ``[batch, heads, seq, head_dim]`` (per head and token, or per
-group of ``head_dim``). An all-zero row gets scale 1 and stays zero.
+Quantize: ``q = clamp(round(x / scale) + zero, qmin, qmax)``; dequantize: ``(q - zero) * scale``.
+A row or group whose range is 0 (all zeros) gets ``scale = 1`` (and ``zero = 0``), so it
+round-trips to zeros without NaN.
+
+One function serves every tensor: weights ``[out, in]`` (``group_size=None`` = per output
+channel, else per group along the input dim), activations ``[..., tokens, hidden]`` (per
+token, or per group of the hidden dim) and the KV cache ``[batch, heads, seq, head_dim]``
+(``group_size=None`` = one scale per head and token over ``head_dim``, else per group of
+``head_dim``). Parameters are computed in float32 (float64 for float64 inputs) and the output
+keeps the dtype of the input.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import logging
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 
-_HALF = (torch.float16, torch.bfloat16)
+logger = logging.getLogger(__name__)
+
+SPEC_VERSION = 1
+
+
+def _as_int(value) -> int | None:
+    """``value`` as a Python int if it is an integer (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _as_real(value) -> float | None:
+    """``value`` as a Python float if it is a real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How to quantize one kind of tensor. ``bits=16`` means no quantization."""
+    """How to quantize one kind of tensor.
+
+    Attributes:
+        bits: 2..8, or 16 for "no quantization".
+        symmetric: symmetric grid (zero point 0) or asymmetric grid with an integer zero point.
+        group_size: ``None`` = one scale per row over the whole last dim; else one scale per
+            group of that many consecutive elements of the last dim.
+        clip_ratio: in (0, 1]; the range (max|x|, or min/max) is multiplied by it.
+        version: format version of the spec (currently 1).
+    """
 
     bits: int = 16
     symmetric: bool = True
     group_size: int | None = None
     clip_ratio: float = 1.0
-    version: int = 1
+    version: int = SPEC_VERSION
 
     def __post_init__(self):
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not (2 <= self.bits <= 8 or self.bits == 16):
+        bits, group, clip, version = (_as_int(self.bits), _as_int(self.group_size),
+                                      _as_real(self.clip_ratio), _as_int(self.version))
+        if bits is None or not (2 <= bits <= 8 or bits == 16):
             raise ConfigError(f"bits must be in 2..8 or 16 (no quantization), got {self.bits!r}")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size <= 0):
+        if not isinstance(self.symmetric, bool):
+            raise ConfigError(f"symmetric must be a bool, got {self.symmetric!r}")
+        if self.group_size is not None and (group is None or group <= 0):
             raise ConfigError(f"group_size must be a positive integer or None, got {self.group_size!r}")
-        if not 0 < float(self.clip_ratio) <= 1:
-            raise ConfigError(f"clip_ratio must be in (0, 1], got {self.clip_ratio}")
+        if clip is None or not (math.isfinite(clip) and 0 < clip <= 1):
+            raise ConfigError(f"clip_ratio must be in (0, 1], got {self.clip_ratio!r}")
+        if version is None or not 1 <= version <= SPEC_VERSION:
+            raise ConfigError(f"unsupported QuantSpec version {self.version!r} (this rotaquant reads 1..{SPEC_VERSION})")
+        # store plain Python numbers (numpy scalars in, JSON-friendly values out)
+        object.__setattr__(self, "bits", bits)
+        object.__setattr__(self, "group_size", group)
+        object.__setattr__(self, "clip_ratio", clip)
+        object.__setattr__(self, "version", version)
 
     @property
     def enabled(self) -> bool:
+        """Whether this spec quantizes at all (``bits < 16``)."""
         return self.bits < 16
 
     @property
     def qmin(self) -> int:
+        """Smallest integer code."""
         return -(2 ** (self.bits - 1)) if self.symmetric else 0
 
     @property
     def qmax(self) -> int:
+        """Largest integer code."""
         return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
 
     def to_dict(self) -> dict:
+        """Plain-dict form (JSON/YAML friendly)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> QuantSpec:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a QuantSpec must be read from a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown QuantSpec keys {unknown}; known keys are {sorted(known)}")
         return cls(**data)
 
     def __str__(self) -> str:
         if not self.enabled:
-            return "fp"
-        group = f"g{self.group_size}" if self.group_size else "row"
+            return "fp16+ (no quantization)"
+        group = f"g{self.group_size}" if self.group_size else "per-row"
         clip = f" clip{self.clip_ratio:g}" if self.clip_ratio < 1 else ""
         return f"int{self.bits} {'sym' if self.symmetric else 'asym'} {group}{clip}"
 
 
-def grouped(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """View ``x`` [..., n] as [..., n // g, g] (g = group size, or n)."""
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Dtype used for quantization arithmetic on ``x``: float64 for float64, else float32."""
+    if not x.is_floating_point():
+        raise TypeError(f"quantization needs a floating-point tensor, got {x.dtype}")
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def to_groups(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """View ``x`` ``[..., n]`` as ``[..., n // g, g]`` (``g`` = group size, or ``n``).
+
+    Raises :class:`ConfigError` naming both numbers when ``g`` does not divide ``n``.
+    """
+    if x.dim() == 0:
+        raise ConfigError("cannot quantize a 0-d tensor: there is no last dimension")
     n = x.shape[-1]
     g = spec.group_size or n
-    if n % g:
-        raise ConfigError(f"group size {g} does not divide the last dimension {n}")
+    if g == 0 or n % g:
+        raise ConfigError(f"group_size {spec.group_size} does not divide the last dimension {n}")
     return x.reshape(*x.shape[:-1], n // g, g)
 
 
+grouped = to_groups  # older name, kept for callers written against it
+
+
 def params_from_range(xmin: torch.Tensor, xmax: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) for ranges ``[xmin, xmax]`` (already clipped), elementwise."""
+    """``(scale, zero)`` for the (already clipped) ranges ``[xmin, xmax]``, elementwise.
+
+    This is the single place where grids are defined; RTN, its clipping search and GPTQ all
+    call it. Ranges of width 0 give ``scale = 1`` and ``zero = 0``.
+    """
     if spec.symmetric:
-        amax = torch.maximum(xmax.abs(), xmin.abs())
+        amax = torch.maximum(xmin.abs(), xmax.abs())
         scale = amax / spec.qmax
-        scale = torch.where(amax > 0, scale, torch.ones_like(scale))
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return scale, torch.zeros_like(scale)
-    xmin, xmax = xmin.clamp(max=0), xmax.clamp(min=0)
-    scale = (xmax - xmin) / spec.qmax
-    scale = torch.where(xmax > xmin, scale, torch.ones_like(scale))
-    return scale, torch.round(-xmin / scale)
+    lo, hi = xmin.clamp(max=0), xmax.clamp(min=0)
+    scale = (hi - lo) / spec.qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = torch.round(-lo / scale).clamp(0, spec.qmax)
+    return scale, zero
 
 
 def quant_params(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic (scale, zero) of ``x`` per row/group, shaped [..., groups, 1], in float32+."""
-    g = grouped(x, spec)
-    work = g.float() if g.dtype in _HALF else g
+    """Dynamic ``(scale, zero)`` of ``x`` ``[..., n]``, one per row (and group) of the last dim.
+
+    Both are shaped ``[..., G, 1]`` with ``G = n // group_size`` (``G = 1`` when ungrouped),
+    i.e. they broadcast against ``to_groups(x, spec)``; dtype float32 (float64 for float64
+    ``x``). ``zero`` holds integer values (all zeros for symmetric specs).
+    """
+    g = to_groups(x, spec).to(compute_dtype(x))
+    lo, hi = torch.aminmax(g, dim=-1, keepdim=True)
     clip = float(spec.clip_ratio)
-    return params_from_range(work.amin(-1, keepdim=True) * clip, work.amax(-1, keepdim=True) * clip, spec)
+    return params_from_range(lo * clip, hi * clip, spec)
 
 
-def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Integer codes of ``x`` (grouped view [..., groups, g]) on the spec's grid."""
+def _codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Integer-valued float codes ``clamp(round(x / scale) + zero, qmin, qmax)``."""
     return torch.clamp(torch.round(x / scale) + zero, spec.qmin, spec.qmax)
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """Values of integer codes: ``(q - zero) * scale``."""
-    return (q - zero) * scale
+def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Integer codes (``torch.int32``) of ``x`` on ``spec``'s grid.
+
+    Elementwise with broadcasting: pass ``x`` in a shape that broadcasts against ``scale`` and
+    ``zero`` (for :func:`quant_params` output, the grouped view ``to_groups(x, spec)``).
+    """
+    work = x.to(scale.dtype) if x.dtype != scale.dtype else x
+    return _codes(work, scale, zero, spec).to(torch.int32)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec | None = None) -> torch.Tensor:
+    """Values ``(q - zero) * scale`` of integer codes ``q``, in ``scale``'s dtype.
+
+    ``spec`` is accepted for symmetry with :func:`quantize_to_int`; the formula does not need it.
+    """
+    return (q.to(scale.dtype) - zero) * scale
+
+
+def quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Elementwise fake quantization of ``x`` with given parameters, in ``scale``'s dtype.
+
+    Same grid as :func:`quantize_to_int` followed by :func:`dequantize`, without the detour
+    through an integer dtype (used by GPTQ's column loop and the RTN clipping search).
+    """
+    work = x.to(scale.dtype) if x.dtype != scale.dtype else x
+    return (_codes(work, scale, zero, spec) - zero) * scale
 
 
 def fake_quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None,
                   zero: torch.Tensor | None = None) -> torch.Tensor:
-    """Quantize-dequantize ``x`` (same shape and dtype). Identity when ``spec`` is disabled.
+    """Quantize-dequantize ``x`` ``[..., n]``; same shape and dtype. Identity when disabled.
 
-    Parameters are computed from ``x`` (dynamic) unless ``scale`` and ``zero`` are given in the
-    grouped shape ``[..., groups, 1]``.
+    Parameters are computed dynamically from ``x`` (:func:`quant_params`) unless ``scale`` is
+    given, in a shape broadcastable against ``to_groups(x, spec)`` (e.g. ``[..., G, 1]``);
+    a missing ``zero`` then means 0. The arithmetic runs in ``scale``'s dtype (float32 for
+    fp16/bf16/fp32 inputs with dynamic parameters) and the result is cast back to ``x.dtype``.
     """
     if not spec.enabled:
         return x
+    xg = to_groups(x, spec)
     if scale is None:
         scale, zero = quant_params(x, spec)
-    g = grouped(x, spec)
-    work = g.to(scale.dtype)
-    out = dequantize(quantize_to_int(work, scale, zero, spec), scale, zero)
+    elif zero is None:
+        zero = torch.zeros_like(scale)
+    for name, t in (("scale", scale), ("zero", zero)):
+        try:
+            ok = torch.broadcast_shapes(xg.shape, t.shape) == xg.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{name} of shape {tuple(t.shape)} does not broadcast against the grouped "
+                              f"input of shape {tuple(xg.shape)}")
+    out = quantize_dequantize(xg, scale, zero, spec)
     return out.reshape(x.shape).to(x.dtype)
 
 
 def fake_quantize_ste(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """:func:`fake_quantize` forward, identity gradient (straight-through estimator)."""
+    """:func:`fake_quantize` forward with a straight-through (identity) gradient.
+
+    Computes ``x + (fq(x) - x).detach()``, so ``d/dx`` of any loss passes through unchanged.
+    """
     if not spec.enabled:
         return x
     return x + (fake_quantize(x.detach(), spec) - x).detach()
 
 
 class ActQuantizer(nn.Module):
-    """Per-token (last dim) dynamic fake quantizer for activations and the KV cache."""
+    """Dynamic fake quantizer for activations and the KV cache, over the last dimension.
+
+    Activations ``[..., tokens, hidden]`` get one scale per token (or per group of ``hidden``);
+    keys/values ``[batch, heads, seq, head_dim]`` one per head and token (or per group of
+    ``head_dim``). Identity when ``spec`` is not enabled. With ``ste`` the gradient passes
+    straight through (for rotation learning).
+    """
 
     def __init__(self, spec: QuantSpec, ste: bool = False):
         super().__init__()
-        self.spec, self.ste = spec, ste
+        if not isinstance(spec, QuantSpec):
+            raise ConfigError(f"ActQuantizer needs a QuantSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.ste = bool(ste)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize ``x`` per row of its last dim (or per group)."""
         if not self.spec.enabled:
             return x
         return fake_quantize_ste(x, self.spec) if self.ste else fake_quantize(x, self.spec)

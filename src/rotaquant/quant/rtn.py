@@ -1,26 +1,62 @@
-"""Round-to-nearest weight quantization, with an optional search of the clipping range."""
+"""Round-to-nearest (RTN) weight quantization, with an optional search of the clipping range.
+
+Weights ``[out, in]`` get one ``(scale, zero)`` per output row, or per row and group of
+``group_size`` input columns, on the grids of :mod:`rotaquant.quant.quantizer`. The clipping
+search tries the shrunk ranges ``p * (min, max)`` (``p`` from 1 down to ``1 - max_shrink``)
+and keeps, for every row (and group), the one with the smallest ``sum |w - q(w)|^norm``.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 
-from .quantizer import QuantSpec, dequantize, grouped, params_from_range, quantize_to_int
+from ..errors import ConfigError
+from .quantizer import QuantSpec, compute_dtype, params_from_range, quantize_dequantize, to_groups
+
+logger = logging.getLogger(__name__)
 
 
-def search_params(x: torch.Tensor, spec: QuantSpec, grid: int = 100, max_shrink: float = 0.8,
-                  norm: float = 2.4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (scale, zero) of a 2-D ``x`` [rows, n] minimising sum |x - q(x)|^norm.
+def _check_search(grid: int, max_shrink: float, norm: float) -> None:
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ConfigError(f"clip search grid must be a positive integer, got {grid!r}")
+    if not (isinstance(max_shrink, (int, float)) and 0 <= max_shrink < 1):
+        raise ConfigError(f"clip search max_shrink must be in [0, 1), got {max_shrink!r}")
+    if not (isinstance(norm, (int, float)) and math.isfinite(norm) and norm > 0):
+        raise ConfigError(f"clip search norm must be a positive number, got {norm!r}")
 
-    Tries the ranges ``p * [min, max]`` for ``p`` from 1 down to ``1 - max_shrink`` (``grid``
-    steps) and keeps, for each row, the best. Returns tensors of shape [rows, 1].
+
+def shrink_factors(grid: int = 100, max_shrink: float = 0.8) -> list[float]:
+    """The candidate range factors: ``grid`` points evenly from 1 down to ``1 - max_shrink``."""
+    _check_search(grid, max_shrink, 1.0)
+    if grid == 1:
+        return [1.0]
+    return [1.0 - max_shrink * i / (grid - 1) for i in range(grid)]
+
+
+@torch.no_grad()
+def search_clip_params(x: torch.Tensor, spec: QuantSpec, grid: int = 100, max_shrink: float = 0.8,
+                       norm: float = 2.4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(scale, zero)`` of ``x`` ``[..., n]`` minimising ``sum |x - q(x)|^norm``.
+
+    Candidate ranges are ``p * clip_ratio * (min, max)`` of each row for ``p`` in
+    :func:`shrink_factors`; ties keep the larger range, and ``p = 1`` (plain RTN) is always a
+    candidate, so the result is never worse than RTN for this objective. Returns tensors of
+    shape ``[..., 1]`` in float32 (float64 for float64 ``x``).
     """
-    xmin, xmax = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
-    best_scale, best_zero = params_from_range(xmin, xmax, spec)
-    best_err = torch.full_like(xmin, float("inf"))
-    for step in range(grid):
-        p = 1 - max_shrink * step / grid
-        scale, zero = params_from_range(p * xmin, p * xmax, spec)
-        err = (dequantize(quantize_to_int(x, scale, zero, spec), scale, zero) - x).abs().pow(norm).sum(1, keepdim=True)
+    _check_search(grid, max_shrink, norm)
+    x = x.to(compute_dtype(x))
+    lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
+    lo, hi = lo * spec.clip_ratio, hi * spec.clip_ratio
+    best_scale = best_zero = best_err = None
+    for p in shrink_factors(grid, max_shrink):
+        scale, zero = params_from_range(lo * p, hi * p, spec)
+        err = (quantize_dequantize(x, scale, zero, spec) - x).abs_().pow_(norm).sum(-1, keepdim=True)
+        if best_err is None:
+            best_scale, best_zero, best_err = scale, zero, err
+            continue
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale, best_scale)
@@ -28,29 +64,46 @@ def search_params(x: torch.Tensor, spec: QuantSpec, grid: int = 100, max_shrink:
     return best_scale, best_zero
 
 
-def weight_params(w: torch.Tensor, spec: QuantSpec, clip_search: bool = False, **search) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) of a weight [out, in] per output channel or group: shape [out, groups, 1]."""
-    g = grouped(w, spec)
-    rows, groups, size = g.shape
-    flat = g.reshape(rows * groups, size)
+@torch.no_grad()
+def weight_quant_params(w: torch.Tensor, spec: QuantSpec, clip_search: bool = False, grid: int = 100,
+                        max_shrink: float = 0.8, norm: float = 2.4) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, zero)`` of a weight ``[..., in]`` per row (and group): shape ``[..., G, 1]``.
+
+    Without ``clip_search`` these are exactly :func:`~rotaquant.quant.quantizer.quant_params`;
+    with it, the per-row/group best of :func:`search_clip_params`.
+    """
     if clip_search:
-        scale, zero = search_params(flat, spec, **search)
-    else:
-        scale, zero = params_from_range(flat.amin(1, keepdim=True), flat.amax(1, keepdim=True), spec)
-    return scale.reshape(rows, groups, 1), zero.reshape(rows, groups, 1)
+        return search_clip_params(to_groups(w, spec), spec, grid, max_shrink, norm)
+    g = to_groups(w, spec).to(compute_dtype(w))
+    lo, hi = torch.aminmax(g, dim=-1, keepdim=True)
+    return params_from_range(lo * spec.clip_ratio, hi * spec.clip_ratio, spec)
 
 
 @torch.no_grad()
-def rtn_quantize_weight(w: torch.Tensor, spec: QuantSpec, clip_search: bool = False,
-                        return_params: bool = False, **search):
-    """Fake-quantized copy of ``w`` [out, in] (same dtype), computed in float32.
+def rtn_quantize_weight(w: torch.Tensor, spec: QuantSpec, clip_search: bool = False, grid: int = 100,
+                        max_shrink: float = 0.8, norm: float = 2.4, return_params: bool = False):
+    """Round-to-nearest fake quantization of a weight ``w`` ``[out, in]``.
 
-    With ``return_params`` also returns (scale, zero) shaped [out, groups, 1].
+    Args:
+        w: the weight (any float dtype, any leading shape; quantized along the last dim).
+        spec: the grid; ``group_size`` groups the input dim. Disabled specs return ``w`` itself.
+        clip_search: search each row's (group's) clipping range, see :func:`search_clip_params`.
+        grid, max_shrink, norm: the search's number of candidates, smallest factor
+            ``1 - max_shrink`` and error exponent.
+        return_params: also return ``(scale, zero)``.
+
+    Returns:
+        The fake-quantized weight (same shape and dtype as ``w``, computed in float32, or
+        float64 for float64 ``w``); with ``return_params``, ``(wq, scale, zero)`` where
+        ``scale``/``zero`` are ``[out, G, 1]`` float tensors (``G`` groups, 1 when ungrouped),
+        so ``fake_quantize(w, spec, scale, zero)`` reproduces ``wq``. For a disabled spec the
+        parameters are ``None``.
     """
     if not spec.enabled:
         return (w, None, None) if return_params else w
-    work = w.detach().float()
-    scale, zero = weight_params(work, spec, clip_search, **search)
-    q = dequantize(quantize_to_int(grouped(work, spec), scale, zero, spec), scale, zero)
-    out = q.reshape(w.shape).to(w.dtype)
+    work = w.detach().to(compute_dtype(w))
+    scale, zero = weight_quant_params(work, spec, clip_search, grid, max_shrink, norm)
+    out = quantize_dequantize(to_groups(work, spec), scale, zero, spec).reshape(w.shape).to(w.dtype)
+    if clip_search and logger.isEnabledFor(logging.DEBUG):
+        logger.debug("RTN clip search: mean scale %.4g", scale.mean().item())
     return (out, scale, zero) if return_params else out
