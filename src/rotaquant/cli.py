@@ -16,6 +16,8 @@ EPILOG = """examples:
   rotaquant eval --model ./my-hf-folder --dtype bf16 --device cuda --batch-size 8 --json out.json
   rotaquant rotate --model smollm2-135m --mode hadamard --output ./smollm2-rotated
   rotaquant ptq --model smollm2-135m --w-bits 4 --a-bits 4 --k-bits 4 --v-bits 4 --gptq
+  rotaquant optimize --model smollm2-135m --w-bits 16 --a-bits 4 --k-bits 4 --v-bits 4 --output R.safetensors
+  rotaquant ptq --model smollm2-135m --w-bits 4 --a-bits 4 --k-bits 4 --v-bits 4 --gptq --rotation-path R.safetensors
   rotaquant demo
 """
 
@@ -75,6 +77,21 @@ def cmd_ptq(args: argparse.Namespace) -> int:
     ev = result["eval"]
     print(f"{result['label']}: ppl={result['ppl']:.4f} windows={ev['windows']} seqlen={ev['seqlen']} "
           f"device={ev['device']} seconds={result['seconds']['total']:.1f}")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from .learn.cli_args import optimize_overrides
+    from .learn.job import optimize
+
+    res = optimize(args.config, output=args.output, spinquant_output=args.spinquant_output,
+                   checkpoint=args.checkpoint, resume=args.resume, json_path=args.json,
+                   overwrite=bool(args.overwrite), progress=not args.quiet, **optimize_overrides(args))
+    if not res["main"]:
+        return 0
+    print(f"{res['bits']} rotations learned on {res['device']} x{res['world_size']}: loss "
+          f"{res['first_loss']:.4f} -> {res['last_loss']:.4f} in {res['steps_run']} steps "
+          f"({res['seconds_per_step']:.2f} s/step); wrote {args.output}")
     return 0
 
 
@@ -145,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ptq_args(p)
     p.set_defaults(func=cmd_ptq)
+
+    p = sub.add_parser("optimize", help="learn R1/R2 (Cayley SGD through fake-quantized forwards) -> rotation file",
+                       description="SpinQuant-style rotation learning: R1 and per-layer R2 are trained on "
+                       "WikiText-2 validation windows with everything else frozen, through fake-quantized "
+                       "weights/activations/KV (straight-through gradients). The output feeds "
+                       "`rotaquant ptq --rotation-path` and `rotaquant rotate --rotation-path`. Under "
+                       "`torchrun --nproc-per-node N` the batch is split across the GPUs.")
+    add_model_args(p)
+    from .learn.cli_args import add_optimize_args
+
+    add_optimize_args(p)
+    p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("demo", help="the main job: FP vs W4A4KV4 without and with rotation",
                        description="Runs the quick start job on smollm2-135m and WikiText-2: FP, "

@@ -18,28 +18,15 @@ def _bits(value: int) -> int:
     return value
 
 
-class PTQRecipe(StrictModel):
-    """Everything that defines one post-training quantization run."""
+class QuantSettings(StrictModel):
+    """The fake quantizers of weights, activations (per token) and the KV cache.
 
-    version: int = 1
-    # model and rotation
-    model: str = "smollm2-135m"
-    rotate: bool = True
-    rotation_config: str = "auto"
-    rotation_mode: str = "hadamard"
-    rotation_path: str | None = None
-    online_rotations: bool = True
-    seed: int = 0
-    # weights
+    Shared by :class:`PTQRecipe` and the rotation-learning config, so both read the same keys.
+    """
+
     w_bits: int = 16
     w_groupsize: int | None = Field(None, ge=1)
     w_asym: bool = False
-    w_clip: bool = False
-    w_method: str = "rtn"
-    gptq_damp: float = Field(0.01, ge=0)
-    gptq_block_size: int = Field(128, ge=1)
-    gptq_act_order: bool = False
-    gptq_static_groups: bool = False
     # activations (per-token dynamic)
     a_bits: int = 16
     a_groupsize: int | None = Field(None, ge=1)
@@ -55,6 +42,60 @@ class PTQRecipe(StrictModel):
     v_groupsize: int | None = Field(None, ge=1)
     v_asym: bool = False
     v_clip_ratio: float = Field(1.0, gt=0, le=1)
+
+    @field_validator("w_bits", "a_bits", "k_bits", "v_bits")
+    @classmethod
+    def _check_bits(cls, value: int) -> int:
+        return _bits(value)
+
+    # -- the quantizer specs ------------------------------------------------------------------
+    @property
+    def weight_spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.w_bits, symmetric=not self.w_asym, group_size=self.w_groupsize)
+
+    @property
+    def act_spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.a_bits, symmetric=not self.a_asym, group_size=self.a_groupsize,
+                         clip_ratio=self.a_clip_ratio)
+
+    @property
+    def key_spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.k_bits, symmetric=not self.k_asym, group_size=self.k_groupsize,
+                         clip_ratio=self.k_clip_ratio)
+
+    @property
+    def value_spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.v_bits, symmetric=not self.v_asym, group_size=self.v_groupsize,
+                         clip_ratio=self.v_clip_ratio)
+
+    def bits_label(self) -> str:
+        """``W4A4KV4``-style name of the bit widths ('' when nothing is quantized)."""
+        kv = "" if self.k_bits == self.v_bits == 16 else (
+            f"KV{self.k_bits}" if self.k_bits == self.v_bits else f"K{self.k_bits}V{self.v_bits}")
+        if self.w_bits == self.a_bits == 16 and not kv:
+            return ""
+        return f"W{self.w_bits}A{self.a_bits}{kv}"
+
+
+class PTQRecipe(QuantSettings):
+    """Everything that defines one post-training quantization run."""
+
+    version: int = 1
+    # model and rotation
+    model: str = "smollm2-135m"
+    rotate: bool = True
+    rotation_config: str = "auto"
+    rotation_mode: str = "hadamard"
+    rotation_path: str | None = None
+    online_rotations: bool = True
+    seed: int = 0
+    # weights
+    w_clip: bool = False
+    w_method: str = "rtn"
+    gptq_damp: float = Field(0.01, ge=0)
+    gptq_block_size: int = Field(128, ge=1)
+    gptq_act_order: bool = False
+    gptq_static_groups: bool = False
     # calibration (GPTQ)
     nsamples: int = Field(128, ge=1)
     cal_seqlen: int = Field(2048, ge=2)
@@ -69,11 +110,6 @@ class PTQRecipe(StrictModel):
     batch_size: int = Field(1, ge=1)
     device: str = "auto"
     dtype: str = "float32"
-
-    @field_validator("w_bits", "a_bits", "k_bits", "v_bits")
-    @classmethod
-    def _check_bits(cls, value: int) -> int:
-        return _bits(value)
 
     @field_validator("w_method")
     @classmethod
@@ -97,32 +133,11 @@ class PTQRecipe(StrictModel):
             raise ValueError("rotation_path is given but rotate is false")
         return self
 
-    # -- the quantizer specs ------------------------------------------------------------------
-    @property
-    def weight_spec(self) -> QuantSpec:
-        return QuantSpec(bits=self.w_bits, symmetric=not self.w_asym, group_size=self.w_groupsize)
-
-    @property
-    def act_spec(self) -> QuantSpec:
-        return QuantSpec(bits=self.a_bits, symmetric=not self.a_asym, group_size=self.a_groupsize,
-                         clip_ratio=self.a_clip_ratio)
-
-    @property
-    def key_spec(self) -> QuantSpec:
-        return QuantSpec(bits=self.k_bits, symmetric=not self.k_asym, group_size=self.k_groupsize,
-                         clip_ratio=self.k_clip_ratio)
-
-    @property
-    def value_spec(self) -> QuantSpec:
-        return QuantSpec(bits=self.v_bits, symmetric=not self.v_asym, group_size=self.v_groupsize,
-                         clip_ratio=self.v_clip_ratio)
-
     def label(self) -> str:
         """Short name of the setting, e.g. ``W4A4KV4 GPTQ rotated``."""
-        kv = "" if self.k_bits == self.v_bits == 16 else (
-            f"KV{self.k_bits}" if self.k_bits == self.v_bits else f"K{self.k_bits}V{self.v_bits}")
-        if self.w_bits == self.a_bits == 16 and not kv:
+        bits = self.bits_label()
+        if not bits:
             return "FP (no quantization)"
         method = f" {self.w_method.upper()}" if self.w_bits < 16 else ""
         rot = (" rotated" if self.rotate else " no rotation")
-        return f"W{self.w_bits}A{self.a_bits}{kv}{method}{rot}"
+        return f"{bits}{method}{rot}"

@@ -21,13 +21,13 @@ from .spec import RotationConfigError, RotationSpec, pattern_matches
 logger = logging.getLogger(__name__)
 
 
-def _right(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def right_blocks(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """``w`` [..., n] times ``r`` [d, d] on each block of ``d`` columns."""
     n, d = w.shape[-1], r.shape[0]
     return (w.reshape(*w.shape[:-1], n // d, d) @ r).reshape(w.shape)
 
 
-def _left_t(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def left_t_blocks(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """``r^T`` [d, d] times ``w`` [n, ...] on each block of ``d`` rows."""
     n, d = w.shape[0], r.shape[0]
     blocks = w.reshape(n // d, d, -1)
@@ -50,21 +50,21 @@ def rotate_module(module: nn.Module, r_in: torch.Tensor | None, r_out: torch.Ten
         for r in (r_in, r_out):
             if r is not None:
                 _fits(mat.shape[-1], r, name)
-                mat = _right(mat, r.to(mat.device, work))
+                mat = right_blocks(mat, r.to(mat.device, work))
         w.copy_(mat.to(w.dtype))
         return
     if mat.dim() != 2:
         raise RotationConfigError(f"{name}: expected a 2-D weight, got shape {tuple(mat.shape)}")
     if r_in is not None:
         _fits(mat.shape[1], r_in, f"{name} input")
-        mat = _right(mat, r_in.to(mat.device, work))
+        mat = right_blocks(mat, r_in.to(mat.device, work))
     if r_out is not None:
         _fits(mat.shape[0], r_out, f"{name} output")
         r = r_out.to(mat.device, work)
-        mat = _left_t(mat, r)
+        mat = left_t_blocks(mat, r)
         bias = getattr(module, "bias", None)
         if bias is not None:
-            bias.copy_(_right(bias.detach().to(work), r).to(bias.dtype))
+            bias.copy_(right_blocks(bias.detach().to(work), r).to(bias.dtype))
     w.copy_(mat.to(w.dtype))
 
 

@@ -1,0 +1,187 @@
+"""Optimizers on the Stiefel manifold through the Cayley transform (Li, Fuxin & Todorovic, 2020).
+
+Each parameter is a matrix ``X [n, p]`` with orthonormal columns (``p == n``: a rotation). A
+step moves along the skew-symmetric direction ``W`` built from the (momentum-averaged)
+Euclidean gradient and retracts with the Cayley transform
+
+    X <- (I - a/2 W)^{-1} (I + a/2 W) X,
+
+which is orthogonal for any step ``a`` because ``W`` is skew-symmetric. rotaquant solves it
+exactly, in float64, on a float64 master copy kept in the optimizer state, and writes the
+result back into the parameter's dtype, so orthogonality does not drift over thousands of
+steps. (The paper's fixed-point iteration, ``exact=False``, is kept for comparison; it is
+orthogonal only up to its truncation error.)
+
+``CayleySGD`` follows the paper's Algorithm 1 (momentum projected on the tangent space, step
+capped at ``2 q / ||W||``); ``CayleyAdam`` its Algorithm 2 (one scalar second moment per
+matrix, as the paper does, so the direction stays on the tangent space).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+
+
+def skew_direction(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The skew-symmetric ``W = Ŵ - Ŵ^T`` with ``Ŵ = M X^T - 1/2 X (X^T M X^T)``."""
+    w_hat = m @ x.T - 0.5 * x @ (x.T @ m @ x.T)
+    return w_hat - w_hat.T
+
+
+def cayley_retract(x: torch.Tensor, w: torch.Tensor, alpha: float, exact: bool = True,
+                   iterations: int = 2) -> torch.Tensor:
+    """``(I - a/2 W)^{-1} (I + a/2 W) X``; with ``exact=False`` the paper's fixed-point iteration."""
+    if exact:
+        eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        return torch.linalg.solve(eye - 0.5 * alpha * w, x + 0.5 * alpha * (w @ x))
+    y = x + alpha * (w @ x)
+    for _ in range(iterations):
+        y = x + 0.5 * alpha * (w @ (x + y))
+    return y
+
+
+def orthogonality_error(x: torch.Tensor) -> float:
+    """``max |X^T X - I|``."""
+    x = x.detach().double()
+    return (x.T @ x - torch.eye(x.shape[1], dtype=x.dtype, device=x.device)).abs().max().item()
+
+
+def nearest_orthonormal(x: torch.Tensor) -> torch.Tensor:
+    """The float64 matrix with orthonormal columns nearest to ``x`` (``U V^T`` of its SVD).
+
+    A float32 rotation is orthogonal only to ~1e-7; projecting the starting point once makes
+    the float64 iterates orthogonal to rounding error.
+    """
+    u, _, vh = torch.linalg.svd(x.to(torch.float64), full_matrices=False)
+    return u @ vh
+
+
+def _check_params(params) -> list:
+    groups = list(params)
+    for group in groups:
+        for p in (group["params"] if isinstance(group, dict) else [group]):
+            if p.dim() != 2 or p.shape[0] < p.shape[1]:
+                raise ConfigError(f"Cayley optimizers need matrices [n, p] with n >= p, got shape {tuple(p.shape)}")
+    return groups
+
+
+class _CayleyBase(torch.optim.Optimizer):
+    def _master(self, p: torch.Tensor) -> torch.Tensor:
+        state = self.state[p]
+        if "master" not in state:
+            state["master"] = nearest_orthonormal(p.detach())
+        return state["master"]
+
+    @staticmethod
+    def _write(p: torch.Tensor, master: torch.Tensor) -> None:
+        with torch.no_grad():
+            p.copy_(master.to(p.dtype))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, but the float64 master copies and moments stay float64 (torch would cast
+        them to the parameter's dtype)."""
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict["state"].items():
+            p = params[int(index)]
+            for key, value in saved.items():
+                if torch.is_tensor(value) and key != "step":
+                    self.state[p][key] = value.detach().to(device=p.device, dtype=torch.float64, copy=True)
+
+    def set_masters(self) -> None:
+        """Re-read every master copy from its parameter (after loading parameters by hand)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["master"] = nearest_orthonormal(p.detach())
+
+
+class CayleySGD(_CayleyBase):
+    """Cayley SGD with momentum: every parameter stays (numerically exactly) orthogonal.
+
+    Args:
+        params: matrices ``[n, p]`` with orthonormal columns (e.g. rotations).
+        lr: the step size ``l``; the effective step is ``min(l, 2 q / (||W|| + eps))``.
+        momentum: ``beta`` of the momentum, 0 for none.
+        q: the step cap of the paper (0.5).
+        exact: exact Cayley retraction (solve) instead of the fixed-point iteration.
+        iterations: fixed-point iterations when ``exact`` is False.
+
+    ``step()`` mutates the parameters in place (and they must have gradients).
+    """
+
+    def __init__(self, params, lr: float = 1.5, momentum: float = 0.0, q: float = 0.5, eps: float = 1e-8,
+                 exact: bool = True, iterations: int = 2):
+        if lr <= 0 or not 0 <= momentum < 1 or q <= 0:
+            raise ConfigError(f"CayleySGD needs lr > 0, 0 <= momentum < 1 and q > 0 (got {lr}, {momentum}, {q})")
+        defaults = dict(lr=lr, momentum=momentum, q=q, eps=eps, exact=exact, iterations=iterations)
+        super().__init__(_check_params(params), defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                x = self._master(p)
+                state = self.state[p]
+                g = p.grad.detach().to(torch.float64)
+                m = state.get("momentum_buffer")
+                m = -g if m is None else group["momentum"] * m - g
+                w = skew_direction(m, x)
+                state["momentum_buffer"] = w @ x  # momentum lives on the tangent space
+                alpha = min(group["lr"], 2 * group["q"] / (w.norm().item() + group["eps"]))
+                state["master"] = cayley_retract(x, w, alpha, group["exact"], group["iterations"])
+                state["last_alpha"] = alpha
+                self._write(p, state["master"])
+        return loss
+
+
+class CayleyAdam(_CayleyBase):
+    """Cayley Adam (Algorithm 2 of the paper): Adam's moments on the Stiefel manifold.
+
+    The first moment is a matrix on the tangent space, the second a scalar per parameter (the
+    squared gradient norm), which keeps the update direction skew-symmetric. Same arguments as
+    :class:`CayleySGD` plus ``betas``.
+    """
+
+    def __init__(self, params, lr: float = 0.1, betas: tuple[float, float] = (0.9, 0.999), q: float = 0.5,
+                 eps: float = 1e-8, exact: bool = True, iterations: int = 2):
+        if lr <= 0 or not all(0 <= b < 1 for b in betas):
+            raise ConfigError(f"CayleyAdam needs lr > 0 and betas in [0, 1) (got {lr}, {betas})")
+        defaults = dict(lr=lr, betas=tuple(betas), q=q, eps=eps, exact=exact, iterations=iterations)
+        super().__init__(_check_params(params), defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                x = self._master(p)
+                state = self.state[p]
+                g = p.grad.detach().to(torch.float64)
+                t = state["step"] = state.get("step", 0) + 1
+                m = b1 * state.get("exp_avg", torch.zeros_like(x)) + (1 - b1) * g
+                v = b2 * state.get("exp_avg_sq", 0.0) + (1 - b2) * g.square().sum().item()
+                r = (1 - b1**t) * math.sqrt(v / (1 - b2**t) + group["eps"])
+                w = -skew_direction(m, x) / r  # descent: m estimates the gradient
+                state["exp_avg"] = -r * (w @ x)  # first moment projected on the tangent space
+                state["exp_avg_sq"] = v
+                alpha = min(group["lr"], 2 * group["q"] / (w.norm().item() + group["eps"]))
+                state["master"] = cayley_retract(x, w, alpha, group["exact"], group["iterations"])
+                state["last_alpha"] = alpha
+                self._write(p, state["master"])
+        return loss

@@ -1,0 +1,92 @@
+"""The rotation-learning config: one validated object for ``rotaquant.optimize`` and the CLI.
+
+Defaults are the SpinQuant paper's: 800 windows of 2048 tokens from the WikiText-2 validation
+file (never the test split), 100 iterations of batch 8, Cayley SGD with lr 1.5 and a cosine
+schedule. The quantizer keys are those of :class:`~rotaquant.quant.recipe.PTQRecipe`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from ..quant.recipe import QuantSettings
+
+
+class OptimizeConfig(QuantSettings):
+    """Everything that defines one rotation-learning run."""
+
+    version: int = 1
+    model: str = "smollm2-135m"
+    rotation_config: str = "auto"
+    init_mode: str = "hadamard"
+    init_path: str | None = None
+    online_rotations: bool = True
+    seed: int = 0
+    # calibration text
+    data: str = "wikitext2"
+    split: str = "validation"
+    data_dir: str | None = None
+    nsamples: int = Field(800, ge=1)
+    seqlen: int = Field(2048, ge=2)
+    # optimization
+    iterations: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    optimizer: str = "sgd"
+    lr: float = Field(1.5, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    lr_schedule: str = "cosine"
+    # precision and memory
+    device: str = "auto"
+    dtype: str = "float32"
+    autocast: str = "auto"
+    gradient_checkpointing: bool = True
+    # checkpoints
+    checkpoint_every: int = Field(25, ge=1)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, value: str) -> str:
+        if value not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' (Cayley SGD) or 'adam' (Cayley Adam), not {value!r}")
+        return value
+
+    @field_validator("lr_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        if value not in ("cosine", "linear", "constant"):
+            raise ValueError(f"lr_schedule must be cosine, linear or constant, not {value!r}")
+        return value
+
+    @field_validator("autocast")
+    @classmethod
+    def _autocast(cls, value: str) -> str:
+        if value not in ("auto", "none", "bf16", "fp16"):
+            raise ValueError(f"autocast must be auto, none, bf16 or fp16, not {value!r}")
+        return value
+
+    @field_validator("init_mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        from ..rotation.hadamard import ROTATION_MODES
+
+        if value not in ROTATION_MODES:
+            raise ValueError(f"unknown init_mode {value!r}; use one of {list(ROTATION_MODES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OptimizeConfig:
+        if self.data == "wikitext2" and self.split == "test":
+            raise ValueError("rotations are never learned on the WikiText-2 test split (it is the evaluation set); "
+                             "use split 'validation' (default) or 'train'")
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
+        if not self.bits_label():
+            raise ValueError("nothing is quantized (all bits are 16): learning a rotation needs at least one "
+                             "quantizer (e.g. a_bits: 4), otherwise every rotation gives the same loss")
+        return self
+
+    def fingerprint(self) -> dict:
+        """The settings a checkpoint must share with a run that resumes it."""
+        skip = {"device", "checkpoint_every"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -1,0 +1,104 @@
+"""Data parallelism for rotation learning through ``torch.distributed``.
+
+Under ``torchrun --nproc-per-node N`` every rank holds the (frozen) model and the same
+rotations, runs its slice of each global batch, and the rotation gradients are averaged with
+one ``all_reduce`` per step, which is what DDP does for its parameters. DDP itself is not
+used because the trainable matrices are not the parameters of a module that is called (they
+reach the layers through parametrizations), and the model's own parameters are frozen, so
+there is nothing else to synchronize. Every rank then takes the same optimizer step, so the
+matrices stay identical; they are checked against rank 0 at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    """Rank, world size and this rank's device; ``world == 1`` when not distributed."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    started_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, requested: str | None) -> torch.device:
+        """``cuda:LOCAL_RANK`` under torchrun with GPUs, else the requested device."""
+        if self.enabled and torch.cuda.is_available() and requested in (None, "auto", "cuda"):
+            return torch.device("cuda", self.local_rank)
+        if requested in (None, "auto"):
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(requested)
+
+    def all_reduce_mean_(self, tensors: list[torch.Tensor]) -> None:
+        """Average ``tensors`` over the ranks, in place (one flat all_reduce)."""
+        if not self.enabled or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def mean(self, value: float, device: torch.device) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.item() / self.world
+
+    def max_divergence(self, tensors: list[torch.Tensor]) -> float:
+        """Largest difference between this rank's tensors and rank 0's (0 when alone)."""
+        if not self.enabled:
+            return 0.0
+        worst = 0.0
+        for t in tensors:
+            ref = t.detach().clone()
+            dist.broadcast(ref, src=0)
+            worst = max(worst, (ref - t.detach()).abs().max().item())
+        out = torch.tensor([worst], dtype=torch.float64, device=tensors[0].device)
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return out.item()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.started_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed() -> DistContext:
+    """A :class:`DistContext` from torchrun's environment (``WORLD_SIZE``, ``RANK``, ...).
+
+    Starts the process group (NCCL with GPUs, Gloo on CPU) if torchrun launched us and it is
+    not started yet; without torchrun, a single-process context.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    _rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    started = False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend)
+        started = True
+    return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, started_here=started)

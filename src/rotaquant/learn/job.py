@@ -1,0 +1,145 @@
+"""``optimize()``: learn R1/R2 for a model and write them as a rotation file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import calibration_windows
+from ..errors import ConfigError
+from ..io import atomic_write_bytes, atomic_write_json
+from ..models.loading import load_model
+from ..rotation.matrices import RotationStore
+from ..rotation.rotate import resolve_spec
+from ..rotation.spec import RotationSpec
+from .config import OptimizeConfig
+from .distributed import init_distributed
+from .train import LearnResult, learn
+from .trainable import make_trainable
+
+logger = logging.getLogger(__name__)
+FORMAT = "rotaquant-rotations-v1"
+
+
+def load_config(config: OptimizeConfig | dict | str | os.PathLike | None = None, **overrides) -> OptimizeConfig:
+    """A validated :class:`OptimizeConfig` from a config, a dict, a YAML path or keywords."""
+    if isinstance(config, OptimizeConfig):
+        config = config.to_dict()
+    return OptimizeConfig.load(config, **overrides)
+
+
+def write_rotations(path: str | os.PathLike, matrices: dict[str, torch.Tensor], cfg: OptimizeConfig) -> Path:
+    """The learned matrices as a rotaquant safetensors file (atomically)."""
+    from safetensors.torch import save
+
+    meta = {"format": FORMAT, "learned": "cayley", "seed": str(cfg.seed), "bits": cfg.bits_label(),
+            "rotation_config": cfg.rotation_config}
+    return atomic_write_bytes(path, save({k: v.contiguous() for k, v in matrices.items()}, metadata=meta))
+
+
+def write_spinquant(path: str | os.PathLike, matrices: dict[str, torch.Tensor]) -> Path:
+    """SpinQuant's torch format: ``R1`` and ``model.layers.{i}.self_attn.R2``."""
+    import io
+
+    out = {}
+    for key, mat in matrices.items():
+        name, _, group = key.partition("@")
+        if name == "r1" and not group:
+            out["R1"] = mat
+        elif name == "r2" and group.startswith("layers."):
+            out[f"model.{group}.self_attn.R2"] = mat
+        else:
+            raise ConfigError(f"matrix {key!r} has no place in SpinQuant's format (it knows R1 and per-layer R2); "
+                              "write the rotaquant safetensors file instead")
+    buf = io.BytesIO()
+    torch.save(out, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _check_outputs(output, spinquant_output, overwrite: bool) -> None:
+    for path in (output, spinquant_output):
+        if path is not None and Path(path).exists() and not overwrite:
+            raise ConfigError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+
+
+def optimize(
+    config: OptimizeConfig | dict | str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    spinquant_output: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    json_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    preloaded: tuple | None = None,
+    **overrides,
+) -> dict:
+    """Learn the fused rotations (R1, R2 per layer) of a model with Cayley SGD; returns a summary.
+
+    Loads ``config.model`` (or uses ``preloaded=(model, tokenizer)``, which is mutated), samples
+    the calibration windows, trains through fake-quantized weights/activations/KV with STE and
+    writes ``output`` (rotaquant safetensors; ``rotaquant ptq/rotate --rotation-path`` read it)
+    and optionally ``spinquant_output`` (SpinQuant's torch format). Under ``torchrun`` the batch
+    is split across the ranks and only rank 0 writes. ``checkpoint`` (default:
+    ``<output>.ckpt``) is written every ``checkpoint_every`` steps; ``resume`` continues from it.
+    """
+    cfg = load_config(config, **overrides)
+    _check_outputs(output, spinquant_output, overwrite or resume)
+    if checkpoint is None and output is not None:
+        checkpoint = f"{output}.ckpt"
+    if resume and checkpoint is None:
+        raise ConfigError("resume needs a checkpoint path (or an output path, whose .ckpt is the default)")
+    ctx = init_distributed()
+    try:
+        t0 = time.perf_counter()
+        device = ctx.device(cfg.device)
+        if preloaded is None:
+            model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=str(device))
+        else:
+            model, tokenizer = preloaded
+        spec = resolve_spec(model, cfg.rotation_config)
+        if not isinstance(spec, RotationSpec):
+            raise ConfigError(f"{type(model).__name__} is registered with functions, not a rotation config; "
+                              "learning needs a config (register the model with a YAML config)")
+        store = RotationStore(spec, model.config, seed=cfg.seed, mode=cfg.init_mode)
+        if cfg.init_path:
+            store.load(cfg.init_path)
+        windows = calibration_windows(tokenizer, cfg.nsamples, cfg.seqlen, cfg.data, cfg.split, cfg.seed, cfg.data_dir)
+        tm = make_trainable(model, spec, store, cfg, online=cfg.online_rotations)
+        tm.rotations.to(next(model.parameters()).device)
+        result: LearnResult = learn(tm, windows, cfg, ctx, checkpoint=checkpoint if ctx.main else None,
+                                    resume=resume, progress=progress)
+        summary = {
+            "config": cfg.to_dict(),
+            "bits": cfg.bits_label(),
+            "world_size": ctx.world,
+            "main": ctx.main,
+            "device": str(device),
+            "losses": result.losses,
+            "first_loss": result.losses[0] if result.losses else None,
+            "last_loss": result.losses[-1] if result.losses else None,
+            "steps_run": result.steps_run,
+            "resumed_from": result.resumed_from,
+            "seconds_per_step": result.seconds_per_step,
+            "peak_memory_gib": result.peak_memory_gib,
+            "orthogonality_error": result.orthogonality_error,
+            "rank_divergence": result.rank_divergence,
+            "seconds": time.perf_counter() - t0,
+            "output": str(output) if output else None,
+        }
+        if ctx.main:
+            if output is not None:
+                write_rotations(output, result.matrices, cfg)
+            if spinquant_output is not None:
+                write_spinquant(spinquant_output, result.matrices)
+            if json_path:
+                atomic_write_json(json_path, summary)
+        ctx.barrier()
+        summary["matrices"] = result.matrices
+        return summary
+    finally:
+        ctx.close()

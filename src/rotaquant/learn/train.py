@@ -1,0 +1,203 @@
+"""The rotation-learning loop: fake-quantized forward, cross-entropy, Cayley steps, checkpoints.
+
+Data order is a pure function of (seed, step): the windows of step ``s`` are a slice of the
+permutation of epoch ``s * batch // nsamples``, so a run resumed from a checkpoint (matrices,
+optimizer state, losses) sees exactly the batches the uninterrupted run would have seen and
+ends with the same matrices (bit for bit on CPU; on GPU up to the nondeterminism of some
+CUDA backward kernels).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..io import atomic_write_bytes
+from .cayley import CayleyAdam, CayleySGD
+from .config import OptimizeConfig
+from .distributed import DistContext
+from .trainable import TrainableModel
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "rotaquant-learn-checkpoint-v1"
+
+
+@dataclass
+class LearnResult:
+    """Learned matrices (``name@group`` -> float64) and what the run measured."""
+
+    matrices: dict[str, torch.Tensor]
+    losses: list[float] = field(default_factory=list)
+    steps_run: int = 0
+    resumed_from: int = 0
+    seconds_per_step: float | None = None
+    peak_memory_gib: float | None = None
+    orthogonality_error: float = 0.0
+    rank_divergence: float = 0.0
+
+
+def batch_indices(step: int, nsamples: int, batch: int, seed: int) -> torch.Tensor:
+    """The global batch of ``step``: consecutive slices of a seeded permutation per epoch."""
+    out, start = [], step * batch
+    while len(out) < batch:
+        epoch, offset = divmod(start + len(out), nsamples)
+        perm = torch.randperm(nsamples, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.extend(perm[offset:offset + batch - len(out)].tolist())
+    return torch.tensor(out)
+
+
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    if schedule == "constant":
+        return 1.0
+    frac = step / total
+    return 1.0 - frac if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def make_optimizer(cfg: OptimizeConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return CayleyAdam(params, lr=cfg.lr)
+    return CayleySGD(params, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def autocast_dtype(cfg: OptimizeConfig, device: torch.device) -> torch.dtype | None:
+    choice = cfg.autocast
+    if choice == "auto":
+        choice = "bf16" if device.type == "cuda" else "none"
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+def save_checkpoint(path: Path, step: int, cfg: OptimizeConfig, tm: TrainableModel,
+                    opt: torch.optim.Optimizer, losses: list[float]) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "step": step, "config": cfg.fingerprint(),
+                "rotations": tm.rotations.state(), "optimizer": opt.state_dict(), "losses": list(losses)}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, cfg: OptimizeConfig, tm: TrainableModel, opt: torch.optim.Optimizer) -> tuple[int, list]:
+    """Restore matrices and optimizer state; returns (next step, losses so far)."""
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"checkpoint {path} is unreadable: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not a rotaquant learning checkpoint")
+    now, then = cfg.fingerprint(), ckpt["config"]
+    differ = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if differ:
+        raise ConfigError(f"checkpoint {path} was made with other settings ({', '.join(differ)}); resuming would not "
+                          "give the run you asked for. Use the same settings, or start without --resume")
+    saved = ckpt["rotations"]
+    with torch.no_grad():
+        for key, param in zip(tm.rotations.keys, tm.rotations.matrices, strict=True):
+            from .trainable import store_key
+
+            param.copy_(saved[store_key(key)].to(param.dtype))
+    opt.load_state_dict(ckpt["optimizer"])
+    return int(ckpt["step"]), list(ckpt["losses"])
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Turn transformers' activation (gradient) checkpointing of the decoder layers on or off."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.20 names it so
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        if on:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_disable()
+
+
+# -- the loop ------------------------------------------------------------------------------
+def _loss(model, ids: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    with torch.autocast(device_type=ids.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        logits = model(input_ids=ids, use_cache=False).logits
+    logits = logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: DistContext | None = None,
+          checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
+          callback: Callable[[int, float], None] | None = None) -> LearnResult:
+    """Train the rotations of ``tm`` on ``windows`` ``[nsamples, seqlen]``; returns the matrices.
+
+    Mutates ``tm.rotations`` (the matrices). The batch of each step is split across the ranks
+    of ``ctx``; ``callback(step, loss)`` runs after each step (on every rank).
+    """
+    ctx = ctx or DistContext()
+    model, params = tm.model, list(tm.rotations.matrices)
+    device = params[0].device
+    if cfg.batch_size % ctx.world:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {ctx.world} ranks")
+    local = cfg.batch_size // ctx.world
+    micro = min(cfg.micro_batch_size or local, local)
+    if local % micro:
+        raise ConfigError(f"micro_batch_size {micro} does not divide the per-rank batch {local}")
+    amp = autocast_dtype(cfg, device)
+    opt = make_optimizer(cfg, params)
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    start, losses = 0, []
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        start, losses = load_checkpoint(ckpt_path, cfg, tm, opt)
+        logger.info("resumed from %s at step %d", ckpt_path, start)
+    if cfg.gradient_checkpointing:
+        set_checkpointing(model, True)
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = tqdm(range(start, cfg.iterations), desc="learning rotations", unit="step", initial=start,
+               total=cfg.iterations, disable=not (progress and ctx.main))
+    t0, timed = time.perf_counter(), 0
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg.iterations, cfg.lr_schedule)
+        idx = batch_indices(step, windows.shape[0], cfg.batch_size, cfg.seed)[ctx.rank * local:(ctx.rank + 1) * local]
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for m0 in range(0, local, micro):
+            ids = windows[idx[m0:m0 + micro]].to(device)
+            loss = _loss(model, ids, amp) * (ids.shape[0] / local)
+            loss.backward()
+            total += loss.item()
+        if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+            raise FloatingPointError(f"step {step}: non-finite gradient of the rotations; lower the lr or use autocast none")
+        ctx.all_reduce_mean_([p.grad for p in params])
+        opt.step()
+        total = ctx.mean(total, device)
+        losses.append(total)
+        timed += 1
+        bar.set_postfix(loss=f"{total:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}")
+        if callback is not None:
+            callback(step, total)
+        if ckpt_path is not None and ctx.main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.iterations):
+            save_checkpoint(ckpt_path, step + 1, cfg, tm, opt, losses)
+        ctx.barrier()
+    elapsed = time.perf_counter() - t0
+    model.eval()
+    if cfg.gradient_checkpointing:
+        set_checkpointing(model, False)
+    masters = {i: opt.state[p]["master"] for i, p in enumerate(params) if "master" in opt.state[p]}
+    from .cayley import orthogonality_error
+
+    result = LearnResult(
+        matrices=tm.rotations.state(masters), losses=losses, steps_run=timed, resumed_from=start,
+        seconds_per_step=elapsed / timed if timed else None,
+        peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        rank_divergence=ctx.max_divergence(params),
+    )
+    result.orthogonality_error = max(orthogonality_error(m) for m in result.matrices.values())
+    return result
