@@ -222,3 +222,31 @@ def test_dict_round_trip_and_bad_keys():
         QuantSpec(bits=4, version=2)
     with pytest.raises(TypeError):
         fake_quantize(torch.arange(8).reshape(1, 8), QuantSpec(bits=4))
+
+
+# -- differentiable fake quantizers for rotation learning ------------------------------------
+@pytest.mark.parametrize("spec", [QuantSpec(4), QuantSpec(4, symmetric=False), QuantSpec(3, group_size=8),
+                                  QuantSpec(4, clip_ratio=0.9)])
+def test_scale_grad_quantizer_has_the_same_values(spec):
+    from rotaquant.quant.quantizer import fake_quantize_scale_grad
+
+    x = torch.randn(5, 32)
+    assert torch.equal(fake_quantize_scale_grad(x, spec), fake_quantize(x, spec))
+
+
+def test_scale_grad_differs_from_identity_only_through_the_scale():
+    from rotaquant.quant.quantizer import ActQuantizer, ste_quantizer
+
+    x = torch.randn(4, 16, requires_grad=True)
+    ActQuantizer(QuantSpec(4), ste="identity")(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    y = x.detach().clone().requires_grad_(True)
+    ActQuantizer(QuantSpec(4), ste="scale")(y).sum().backward()
+    # every entry keeps the straight-through 1; the row's max |x| also gets the scale's term
+    amax = y.detach().abs().argmax(dim=-1)
+    other = torch.ones_like(y, dtype=torch.bool)
+    other[torch.arange(4), amax] = False
+    assert torch.allclose(y.grad[other], torch.ones(int(other.sum())))
+    assert not torch.allclose(y.grad[~other], torch.ones(4))
+    with pytest.raises(ConfigError, match="straight-through"):
+        ste_quantizer("nope")

@@ -32,6 +32,8 @@ def add_optimize_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--momentum", type=float, default=None, help="Cayley SGD momentum (default: 0)")
     t.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="Cayley SGD (default) or Cayley Adam")
     t.add_argument("--lr-schedule", default=None, choices=["cosine", "linear", "constant"], help="(default: cosine)")
+    t.add_argument("--ste", default=None, choices=["identity", "scale"],
+                   help="gradient of the fake quantizers: straight through (default) or also through the scales")
     t.add_argument("--autocast", default=None, choices=["auto", "none", "bf16", "fp16"],
                    help="autocast dtype of the layers (default: bf16 on GPU, none on CPU)")
     t.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false", default=None,

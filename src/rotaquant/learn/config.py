@@ -36,6 +36,7 @@ class OptimizeConfig(QuantSettings):
     lr: float = Field(1.5, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     lr_schedule: str = "cosine"
+    ste: str = "identity"
     # precision and memory
     device: str = "auto"
     dtype: str = "float32"
@@ -49,6 +50,13 @@ class OptimizeConfig(QuantSettings):
     def _optimizer(cls, value: str) -> str:
         if value not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' (Cayley SGD) or 'adam' (Cayley Adam), not {value!r}")
+        return value
+
+    @field_validator("ste")
+    @classmethod
+    def _ste(cls, value: str) -> str:
+        if value not in ("identity", "scale"):
+            raise ValueError(f"ste must be 'identity' (straight through) or 'scale' (also through the scales), not {value!r}")
         return value
 
     @field_validator("lr_schedule")

@@ -109,7 +109,7 @@ def optimize(
         if cfg.init_path:
             store.load(cfg.init_path)
         windows = calibration_windows(tokenizer, cfg.nsamples, cfg.seqlen, cfg.data, cfg.split, cfg.seed, cfg.data_dir)
-        tm = make_trainable(model, spec, store, cfg, online=cfg.online_rotations)
+        tm = make_trainable(model, spec, store, cfg, online=cfg.online_rotations, ste=cfg.ste)
         tm.rotations.to(next(model.parameters()).device)
         result: LearnResult = learn(tm, windows, cfg, ctx, checkpoint=checkpoint if ctx.main else None,
                                     resume=resume, progress=progress)
@@ -120,6 +120,8 @@ def optimize(
             "main": ctx.main,
             "device": str(device),
             "losses": result.losses,
+            "grad_norms": result.grad_norms,
+            "r1_step_sizes": result.steps,
             "first_loss": result.losses[0] if result.losses else None,
             "last_loss": result.losses[-1] if result.losses else None,
             "steps_run": result.steps_run,

@@ -38,6 +38,8 @@ class LearnResult:
 
     matrices: dict[str, torch.Tensor]
     losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    steps: list[float] = field(default_factory=list)
     steps_run: int = 0
     resumed_from: int = 0
     seconds_per_step: float | None = None
@@ -150,7 +152,7 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
     amp = autocast_dtype(cfg, device)
     opt = make_optimizer(cfg, params)
     ckpt_path = Path(checkpoint) if checkpoint else None
-    start, losses = 0, []
+    start, losses, grad_norms, steps = 0, [], [], []
     if resume and ckpt_path is not None and ckpt_path.is_file():
         start, losses = load_checkpoint(ckpt_path, cfg, tm, opt)
         logger.info("resumed from %s at step %d", ckpt_path, start)
@@ -176,11 +178,17 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
         if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
             raise FloatingPointError(f"step {step}: non-finite gradient of the rotations; lower the lr or use autocast none")
         ctx.all_reduce_mean_([p.grad for p in params])
+        grad_norm = torch.sqrt(sum(p.grad.double().square().sum() for p in params)).item()
         opt.step()
+        # the step actually taken by R1 (the Cayley step is capped at 2q/||W||)
+        step_size = opt.state[params[0]].get("last_alpha", 0.0)
         total = ctx.mean(total, device)
         losses.append(total)
+        grad_norms.append(grad_norm)
+        steps.append(step_size)
         timed += 1
-        bar.set_postfix(loss=f"{total:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}")
+        bar.set_postfix(loss=f"{total:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}", step=f"{step_size:.3g}",
+                        grad=f"{grad_norm:.3g}")
         if callback is not None:
             callback(step, total)
         if ckpt_path is not None and ctx.main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.iterations):
@@ -194,7 +202,7 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
     from .cayley import orthogonality_error
 
     result = LearnResult(
-        matrices=tm.rotations.state(masters), losses=losses, steps_run=timed, resumed_from=start,
+        matrices=tm.rotations.state(masters), losses=losses, grad_norms=grad_norms, steps=steps, steps_run=timed, resumed_from=start,
         seconds_per_step=elapsed / timed if timed else None,
         peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         rank_divergence=ctx.max_divergence(params),

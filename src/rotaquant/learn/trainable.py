@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..quant.activations import add_activation_quantizers
 from ..quant.kv import add_kv_quantizers
 from ..quant.pipeline import check_group_sizes
-from ..quant.quantizer import QuantSpec, fake_quantize_ste
+from ..quant.quantizer import QuantSpec, ste_quantizer
 from ..rotation.apply import left_t_blocks, match_modules, right_blocks
 from ..rotation.fuse import fuse_norms, untie_embeddings
 from ..rotation.matrices import RotationStore
@@ -72,10 +72,12 @@ class _Ref:
 class RotatedWeight(nn.Module):
     """Parametrization ``W -> fq(W R_in)`` / ``fq(R_out^T W R_in)`` (embeddings: ``E R``)."""
 
-    def __init__(self, ref: _Ref, r_in: Key | None, r_out: Key | None, embedding: bool, spec: QuantSpec | None):
+    def __init__(self, ref: _Ref, r_in: Key | None, r_out: Key | None, embedding: bool, spec: QuantSpec | None,
+                 ste: str = "identity"):
         super().__init__()
         self.ref, self.r_in, self.r_out, self.embedding = ref, r_in, r_out, embedding
         self.spec = spec if spec is not None and spec.enabled else None
+        self.fq = ste_quantizer(ste)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         rot = self.ref.rotations
@@ -87,7 +89,7 @@ class RotatedWeight(nn.Module):
                 r = rot.get(self.r_out).float()
                 mat = right_blocks(mat, r) if self.embedding else left_t_blocks(mat, r)
             if self.spec is not None:
-                mat = fake_quantize_ste(mat, self.spec)
+                mat = self.fq(mat, self.spec)
             return mat.to(w.dtype)
 
 
@@ -133,7 +135,7 @@ def _fused_names(spec: RotationSpec) -> set[str]:
 
 
 def make_trainable(model: nn.Module, spec: RotationSpec, store: RotationStore, settings,
-                   online: bool = True) -> TrainableModel:
+                   online: bool = True, ste: str = "identity") -> TrainableModel:
     """Prepare ``model`` (mutated IN PLACE) for learning the fused rotations of ``spec``.
 
     Args:
@@ -142,6 +144,8 @@ def make_trainable(model: nn.Module, spec: RotationSpec, store: RotationStore, s
         store: initial matrices (random Hadamard by default, or loaded from a file).
         settings: a :class:`~rotaquant.quant.recipe.QuantSettings` (bits of W/A/K/V).
         online: insert the online R3/R4 of the config.
+        ste: gradient of the fake quantizers: ``"identity"`` (straight through, SpinQuant's) or
+            ``"scale"`` (also through the dynamic scales).
     """
     check_group_sizes(model, settings)
     for p in model.parameters():
@@ -174,13 +178,13 @@ def make_trainable(model: nn.Module, spec: RotationSpec, store: RotationStore, s
         is_emb = isinstance(module, nn.Embedding)
         quant = isinstance(module, nn.Linear) and not any(pattern_matches(p, name) for p in settings.skip_modules)
         parametrize.register_parametrization(
-            module, "weight", RotatedWeight(ref, r_in, r_out, is_emb, wspec if quant else None), unsafe=True)
+            module, "weight", RotatedWeight(ref, r_in, r_out, is_emb, wspec if quant else None, ste), unsafe=True)
         state.parametrized.append((module, "weight"))
         if r_out is not None and not is_emb and getattr(module, "bias", None) is not None:
             parametrize.register_parametrization(module, "bias", RotatedBias(ref, r_out), unsafe=True)
             state.parametrized.append((module, "bias"))
-    state.quant_handles = add_activation_quantizers(model, settings.act_spec, settings.skip_modules, ste=True)
-    add_kv_quantizers(model, settings.key_spec, settings.value_spec, ste=True)
+    state.quant_handles = add_activation_quantizers(model, settings.act_spec, settings.skip_modules, ste=ste)
+    add_kv_quantizers(model, settings.key_spec, settings.value_spec, ste=ste)
     logger.info("learning %d matrices (%s) through %d parametrized modules",
                 len(rotations.keys), ", ".join(sorted({k[0] for k in rotations.keys})), len(plan))
     return state

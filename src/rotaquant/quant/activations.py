@@ -23,7 +23,7 @@ def linear_modules(model: nn.Module, skip: list[str]) -> list[tuple[str, nn.Line
 
 
 def add_activation_quantizers(model: nn.Module, spec: QuantSpec, skip: list[str],
-                              ste: bool = False) -> list:
+                              ste: bool | str = False) -> list:
     """Quantize each selected linear's input with ``spec``; returns the hook handles.
 
     Mutates ``model`` (forward pre-hooks). ``skip`` holds glob patterns of linears left in full

@@ -27,7 +27,7 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if all(hasattr(m, c) for c in ("q_proj", "k_proj")) and not isinstance(m, nn.Linear)]
 
 
-def add_kv_quantizers(model: nn.Module, key_spec: QuantSpec, value_spec: QuantSpec, ste: bool = False) -> int:
+def add_kv_quantizers(model: nn.Module, key_spec: QuantSpec, value_spec: QuantSpec, ste: bool | str = False) -> int:
     """Quantize keys and values in every attention module; returns how many got quantizers.
 
     Mutates ``model`` (its attention implementation routes through rotaquant's).

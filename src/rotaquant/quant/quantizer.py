@@ -257,27 +257,58 @@ def fake_quantize_ste(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return x + (fake_quantize(x.detach(), spec) - x).detach()
 
 
+def fake_quantize_scale_grad(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """:func:`fake_quantize` forward; backward through the dynamic scale as well (LSQ-style).
+
+    Rounding passes gradients straight through, but the scale stays a function of ``x``
+    (``max|x| / qmax`` per row or group), so the gradient also carries ``round(v) - v`` times
+    the derivative of the scale, which points at the row's largest entries: it tells a
+    rotation which outliers cost resolution. Same values as :func:`fake_quantize`.
+    """
+    if not spec.enabled:
+        return x
+    g = to_groups(x, spec).to(compute_dtype(x))
+    clip = float(spec.clip_ratio)
+    scale, zero = params_from_range(g.amin(dim=-1, keepdim=True) * clip, g.amax(dim=-1, keepdim=True) * clip, spec)
+    zero = zero.detach()
+    v = g / scale
+    q = torch.clamp(v + (torch.round(v) - v).detach() + zero, spec.qmin, spec.qmax)
+    return ((q - zero) * scale).reshape(x.shape).to(x.dtype)
+
+
+def ste_quantizer(mode: str | bool):
+    """The differentiable fake quantizer of a gradient ``mode``: ``"identity"`` (or True), the
+    plain straight-through estimator, or ``"scale"``, which also differentiates the scale."""
+    if mode in (True, "identity"):
+        return fake_quantize_ste
+    if mode == "scale":
+        return fake_quantize_scale_grad
+    raise ConfigError(f"unknown straight-through mode {mode!r}; use 'identity' or 'scale'")
+
+
 class ActQuantizer(nn.Module):
     """Dynamic fake quantizer for activations and the KV cache, over the last dimension.
 
     Activations ``[..., tokens, hidden]`` get one scale per token (or per group of ``hidden``);
     keys/values ``[batch, heads, seq, head_dim]`` one per head and token (or per group of
-    ``head_dim``). Identity when ``spec`` is not enabled. With ``ste`` the gradient passes
-    straight through (for rotation learning).
+    ``head_dim``). Identity when ``spec`` is not enabled. With ``ste`` the quantizer is
+    differentiable (for rotation learning): True or ``"identity"`` passes gradients straight
+    through, ``"scale"`` also differentiates the dynamic scale (see :func:`ste_quantizer`).
     """
 
-    def __init__(self, spec: QuantSpec, ste: bool = False):
+    def __init__(self, spec: QuantSpec, ste: bool | str = False):
         super().__init__()
         if not isinstance(spec, QuantSpec):
             raise ConfigError(f"ActQuantizer needs a QuantSpec, got {type(spec).__name__}")
         self.spec = spec
-        self.ste = bool(ste)
+        self.ste = ste if isinstance(ste, str) else bool(ste)
+        self._fq = ste_quantizer(ste) if ste else fake_quantize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantize ``x`` per row of its last dim (or per group)."""
         if not self.spec.enabled:
             return x
-        return fake_quantize_ste(x, self.spec) if self.ste else fake_quantize(x, self.spec)
+        return self._fq(x, self.spec)
 
     def extra_repr(self) -> str:
         return f"{self.spec}, ste={self.ste}"
