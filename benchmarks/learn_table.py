@@ -13,7 +13,6 @@ Also reports seconds per iteration and peak GPU memory of each learning run.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import sys
@@ -55,19 +54,19 @@ def main() -> None:
     print(f"model {args.model}, {machine}, torch {torch.__version__}", flush=True)
     out: dict = {"meta": {"command": " ".join(sys.argv), "machine": machine, "torch": torch.__version__},
                  "learn": {}, "ptq": []}
-    base_fp32, tok = load_model(args.model, dtype="float32", device="cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def save():
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, default=str))
 
-    base_eval = base_fp32.to({"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.eval_dtype, torch.float32))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     rows: list[dict] = []
+    # every run loads its own copy (the GGUF conversion is cached): casting one loaded model with
+    # .to(fp16) would also cast RoPE's float32 inv_freq buffer and change the results
 
     def evaluate(method: str, rot: str, path: str | None) -> None:
-        model = copy.deepcopy(base_eval).to(device)
         t = time.perf_counter()
+        model, tok = load_model(args.model, dtype=args.eval_dtype, device=device)
         res = run_ptq(None, progress=False, preloaded=(model, tok), model=args.model, **W4A4KV4,
                       w_method=method, rotation_path=path, seqlen=args.seqlen, cal_seqlen=args.seqlen,
                       nsamples=args.gptq_nsamples, batch_size=8, max_windows=args.max_windows)
@@ -84,8 +83,8 @@ def main() -> None:
         if not args.skip_random:
             evaluate(method, "random Hadamard", None)
         path = Path(args.out_dir) / f"learned_{key}.safetensors"
-        model = copy.deepcopy(base_fp32).to(device)
         t = time.perf_counter()
+        model, tok = load_model(args.model, dtype="float32", device=device)
         res = optimize(None, output=path, overwrite=True, progress=False, preloaded=(model, tok),
                        iterations=args.iterations, nsamples=args.nsamples, batch_size=args.learn_batch,
                        lr=args.lr, momentum=args.momentum, optimizer=args.optimizer, seqlen=args.seqlen,

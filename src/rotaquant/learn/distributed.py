@@ -7,6 +7,16 @@ used because the trainable matrices are not the parameters of a module that is c
 reach the layers through parametrizations), and the model's own parameters are frozen, so
 there is nothing else to synchronize. Every rank then takes the same optimizer step, so the
 matrices stay identical; they are checked against rank 0 at the end.
+
+Scaling to a 70B model: data parallelism needs the whole model on every GPU, which holds up to
+roughly 30B parameters in bf16 on an 80-140 GB GPU with activation checkpointing and
+micro-batch 1. A 70B model (140 GB in bf16) needs its frozen weights sharded: FSDP2
+(``torch.distributed.fsdp.fully_shard`` on each decoder layer, then the model) all-gathers one
+layer at a time for the forward, the checkpointed recomputation and the backward, so each of
+8 GPUs holds 1/8 of the weights plus one gathered layer. The parametrizations sit inside each
+layer, so they rotate and fake-quantize the gathered weight; the rotations themselves (R1
+8192 x 8192 in float32 is 256 MiB, R2 80 x 128 x 128) stay replicated outside FSDP and keep
+the one all-reduce per step used here. That sharded mode is not implemented yet.
 """
 
 from __future__ import annotations
