@@ -47,3 +47,24 @@ def test_eval_on_local_text_writes_json(tmp_path, monkeypatch):
     assert main(["eval", "--data", str(data), "--seqlen", "32", "--json", str(out), "-q"]) == 0
     blob = json.loads(out.read_text())
     assert blob["seqlen"] == 32 and blob["windows"] >= 1 and blob["extra"]["config"]["data"] == str(data)
+
+
+def test_optimize_flags_map_onto_the_config():
+    from rotaquant.learn.cli_args import optimize_overrides
+
+    args = build_parser().parse_args(["optimize", "--output", "R.safetensors", "--w-bits", "16", "--a-bits", "4",
+                                      "--k-bits", "4", "--v-bits", "4", "--lr", "0.5", "--iterations", "3",
+                                      "--ste", "scale", "--resume"])
+    over = optimize_overrides(args)
+    assert over.pop("model") == "smollm2-135m"  # --model has a default
+    assert over == {"w_bits": 16, "a_bits": 4, "k_bits": 4, "v_bits": 4, "lr": 0.5, "iterations": 3, "ste": "scale"}
+    assert args.resume and args.output == "R.safetensors"
+
+
+def test_optimize_refuses_the_test_split_before_loading(capsys, tmp_path):
+    out = tmp_path / "R.safetensors"
+    code = main(["optimize", "-q", "--output", str(out), "--a-bits", "4", "--split", "test"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "test split" in err and "Traceback" not in err
+    assert not out.exists()

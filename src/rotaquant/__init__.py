@@ -5,6 +5,8 @@ Public API (each verb takes one validated config or plain keyword arguments):
 * :func:`load_model` - a causal LM and its tokenizer from local files (alias, GGUF, HF folder).
 * :func:`rotate` - fold norms, fuse R1/R2, insert online R3/R4 (mutates the model).
 * :func:`register_model` - teach rotaquant a new architecture (a config or two functions).
+* :func:`quantize` - fake-quantize weights (RTN/GPTQ), activations and KV cache (mutates).
+* :func:`optimize` - learn R1/R2 with Cayley SGD and write a rotation file.
 * :func:`export_hf` - write a rotated model as a standard Hugging Face folder.
 * :mod:`rotaquant.evaluate` - ``evaluate.perplexity(model, tokenizer, data, seqlen, ...)``.
 """
@@ -14,8 +16,10 @@ from __future__ import annotations
 from . import errors, evaluate
 from .errors import RotaquantError
 from .export.hf import export_hf
+from .learn.job import optimize
 from .models.loading import load_model
 from .models.registry import register_model
+from .quant.pipeline import quantize
 from .rotation.rotate import rotate, rotation_state
 
 __version__ = "0.1.0"
@@ -26,6 +30,8 @@ __all__ = [
     "evaluate",
     "export_hf",
     "load_model",
+    "optimize",
+    "quantize",
     "register_model",
     "rotate",
     "rotation_state",

@@ -133,3 +133,15 @@ def test_config_refuses_test_split_and_nothing_quantized():
         OptimizeConfig.load()
     with pytest.raises(ConfigError, match="micro_batch_size"):
         OptimizeConfig.load(a_bits=4, batch_size=8, micro_batch_size=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_learning_on_cuda_with_bf16_autocast():
+    cfg = _cfg(iterations=3, device="cuda", autocast="bf16")
+    tm = _setup(cfg)
+    tm.model.cuda()
+    tm.rotations.cuda()
+    res = learn(tm, _windows(), cfg, progress=False)
+    assert res.peak_memory_gib is not None and res.orthogonality_error < 1e-10
+    assert all(torch.isfinite(torch.tensor(res.losses)))
