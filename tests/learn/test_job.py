@@ -43,6 +43,7 @@ def test_optimize_writes_a_file_that_rotate_and_ptq_consume(tmp_path, text_file)
     path = tmp_path / "R.safetensors"
     assert path.is_file() and (tmp_path / "R.bin").is_file()
     assert not (tmp_path / "R.safetensors.tmp").exists()
+    assert not (tmp_path / "R.safetensors.ckpt").exists()  # the default checkpoint goes once done
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["bits"] == "W4A4KV4" and len(summary["losses"]) == 4 and summary["world_size"] == 1
     mats = read_rotation_file(path)

@@ -85,11 +85,13 @@ def optimize(
     writes ``output`` (rotaquant safetensors; ``rotaquant ptq/rotate --rotation-path`` read it)
     and optionally ``spinquant_output`` (SpinQuant's torch format). Under ``torchrun`` the batch
     is split across the ranks and only rank 0 writes. ``checkpoint`` (default:
-    ``<output>.ckpt``) is written every ``checkpoint_every`` steps; ``resume`` continues from it.
+    ``<output>.ckpt``, removed once the output is written) is written every ``checkpoint_every``
+    steps; ``resume`` continues from it.
     """
     cfg = load_config(config, **overrides)
     _check_outputs(output, spinquant_output, overwrite or resume)
-    if checkpoint is None and output is not None:
+    default_checkpoint = checkpoint is None and output is not None
+    if default_checkpoint:
         checkpoint = f"{output}.ckpt"
     if resume and checkpoint is None:
         raise ConfigError("resume needs a checkpoint path (or an output path, whose .ckpt is the default)")
@@ -140,6 +142,8 @@ def optimize(
                 write_spinquant(spinquant_output, result.matrices)
             if json_path:
                 atomic_write_json(json_path, summary)
+            if default_checkpoint and output is not None and checkpoint is not None:
+                Path(checkpoint).unlink(missing_ok=True)  # the run finished: its output replaces it
         ctx.barrier()
         summary["matrices"] = result.matrices
         return summary
