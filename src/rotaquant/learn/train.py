@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..io import atomic_write_bytes
-from .cayley import CayleyAdam, CayleySGD
+from .cayley import CayleyAdam, CayleySGD, orthogonality_error
 from .config import OptimizeConfig
 from .distributed import DistContext
-from .trainable import TrainableModel
+from .trainable import TrainableModel, store_key
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "rotaquant-learn-checkpoint-v1"
@@ -103,8 +103,6 @@ def load_checkpoint(path: Path, cfg: OptimizeConfig, tm: TrainableModel, opt: to
     saved = ckpt["rotations"]
     with torch.no_grad():
         for key, param in zip(tm.rotations.keys, tm.rotations.matrices, strict=True):
-            from .trainable import store_key
-
             param.copy_(saved[store_key(key)].to(param.dtype))
     opt.load_state_dict(ckpt["optimizer"])
     return int(ckpt["step"]), list(ckpt["losses"])
@@ -199,8 +197,6 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
     if cfg.gradient_checkpointing:
         set_checkpointing(model, False)
     masters = {i: opt.state[p]["master"] for i, p in enumerate(params) if "master" in opt.state[p]}
-    from .cayley import orthogonality_error
-
     result = LearnResult(
         matrices=tm.rotations.state(masters), losses=losses, grad_norms=grad_norms, steps=steps, steps_run=timed, resumed_from=start,
         seconds_per_step=elapsed / timed if timed else None,
