@@ -70,16 +70,33 @@ def _check_params(params) -> list:
 
 
 class _CayleyBase(torch.optim.Optimizer):
-    def _master(self, p: torch.Tensor) -> torch.Tensor:
-        state = self.state[p]
-        if "master" not in state:
-            state["master"] = nearest_orthonormal(p.detach())
-        return state["master"]
+    """The shared step: float64 master, a skew direction ``W`` from the subclass, the step cap
+    ``min(lr, 2q / ||W||)`` and the Cayley retraction, written back into the parameter."""
 
-    @staticmethod
-    def _write(p: torch.Tensor, master: torch.Tensor) -> None:
-        with torch.no_grad():
-            p.copy_(master.to(p.dtype))
+    def _direction(self, x: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+        """The skew-symmetric descent direction (updating the moments in ``state``)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "master" not in state:
+                    state["master"] = nearest_orthonormal(p.detach())
+                x = state["master"]
+                w = self._direction(x, p.grad.detach().to(torch.float64), state, group)
+                alpha = min(group["lr"], 2 * group["q"] / (w.norm().item() + group["eps"]))
+                state["master"] = cayley_retract(x, w, alpha, group["exact"], group["iterations"])
+                state["last_alpha"] = alpha
+                p.copy_(state["master"].to(p.dtype))
+        return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, but the float64 master copies and moments stay float64 (torch would cast
@@ -91,12 +108,6 @@ class _CayleyBase(torch.optim.Optimizer):
             for key, value in saved.items():
                 if torch.is_tensor(value) and key != "step":
                     self.state[p][key] = value.detach().to(device=p.device, dtype=torch.float64, copy=True)
-
-    def set_masters(self) -> None:
-        """Re-read every master copy from its parameter (after loading parameters by hand)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                self.state[p]["master"] = nearest_orthonormal(p.detach())
 
 
 class CayleySGD(_CayleyBase):
@@ -120,28 +131,12 @@ class CayleySGD(_CayleyBase):
         defaults = dict(lr=lr, momentum=momentum, q=q, eps=eps, exact=exact, iterations=iterations)
         super().__init__(_check_params(params), defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                x = self._master(p)
-                state = self.state[p]
-                g = p.grad.detach().to(torch.float64)
-                m = state.get("momentum_buffer")
-                m = -g if m is None else group["momentum"] * m - g
-                w = skew_direction(m, x)
-                state["momentum_buffer"] = w @ x  # momentum lives on the tangent space
-                alpha = min(group["lr"], 2 * group["q"] / (w.norm().item() + group["eps"]))
-                state["master"] = cayley_retract(x, w, alpha, group["exact"], group["iterations"])
-                state["last_alpha"] = alpha
-                self._write(p, state["master"])
-        return loss
+    def _direction(self, x, g, state, group):
+        m = state.get("momentum_buffer")
+        m = -g if m is None else group["momentum"] * m - g
+        w = skew_direction(m, x)
+        state["momentum_buffer"] = w @ x  # momentum lives on the tangent space
+        return w
 
 
 class CayleyAdam(_CayleyBase):
@@ -159,29 +154,13 @@ class CayleyAdam(_CayleyBase):
         defaults = dict(lr=lr, betas=tuple(betas), q=q, eps=eps, exact=exact, iterations=iterations)
         super().__init__(_check_params(params), defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                x = self._master(p)
-                state = self.state[p]
-                g = p.grad.detach().to(torch.float64)
-                t = state["step"] = state.get("step", 0) + 1
-                m = b1 * state.get("exp_avg", torch.zeros_like(x)) + (1 - b1) * g
-                v = b2 * state.get("exp_avg_sq", 0.0) + (1 - b2) * g.square().sum().item()
-                r = (1 - b1**t) * math.sqrt(v / (1 - b2**t) + group["eps"])
-                w = -skew_direction(m, x) / r  # descent: m estimates the gradient
-                state["exp_avg"] = -r * (w @ x)  # first moment projected on the tangent space
-                state["exp_avg_sq"] = v
-                alpha = min(group["lr"], 2 * group["q"] / (w.norm().item() + group["eps"]))
-                state["master"] = cayley_retract(x, w, alpha, group["exact"], group["iterations"])
-                state["last_alpha"] = alpha
-                self._write(p, state["master"])
-        return loss
+    def _direction(self, x, g, state, group):
+        b1, b2 = group["betas"]
+        t = state["step"] = state.get("step", 0) + 1
+        m = b1 * state.get("exp_avg", torch.zeros_like(x)) + (1 - b1) * g
+        v = b2 * state.get("exp_avg_sq", 0.0) + (1 - b2) * g.square().sum().item()
+        r = (1 - b1**t) * math.sqrt(v / (1 - b2**t) + group["eps"])
+        w = -skew_direction(m, x) / r  # descent: m estimates the gradient
+        state["exp_avg"] = -r * (w @ x)  # first moment projected on the tangent space
+        state["exp_avg_sq"] = v
+        return w
