@@ -57,6 +57,15 @@ def _explain(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def check_rotation_mode(value: str | None, what: str = "mode") -> str | None:
+    """A pydantic validator body: ``value`` must be a rotation mode (or None)."""
+    from .rotation.hadamard import ROTATION_MODES
+
+    if value is not None and value not in ROTATION_MODES:
+        raise ValueError(f"unknown {what} {value!r}; use one of {list(ROTATION_MODES)}")
+    return value
+
+
 class EvalConfig(StrictModel):
     """Settings of ``rotaquant eval``: which model, which data, how to cut windows."""
 
@@ -97,8 +106,4 @@ class RotateConfig(StrictModel):
     @field_validator("mode")
     @classmethod
     def _known_mode(cls, value: str | None) -> str | None:
-        from .rotation.hadamard import ROTATION_MODES
-
-        if value is not None and value not in ROTATION_MODES:
-            raise ValueError(f"unknown mode {value!r}; use one of {list(ROTATION_MODES)}")
-        return value
+        return check_rotation_mode(value)

@@ -7,8 +7,11 @@ schedule. The quantizer keys are those of :class:`~rotaquant.quant.recipe.PTQRec
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
+from ..config import check_rotation_mode
 from ..quant.recipe import QuantSettings
 
 
@@ -32,55 +35,23 @@ class OptimizeConfig(QuantSettings):
     iterations: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1)
     micro_batch_size: int | None = Field(None, ge=1)
-    optimizer: str = "sgd"
+    optimizer: Literal["sgd", "adam"] = "sgd"  # Cayley SGD or Cayley Adam
     lr: float = Field(1.5, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
-    lr_schedule: str = "cosine"
-    ste: str = "identity"
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    ste: Literal["identity", "scale"] = "identity"  # straight through, or also through the scales
     # precision and memory
     device: str = "auto"
     dtype: str = "float32"
-    autocast: str = "auto"
+    autocast: Literal["auto", "none", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = True
     # checkpoints
     checkpoint_every: int = Field(25, ge=1)
 
-    @field_validator("optimizer")
-    @classmethod
-    def _optimizer(cls, value: str) -> str:
-        if value not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' (Cayley SGD) or 'adam' (Cayley Adam), not {value!r}")
-        return value
-
-    @field_validator("ste")
-    @classmethod
-    def _ste(cls, value: str) -> str:
-        if value not in ("identity", "scale"):
-            raise ValueError(f"ste must be 'identity' (straight through) or 'scale' (also through the scales), not {value!r}")
-        return value
-
-    @field_validator("lr_schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        if value not in ("cosine", "linear", "constant"):
-            raise ValueError(f"lr_schedule must be cosine, linear or constant, not {value!r}")
-        return value
-
-    @field_validator("autocast")
-    @classmethod
-    def _autocast(cls, value: str) -> str:
-        if value not in ("auto", "none", "bf16", "fp16"):
-            raise ValueError(f"autocast must be auto, none, bf16 or fp16, not {value!r}")
-        return value
-
     @field_validator("init_mode")
     @classmethod
     def _mode(cls, value: str) -> str:
-        from ..rotation.hadamard import ROTATION_MODES
-
-        if value not in ROTATION_MODES:
-            raise ValueError(f"unknown init_mode {value!r}; use one of {list(ROTATION_MODES)}")
-        return value
+        return check_rotation_mode(value, "init_mode")
 
     @model_validator(mode="after")
     def _consistent(self) -> OptimizeConfig:

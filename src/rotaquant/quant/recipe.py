@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import StrictModel
+from ..config import StrictModel, check_rotation_mode
 from .quantizer import QuantSpec
 
 
@@ -121,11 +121,7 @@ class PTQRecipe(QuantSettings):
     @field_validator("rotation_mode")
     @classmethod
     def _mode(cls, value: str) -> str:
-        from ..rotation.hadamard import ROTATION_MODES
-
-        if value not in ROTATION_MODES:
-            raise ValueError(f"unknown rotation mode {value!r}; use one of {list(ROTATION_MODES)}")
-        return value
+        return check_rotation_mode(value, "rotation mode")
 
     @model_validator(mode="after")
     def _consistent(self) -> PTQRecipe:
