@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..quant.cli_args import add_quantizer_args
 from .config import OptimizeConfig
 
 
@@ -17,13 +18,7 @@ def add_optimize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--json", default=None, metavar="PATH", help="write settings, losses and timings as JSON")
-    q = parser.add_argument_group("fake quantization during learning (bits 2..8, or 16 = off)")
-    for what, key in (("w", "weights"), ("a", "activations (per token)"), ("k", "keys"), ("v", "values")):
-        q.add_argument(f"--{what}-bits", type=int, default=None, help=f"bits of the {key} (default: 16)")
-        q.add_argument(f"--{what}-groupsize", type=int, default=None, help=f"group size of the {key}")
-        q.add_argument(f"--{what}-asym", action="store_true", default=None, help=f"asymmetric {key}")
-    for what in ("a", "k", "v"):
-        q.add_argument(f"--{what}-clip-ratio", type=float, default=None, help="clip ratio in (0, 1] (default: 1.0)")
+    add_quantizer_args(parser.add_argument_group("fake quantization during learning (bits 2..8, or 16 = off)"))
     t = parser.add_argument_group("optimization")
     t.add_argument("--iterations", type=int, default=None, help="optimizer steps (default: 100)")
     t.add_argument("--batch-size", type=int, default=None, help="windows per step, over all GPUs (default: 8)")

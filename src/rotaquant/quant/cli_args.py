@@ -13,17 +13,22 @@ def _bool_pair(parser, name: str, key: str, help_on: str, help_off: str) -> None
     group.add_argument(f"--no-{name}", dest=key, action="store_false", default=None, help=help_off)
 
 
-def add_ptq_args(parser: argparse.ArgumentParser) -> None:
-    """Add the quantization flags; every one defaults to None (= the recipe's value)."""
-    parser.add_argument("--recipe", default=None, help="YAML recipe; flags given here override it")
-    q = parser.add_argument_group("quantization (bits 2..8, or 16 = off)")
+def add_quantizer_args(q) -> None:
+    """The ``QuantSettings`` flags (bits, groups, asym, clip ratios of W/A/K/V) on a group."""
     for what, key in (("w", "weights"), ("a", "activations (per token)"), ("k", "keys"), ("v", "values")):
         q.add_argument(f"--{what}-bits", type=int, default=None, help=f"bits of the {key} (default: 16)")
         q.add_argument(f"--{what}-groupsize", type=int, default=None, help=f"group size of the {key} (default: one group per row)")
         q.add_argument(f"--{what}-asym", action="store_true", default=None, help=f"asymmetric {key} quantization")
-    q.add_argument("--w-clip", action="store_true", default=None, help="search the weight clipping range (per channel)")
     for what in ("a", "k", "v"):
         q.add_argument(f"--{what}-clip-ratio", type=float, default=None, help="clip ratio in (0, 1] (default: 1.0)")
+
+
+def add_ptq_args(parser: argparse.ArgumentParser) -> None:
+    """Add the quantization flags; every one defaults to None (= the recipe's value)."""
+    parser.add_argument("--recipe", default=None, help="YAML recipe; flags given here override it")
+    q = parser.add_argument_group("quantization (bits 2..8, or 16 = off)")
+    add_quantizer_args(q)
+    q.add_argument("--w-clip", action="store_true", default=None, help="search the weight clipping range (per channel)")
     method = q.add_mutually_exclusive_group()
     method.add_argument("--w-rtn", dest="w_method", action="store_const", const="rtn", default=None,
                         help="round-to-nearest weights (default)")
