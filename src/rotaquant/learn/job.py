@@ -13,7 +13,7 @@ from ..data import calibration_windows
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json
 from ..models.loading import load_model
-from ..rotation.matrices import RotationStore
+from ..rotation.matrices import RotationStore, write_rotation_file
 from ..rotation.rotate import resolve_spec
 from ..rotation.spec import RotationSpec
 from .config import OptimizeConfig
@@ -22,7 +22,6 @@ from .train import LearnResult, learn
 from .trainable import make_trainable
 
 logger = logging.getLogger(__name__)
-FORMAT = "rotaquant-rotations-v1"
 
 
 def load_config(config: OptimizeConfig | dict | str | os.PathLike | None = None, **overrides) -> OptimizeConfig:
@@ -34,11 +33,8 @@ def load_config(config: OptimizeConfig | dict | str | os.PathLike | None = None,
 
 def write_rotations(path: str | os.PathLike, matrices: dict[str, torch.Tensor], cfg: OptimizeConfig) -> Path:
     """The learned matrices as a rotaquant safetensors file (atomically)."""
-    from safetensors.torch import save
-
-    meta = {"format": FORMAT, "learned": "cayley", "seed": str(cfg.seed), "bits": cfg.bits_label(),
-            "rotation_config": cfg.rotation_config}
-    return atomic_write_bytes(path, save({k: v.contiguous() for k, v in matrices.items()}, metadata=meta))
+    meta = {"learned": "cayley", "seed": str(cfg.seed), "bits": cfg.bits_label(), "rotation_config": cfg.rotation_config}
+    return write_rotation_file(path, matrices, meta)
 
 
 def write_spinquant(path: str | os.PathLike, matrices: dict[str, torch.Tensor]) -> Path:

@@ -268,8 +268,7 @@ def fake_quantize_scale_grad(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     if not spec.enabled:
         return x
     g = to_groups(x, spec).to(compute_dtype(x))
-    clip = float(spec.clip_ratio)
-    scale, zero = params_from_range(g.amin(dim=-1, keepdim=True) * clip, g.amax(dim=-1, keepdim=True) * clip, spec)
+    scale, zero = quant_params(x, spec)  # not detached: the gradient reaches x through the scale
     zero = zero.detach()
     v = g / scale
     q = torch.clamp(v + (torch.round(v) - v).detach() + zero, spec.qmin, spec.qmax)

@@ -95,9 +95,7 @@ class RotationStore:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the matrices made so far to a safetensors file (atomically)."""
-        from safetensors.torch import save
-
-        return atomic_write_bytes(path, save(self.state_dict(), metadata={"format": "rotaquant-rotations-v1"}))
+        return write_rotation_file(path, self.state_dict())
 
     def load(self, path: str | os.PathLike) -> None:
         """Load matrices from a rotaquant safetensors file or a SpinQuant torch file.
@@ -109,6 +107,18 @@ class RotationStore:
             if name not in self.dims:
                 raise RotationFileError(f"{path}: key {name!r} names no matrix of the config ({sorted(self.dims)})")
             self.matrices[(name, group)] = check_rotation(tensor, self.dims[name], f"{path}:{name}@{group}")
+
+
+FILE_FORMAT = "rotaquant-rotations-v1"
+
+
+def write_rotation_file(path: str | os.PathLike, matrices: dict[str, torch.Tensor],
+                        metadata: dict[str, str] | None = None) -> Path:
+    """Matrices keyed ``name`` / ``name@group`` as a rotaquant safetensors file (atomically)."""
+    from safetensors.torch import save
+
+    meta = {"format": FILE_FORMAT, **(metadata or {})}
+    return atomic_write_bytes(path, save({k: v.contiguous() for k, v in matrices.items()}, metadata=meta))
 
 
 def check_rotation(tensor: torch.Tensor, dim: int, where: str) -> torch.Tensor:
