@@ -29,3 +29,11 @@ class OfflineError(RotaquantError):
 
 class DataError(RotaquantError, ValueError):
     """A dataset is missing, empty or malformed."""
+
+
+class OutputError(RotaquantError, OSError):
+    """An output path cannot or must not be written (exists, protected, not writable)."""
+
+
+class NonFiniteError(RotaquantError, ValueError):
+    """A computation produced NaN or infinity (the message names where it first appeared)."""

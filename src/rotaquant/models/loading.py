@@ -13,6 +13,7 @@ Nothing is ever downloaded: ``HF_HUB_OFFLINE`` is set to 1 unless the caller set
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.metadata
@@ -20,14 +21,16 @@ import importlib.util
 import json
 import logging
 import os
+import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError, ModelNotFoundError, OfflineError
-from ..io import atomic_directory
+from ..errors import ConfigError, ModelLoadError, ModelNotFoundError, OfflineError
+from ..io import atomic_directory, check_writable_output, sweep_stale_temps
 from .aliases import ALIASES, ModelAlias
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,14 +53,28 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` means CUDA when available, else CPU."""
+    """``None``/``"auto"`` means CUDA when available, else CPU; a device that does not exist here
+    (``gpu``, ``cuda`` on a CPU-only torch, ``cuda:3`` on a 1-GPU host) is a :class:`ConfigError`."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        raise ConfigError(f"unsupported device {str(device)!r}; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no visible CUDA GPU"
+            raise ConfigError(f"device {str(device)!r} asked for, but this host has {build} "
+                              f"(torch {torch.__version__}); use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
 
 
 def cache_root() -> Path:
@@ -172,15 +189,16 @@ def _convert_gguf(path: Path, target: Path) -> None:
     for module in ("gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:
             raise ModelLoadError(f"loading GGUF needs the package {module!r}: pip install {module}")
+    check_gguf_complete(path)
     started = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         )
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+    except (ValueError, KeyError, OSError, RuntimeError, IndexError, struct.error) as exc:
         raise ModelLoadError(f"transformers could not read the GGUF file {path}: {exc}") from exc
-    with atomic_directory(target, overwrite=True) as tmp:
+    with atomic_directory(target, overwrite=True, require_marker=False) as tmp:
         _save_dequantized(model, tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "rotaquant-source.json").write_text(
@@ -189,15 +207,55 @@ def _convert_gguf(path: Path, target: Path) -> None:
     logger.info("converted %s in %.1f s, cached at %s", path.name, time.perf_counter() - started, target)
 
 
+def check_gguf_complete(path: Path) -> None:
+    """Parse the GGUF metadata and tensor table; a truncated or corrupt file is a ModelLoadError."""
+    from gguf import GGUFReader
+
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(str(path))
+    except (struct.error, ValueError, IndexError, KeyError, EOFError) as exc:
+        raise ModelLoadError(f"{path} is truncated or corrupt ({size} bytes; its metadata or tensor table "
+                             f"cannot be parsed: {exc}); copy or download the file again") from None
+    end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > size:
+        raise ModelLoadError(f"{path} is truncated: its tensors need {end} bytes, the file has {size}; "
+                             "copy or download the file again")
+
+
+@contextlib.contextmanager
+def _conversion_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock file in the cache, so concurrent first uses convert the GGUF once."""
+    import fcntl
+
+    with open(root / ".convert.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def gguf_cache_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Return the cached HF folder for a GGUF file, converting it on first use."""
+    """Return the cached HF folder for a GGUF file, converting it on first use.
+
+    The cache is checked for writing before the (slow) conversion; temporary folders of killed
+    conversions older than an hour are removed; a lock file makes concurrent processes wait for
+    one conversion instead of each converting.
+    """
     path = Path(path)
     _check_gguf_header(path)
-    root = Path(cache_dir) if cache_dir else cache_root()
-    target = root / "gguf" / f"{file_sha256(path)[:24]}-v{CACHE_FORMAT}"
-    if not (target / "config.json").is_file():
-        logger.info("first use of %s: converting GGUF to a cached HF folder (slow once)", path.name)
-        _convert_gguf(path, target)
+    root = (Path(cache_dir) if cache_dir else cache_root()).expanduser() / "gguf"
+    target = root / f"{file_sha256(path)[:24]}-v{CACHE_FORMAT}"
+    if (target / "config.json").is_file():
+        return target
+    check_writable_output(target, "dir", overwrite=True, require_marker=False)
+    root.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(root)
+    with _conversion_lock(root):
+        if not (target / "config.json").is_file():  # another process may have converted it meanwhile
+            logger.info("first use of %s: converting GGUF to a cached HF folder (slow once)", path.name)
+            _convert_gguf(path, target)
     return target
 
 
