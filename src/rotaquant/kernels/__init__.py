@@ -1,0 +1,88 @@
+"""GPU kernels (Triton) for the online Hadamard transform, alone and fused with quantization.
+
+Importing this package never needs Triton or CUDA: the kernels module is imported lazily, on
+the first call that runs on the GPU.  The public entry points pick the kernel when it can run
+and fall back to the torch reference otherwise, so callers never branch on the device:
+
+* :func:`rotaquant.rotation.transform.hadamard_transform` (dispatches here automatically),
+* :func:`hadamard_quantize`: Hadamard + dynamic quantization to integer codes and scales,
+* :func:`hadamard_fake_quantize`: Hadamard + quantize-dequantize (the fake-quant stages).
+
+:func:`triton_available` tells whether the kernels can run at all in this process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+__all__ = [
+    "KERNEL_DTYPES",
+    "hadamard_fake_quantize",
+    "hadamard_quantize",
+    "hadamard_supported",
+    "triton_transform",
+    "triton_available",
+    "unsupported_reason",
+]
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_SYLVESTER_BITS = 14  # 2**k up to 16384 (two in-register factors of at most 128)
+MAX_CORE = 1024  # padded core order the kernel handles (m up to 1024: 924 = Paley II of 461)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True if Triton imports and CUDA is usable (checked once per process)."""
+    if importlib.util.find_spec("triton") is None or not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install must not break rotaquant: fall back to torch
+        return False
+    return True
+
+
+def unsupported_reason(x: torch.Tensor) -> str | None:
+    """Why the Triton Hadamard kernel cannot run on ``x``, or None if it can."""
+    if not x.is_cuda:
+        return f"tensor is on {x.device.type}, the kernel needs CUDA"
+    if x.dtype not in KERNEL_DTYPES:
+        return f"dtype {x.dtype} (the kernel takes float16, bfloat16, float32)"
+    if not triton_available():
+        return "Triton is not installed or CUDA is unusable"
+    from rotaquant.rotation.hadamard import hadamard_factorization
+
+    m, k = hadamard_factorization(x.shape[-1])
+    if k > MAX_SYLVESTER_BITS:
+        return f"2**{k} Sylvester part is larger than 2**{MAX_SYLVESTER_BITS}"
+    core = m << k if k < 4 else m  # Sylvester parts below 16 are folded into the core
+    if core > MAX_CORE:
+        return f"core order {core} is larger than {MAX_CORE}"
+    return None
+
+
+def hadamard_supported(x: torch.Tensor) -> bool:
+    """True if the Triton Hadamard kernel can transform ``x`` (see :func:`unsupported_reason`)."""
+    return unsupported_reason(x) is None
+
+
+def triton_transform(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """The Triton transform (``x @ H.T``, ``/ sqrt(n)`` if ``normalize``), differentiable.
+
+    ``x`` must pass :func:`hadamard_supported`; any leading shape.
+    """
+    from .hadamard_triton import hadamard_autograd
+
+    return hadamard_autograd(x, normalize)
+
+
+def __getattr__(name):  # the fused API lives in its own module; load it on first use
+    if name in ("hadamard_quantize", "hadamard_fake_quantize"):
+        from . import fused_quant
+
+        return getattr(fused_quant, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

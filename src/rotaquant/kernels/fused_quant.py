@@ -1,0 +1,84 @@
+"""Hadamard transform fused with dynamic quantization (what R4 + activation quantizer and R3 +
+KV quantizer compute), with the torch reference as fallback.
+
+Both functions quantize ``hadamard_transform(x, normalize)`` (rounded to ``x.dtype`` first) on
+the grid of :mod:`rotaquant.quant.quantizer`, per row of the last dim or per group of
+``spec.group_size``.  The Triton kernel runs when :func:`rotaquant.kernels.hadamard_supported`
+holds, the spec is a 2..8-bit one, and the groups fit the kernel (a power-of-two group size, or
+one group per row); otherwise the reference runs.  ``backend`` works as in
+:func:`~rotaquant.rotation.transform.hadamard_transform`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rotaquant.errors import ConfigError
+from rotaquant.quant.quantizer import QuantSpec, fake_quantize, quant_params, quantize_to_int, to_groups
+from rotaquant.rotation.transform import _backend, hadamard_transform
+
+__all__ = ["hadamard_fake_quantize", "hadamard_quantize"]
+
+
+def _use_kernel(x: torch.Tensor, spec: QuantSpec, backend: str | None) -> bool:
+    if _backend(x, backend) != "triton":
+        return False
+    from .hadamard_triton import fused_supported
+
+    ok = fused_supported(x.shape[-1], spec)
+    if backend == "triton" and not ok:
+        raise ConfigError(f"the fused kernel cannot compute {spec} groups for order {x.shape[-1]}; "
+                          "use a power-of-two group size, or backend='auto'")
+    return ok
+
+
+def _check(x: torch.Tensor, spec: QuantSpec) -> None:
+    if not isinstance(spec, QuantSpec):
+        raise ConfigError(f"expected a QuantSpec, got {type(spec).__name__}")
+    if not isinstance(x, torch.Tensor) or x.dim() == 0 or not x.is_floating_point():
+        raise ConfigError("hadamard quantization needs a floating-point tensor with a last dimension")
+    to_groups(x.new_empty((0, x.shape[-1])), spec)  # raises if the group size does not divide n
+
+
+def hadamard_quantize(x: torch.Tensor, spec: QuantSpec, normalize: bool = True, *,
+                      backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer codes and parameters of ``hadamard_transform(x)`` on ``spec``'s grid.
+
+    Returns ``(codes, scale, zero)``: ``codes`` shaped like ``x``, int8 for symmetric specs and
+    uint8 for asymmetric ones (one code per byte, not packed); ``scale`` and ``zero`` float32
+    (float64 for float64 ``x``) of shape ``[..., G, 1]`` as from
+    :func:`~rotaquant.quant.quantizer.quant_params`, so ``dequantize(to_groups(codes), scale,
+    zero)`` gives the fake-quantized values.  ``x`` is not modified.
+    """
+    _check(x, spec)
+    if not spec.enabled:
+        raise ConfigError(f"hadamard_quantize needs a 2..8-bit spec, got {spec}")
+    if _use_kernel(x, spec, backend):
+        from .hadamard_triton import _as_rows, launch
+
+        codes, scale, zero = launch(_as_rows(x), bool(normalize), False, 1, spec)
+        lead = x.shape[:-1]
+        return codes.reshape(x.shape), scale.reshape(*lead, -1, 1), zero.reshape(*lead, -1, 1)
+    y = hadamard_transform(x, normalize, backend=backend)
+    scale, zero = quant_params(y, spec)
+    codes = quantize_to_int(to_groups(y, spec), scale, zero, spec)
+    return codes.to(torch.int8 if spec.symmetric else torch.uint8).reshape(x.shape), scale, zero
+
+
+def hadamard_fake_quantize(x: torch.Tensor, spec: QuantSpec, normalize: bool = True, *,
+                           backend: str | None = None) -> torch.Tensor:
+    """``fake_quantize(hadamard_transform(x, normalize), spec)`` in ``x``'s dtype.
+
+    Differentiable with a straight-through gradient (``grad @ H / sqrt(n)``, the quantizer
+    passing gradients unchanged) on both backends.  Identity quantization when ``spec`` is
+    disabled.
+    """
+    _check(x, spec)
+    if spec.enabled and _use_kernel(x, spec, backend):
+        from .hadamard_triton import hadamard_fake_quant_autograd
+
+        return hadamard_fake_quant_autograd(x, spec, normalize)
+    y = hadamard_transform(x, normalize, backend=backend)
+    if not spec.enabled:
+        return y
+    return y + (fake_quantize(y.detach(), spec) - y).detach() if y.requires_grad else fake_quantize(y, spec)

@@ -1,0 +1,363 @@
+"""Triton Hadamard transform over the last dim of ``[rows, n]``, optionally fused with quantization.
+
+Imported only when Triton is available (see :mod:`rotaquant.kernels`).
+
+One program loads ``R`` whole rows once, transforms them in registers and writes them once.
+With ``n = m * 2**k`` the matrix is ``kron(C, S1, S2)``: ``C`` the ``m x m`` core (``m`` padded to
+a power of two, at least 16) and ``S1, S2`` Sylvester factors of at most 128 (generated in the
+kernel from ``(-1) ** popcount(i & j)``).  Each factor is one ``tl.dot`` on a reshaped view of
+the tile; between dots the tile is permuted so the next axis to contract is the last one.  When
+``k < 4`` the small Sylvester part is folded into the core.  A core too large for one dot
+(padded order above 256) is applied in blocks of output columns, each finished and written
+independently (rows are re-read from L2 once per block).
+
+Precision: the ``+-1`` factors are exact in every float format, so the first dot of a float16 or
+bfloat16 input is exact; later dots take their float32 operand split into two bfloat16 parts
+(three for float32 inputs, i.e. 16 / 24 significant bits), accumulated in float32.  The
+normalisation ``1 / sqrt(n)`` is applied once in float32 before the single rounding to the
+output dtype.
+
+Fused quantization (``MODE`` 1: integer codes + scales, ``MODE`` 2: quantize-dequantize) rounds
+the transformed values to the input dtype first, then follows the grid of
+:mod:`rotaquant.quant.quantizer` exactly: IEEE division (``div_rn``) and round-half-to-even
+(``_rint``), as torch does.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, sylvester
+
+__all__ = ["Plan", "hadamard_autograd", "hadamard_fake_quant_autograd", "launch", "plan_for"]
+
+TILE = 8192  # padded elements per program: enough bytes in flight, few enough registers
+MAX_BLOCK = 256  # largest core block applied by one dot (the B operand sits in shared memory)
+K_BLOCK = 64  # core contraction chunk
+# float32 operands are split into bfloat16 parts (float32 range); Triton's CPU interpreter has
+# no bfloat16 dot, so there (tests of the kernel logic only) float16 parts are used.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+SPLIT_DTYPE = torch.float16 if _INTERPRET else torch.bfloat16
+_SPLIT_TL = tl.float16 if _INTERPRET else tl.bfloat16
+
+
+# -- device code ----------------------------------------------------------------------------
+@triton.jit
+def _sylvester_block(F: tl.constexpr):
+    """The ``F x F`` Sylvester matrix ``(-1) ** popcount(i & j)`` (F <= 256) as float32."""
+    i = tl.arange(0, F)
+    p = i[:, None] & i[None, :]
+    p = p ^ (p >> 4)
+    p = p ^ (p >> 2)
+    p = p ^ (p >> 1)
+    return (1 - 2 * (p & 1)).to(tl.float32)
+
+
+@triton.jit
+def _rint(x):
+    """Round half to even (``torch.round``), exact for ``|x| < 2**23``."""
+    r = tl.floor(x)
+    d = x - r
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    return tl.where((d > 0.5) | ((d == 0.5) & odd), r + 1.0, r)
+
+
+@triton.jit
+def _dot_split(a, b, acc, NSPLIT: tl.constexpr):
+    """``acc + a @ b`` for a +-1 matrix ``b``, ``a`` split into ``NSPLIT`` parts of ``b``'s dtype."""
+    hi = a.to(b.dtype)
+    acc = tl.dot(hi, b, acc)
+    if NSPLIT > 1:
+        r = a.to(tl.float32) - hi.to(tl.float32)
+        mid = r.to(b.dtype)
+        acc = tl.dot(mid, b, acc)
+        if NSPLIT > 2:
+            r = r - mid.to(tl.float32)
+            acc = tl.dot(r.to(b.dtype), b, acc)
+    return acc
+
+
+@triton.jit
+def _sylvester_stages(z, P: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr,
+                      NS1: tl.constexpr, NS2: tl.constexpr, SPLIT_DT: tl.constexpr):
+    """Apply ``kron(S(F1), S(F2))`` to the last dim of ``z`` ``[P, F1 * F2]``; float32 result.
+
+    ``NS1 == 1`` means ``z`` is exact in its own (16-bit) dtype, so the first dot runs on it
+    directly; otherwise operands are split into ``SPLIT_DT`` (bfloat16) parts.
+    """
+    if NS1 == 1:
+        dt1 = z.dtype
+    else:
+        dt1 = SPLIT_DT
+    if F2 == 1:
+        y = _dot_split(z, _sylvester_block(F1).to(dt1), tl.zeros([P, F1], tl.float32), NS1)
+    else:
+        y = tl.reshape(z, [P * F1, F2])
+        y = _dot_split(y, _sylvester_block(F2).to(dt1), tl.zeros([P * F1, F2], tl.float32), NS1)
+        y = tl.reshape(tl.permute(tl.reshape(y, [P, F1, F2]), (0, 2, 1)), [P * F2, F1])
+        s1 = _sylvester_block(F1).to(SPLIT_DT)
+        y = _dot_split(y, s1, tl.zeros([P * F2, F1], tl.float32), NS2)
+        y = tl.reshape(tl.permute(tl.reshape(y, [P, F2, F1]), (0, 2, 1)), [P, F1 * F2])
+    return y
+
+
+@triton.jit
+def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm, clip,
+            R: tl.constexpr, W: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
+            QMIN: tl.constexpr, QMAX: tl.constexpr, GP: tl.constexpr):
+    """Scale, round and write the transformed tile ``y`` ``[R, W]`` (columns ``col0 + [0, W)``).
+
+    MODE 0 writes the transform; MODE 1 the codes and scales (and zero points when asymmetric);
+    MODE 2 the quantize-dequantized values.  Groups are ``GP`` consecutive columns, ``G`` a row.
+    """
+    cols = col0 + tl.arange(0, W)
+    offs = rr.to(tl.int64)[:, None] * stride_o + cols[None, :]
+    msk = rmask[:, None] & (cols < n)[None, :]
+    yq = (y * norm).to(out_ptr.dtype.element_ty)
+    if MODE == 0:
+        tl.store(out_ptr + offs, yq, mask=msk)
+    else:
+        NG: tl.constexpr = W // GP
+        v = tl.reshape(yq.to(tl.float32), [R, NG, GP])
+        if SYM:
+            amax = tl.max(tl.abs(v), axis=2) * clip
+            scale = tl.math.div_rn(amax, tl.full([R, NG], QMAX, tl.float32))
+            scale = tl.where(scale > 0, scale, 1.0)
+            zero = tl.zeros([R, NG], tl.float32)
+        else:
+            lo = tl.minimum(tl.min(v, axis=2) * clip, 0.0)
+            hi = tl.maximum(tl.max(v, axis=2) * clip, 0.0)
+            scale = tl.math.div_rn(hi - lo, tl.full([R, NG], QMAX, tl.float32))
+            scale = tl.where(scale > 0, scale, 1.0)
+            zero = _rint(tl.math.div_rn(-lo, scale))
+            zero = tl.minimum(tl.maximum(zero, 0.0), QMAX)
+        q = _rint(tl.math.div_rn(v, scale[:, :, None])) + zero[:, :, None]
+        q = tl.minimum(tl.maximum(q, QMIN), QMAX)
+        if MODE == 1:
+            tl.store(codes_ptr + offs, tl.reshape(q, [R, W]).to(codes_ptr.dtype.element_ty), mask=msk)
+            groups = col0 // GP + tl.arange(0, NG)
+            goffs = rr.to(tl.int64)[:, None] * G + groups[None, :]
+            gmsk = rmask[:, None] & (groups < G)[None, :]
+            tl.store(scale_ptr + goffs, scale, mask=gmsk)
+            if not SYM:
+                tl.store(zero_ptr + goffs, zero, mask=gmsk)
+        else:
+            deq = (q - zero[:, :, None]) * scale[:, :, None]
+            tl.store(out_ptr + offs, tl.reshape(deq, [R, W]).to(out_ptr.dtype.element_ty), mask=msk)
+
+
+@triton.jit
+def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
+                     rows, n, G, stride_x, stride_o, norm, clip,
+                     M: tl.constexpr, MP: tl.constexpr, IB: tl.constexpr, KB: tl.constexpr,
+                     H: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr, R: tl.constexpr,
+                     NS_IN: tl.constexpr, NS: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
+                     QMIN: tl.constexpr, QMAX: tl.constexpr, GP: tl.constexpr,
+                     SPLIT_DT: tl.constexpr):
+    pid = tl.program_id(0)
+    rr = pid * R + tl.arange(0, R)
+    rmask = rr < rows
+    rows64 = rr.to(tl.int64)
+    if MP == 1:  # a pure Sylvester transform: the tile is [R, H]
+        jj = tl.arange(0, H)
+        xt = tl.load(x_ptr + rows64[:, None] * stride_x + jj[None, :], mask=rmask[:, None], other=0.0)
+        y = _sylvester_stages(xt, R, F1, F2, NS_IN, NS, SPLIT_DT)
+        _finish(y, rr, rmask, 0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm, clip,
+                R, H, MODE, SYM, QMIN, QMAX, GP)
+    elif H == 1:  # core only (small Sylvester parts are folded into it): the tile is [R, IB]
+        for ib in tl.static_range(0, MP, IB):
+            ii = ib + tl.arange(0, IB)
+            acc = tl.zeros([R, IB], tl.float32)
+            for kb in tl.static_range(0, MP, KB):
+                kk = kb + tl.arange(0, KB)
+                msk = rmask[:, None] & (kk < M)[None, :]
+                xt = tl.load(x_ptr + rows64[:, None] * stride_x + kk[None, :], mask=msk, other=0.0)
+                c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
+                acc = _dot_split(xt, c, acc, NS_IN)
+            _finish(acc, rr, rmask, ib, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm,
+                    clip, R, IB, MODE, SYM, QMIN, QMAX, GP)
+    else:  # core then Sylvester: the tile is [R, IB, H], loaded as [R, H, KB] for the core dot
+        jj = tl.arange(0, H)
+        for ib in tl.static_range(0, MP, IB):
+            ii = ib + tl.arange(0, IB)
+            acc = tl.zeros([R * H, IB], tl.float32)
+            for kb in tl.static_range(0, MP, KB):
+                kk = kb + tl.arange(0, KB)
+                offs = rows64[:, None, None] * stride_x + (kk[None, None, :] * H + jj[None, :, None])
+                msk = rmask[:, None, None] & (kk < M)[None, None, :]
+                xt = tl.reshape(tl.load(x_ptr + offs, mask=msk, other=0.0), [R * H, KB])
+                c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
+                acc = _dot_split(xt, c, acc, NS_IN)
+            z = tl.reshape(tl.permute(tl.reshape(acc, [R, H, IB]), (0, 2, 1)), [R * IB, H])
+            y = tl.reshape(_sylvester_stages(z, R * IB, F1, F2, NS, NS, SPLIT_DT), [R, IB * H])
+            _finish(y, rr, rmask, ib * H, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr,
+                    norm, clip, R, IB * H, MODE, SYM, QMIN, QMAX, GP)
+
+
+# -- host code ------------------------------------------------------------------------------
+def _pow2_at_least(v: int, low: int = 1) -> int:
+    return max(low, 1 << max(0, (v - 1).bit_length()))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Compile-time shape of the kernel for one order ``n`` (see the module docstring)."""
+
+    n: int
+    M: int  # core order (with folded Sylvester bits), 1 if none
+    MP: int  # padded core order
+    IB: int  # core output block
+    KB: int  # core contraction block
+    H: int  # Sylvester part 2**k (1 when folded into the core)
+    F1: int
+    F2: int
+    R: int  # rows per program
+    num_warps: int
+
+    @property
+    def width(self) -> int:
+        """Padded columns a program finishes at once (quantization groups must divide it)."""
+        return self.IB * self.H if self.MP > 1 else self.H
+
+
+@functools.lru_cache(maxsize=256)
+def plan_for(n: int, rows_hint: int = 1 << 30) -> Plan:
+    """The kernel shape for order ``n`` (``rows_hint`` caps rows per program for tiny batches)."""
+    m, k = hadamard_factorization(n)
+    if k < 4:
+        M, H, F1, F2 = m << k, 1, 1, 1
+    else:
+        M, H = m, 1 << k
+        F1, F2 = (H, 1) if k <= 7 else (1 << (k - k // 2), 1 << (k // 2))
+    if M == 1:
+        MP = IB = KB = 1
+        need = 1 if F2 > 1 else 16  # the single-factor dot has R rows
+    else:
+        MP = _pow2_at_least(M, 16)
+        IB, KB = min(MP, MAX_BLOCK), min(MP, K_BLOCK)
+        need = max(1, 16 // H)  # the core dot has R * H rows
+        if F2 == 1 and H > 1:
+            need = max(need, 16 // IB)
+    per_row = (IB if MP > 1 else 1) * H
+    R = max(need, min(_pow2_at_least(rows_hint), max(1, TILE // per_row)))
+    tile = R * per_row
+    num_warps = 4 if tile <= 4096 else 8 if tile <= 16384 else 16
+    return Plan(n, M, MP, IB, KB, H, F1, F2, R, num_warps)
+
+
+@functools.lru_cache(maxsize=128)
+def _core_operand(n: int, transpose: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The padded ``[MP, MP]`` right operand ``B`` of the core dot (``B = C.T`` for ``x @ H.T``)."""
+    plan = plan_for(n)
+    m, k = hadamard_factorization(n)
+    core = core_matrix(m)
+    if plan.H == 1 and k:
+        core = torch.kron(core, sylvester(k))
+    b = torch.zeros(plan.MP, plan.MP, dtype=torch.float64)
+    b[: plan.M, : plan.M] = core if transpose else core.T
+    return b.to(device=device, dtype=dtype)
+
+
+def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int = 0,
+           spec=None) -> tuple[torch.Tensor, ...]:
+    """Run the kernel on the 2-D ``x2`` ``[rows, n]`` (last dim contiguous).
+
+    mode 0: returns ``(y,)``; mode 1: ``(codes, scale, zero)`` with ``scale``/``zero`` float32
+    ``[rows, G]`` (``zero`` all zeros when symmetric); mode 2: ``(fake_quantized,)``.
+    """
+    rows, n = x2.shape
+    plan = plan_for(n, rows)
+    half = x2.dtype in (torch.float16, torch.bfloat16)
+    core_dtype = x2.dtype if half else SPLIT_DTYPE
+    core = _core_operand(n, transpose, core_dtype, x2.device) if plan.MP > 1 else x2
+    norm = 1.0 / math.sqrt(n) if normalize else 1.0
+    sym, qmin, qmax, gp, clip, groups = True, 0, 0, plan.width, 1.0, 1
+    out = codes = scale = zero = x2
+    if mode:
+        sym, qmin, qmax, clip = spec.symmetric, spec.qmin, spec.qmax, float(spec.clip_ratio)
+        gp = spec.group_size if spec.group_size and spec.group_size != n else plan.width
+        groups = n // spec.group_size if spec.group_size else 1
+    if mode == 1:
+        codes = torch.empty(rows, n, dtype=torch.int8 if sym else torch.uint8, device=x2.device)
+        scale = torch.empty(rows, groups, dtype=torch.float32, device=x2.device)
+        zero = torch.zeros(rows, groups, dtype=torch.float32, device=x2.device)
+        out = torch.empty(0, dtype=x2.dtype, device=x2.device)
+    else:
+        out = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
+    if rows:
+        grid = (triton.cdiv(rows, plan.R),)
+        _hadamard_kernel[grid](
+            x2, out, core, codes, scale, zero, rows, n, groups, x2.stride(0), n, norm, clip,
+            M=plan.M, MP=plan.MP, IB=plan.IB, KB=plan.KB, H=plan.H, F1=plan.F1, F2=plan.F2,
+            R=plan.R, NS_IN=1 if half else 3, NS=2 if half else 3, MODE=mode, SYM=sym,
+            QMIN=qmin, QMAX=qmax, GP=gp, SPLIT_DT=_SPLIT_TL, num_warps=plan.num_warps,
+        )
+    if mode == 1:
+        return codes, scale, zero
+    return (out,)
+
+
+def fused_supported(n: int, spec) -> bool:
+    """Whether the fused kernel computes ``spec``'s groups for order ``n`` in one pass."""
+    plan = plan_for(n)
+    g = spec.group_size
+    if g is None or g == n:  # one group per row: the whole row must be in one block
+        return plan.MP <= plan.IB
+    return g & (g - 1) == 0 and n % g == 0 and plan.width % g == 0
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def transform(x: torch.Tensor, normalize: bool, transpose: bool = False) -> torch.Tensor:
+    """The kernel transform of ``x`` (any leading shape), no autograd."""
+    return launch(_as_rows(x), normalize, transpose)[0].reshape(x.shape)
+
+
+class _Hadamard(torch.autograd.Function):
+    """``y = x @ H.T`` (or ``x @ H``); backward is the same kernel with the core transposed."""
+
+    @staticmethod
+    def forward(ctx, x, normalize, transpose):
+        ctx.normalize, ctx.transpose = normalize, transpose
+        return transform(x, normalize, transpose)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Hadamard.apply(grad, ctx.normalize, not ctx.transpose), None, None
+
+
+def hadamard_autograd(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """:func:`transform`, differentiable when ``x`` requires grad."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Hadamard.apply(x, bool(normalize), False)
+    return transform(x, bool(normalize))
+
+
+class _HadamardFakeQuant(torch.autograd.Function):
+    """Fused transform + fake quantization; straight-through gradient ``grad @ H``."""
+
+    @staticmethod
+    def forward(ctx, x, spec, normalize):
+        ctx.normalize = normalize
+        return launch(_as_rows(x), normalize, False, 2, spec)[0].reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Hadamard.apply(grad, ctx.normalize, True), None, None
+
+
+def hadamard_fake_quant_autograd(x: torch.Tensor, spec, normalize: bool = True) -> torch.Tensor:
+    """Fused ``fake_quantize(hadamard(x))``; differentiable (STE) when ``x`` requires grad."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _HadamardFakeQuant.apply(x, spec, bool(normalize))
+    return launch(_as_rows(x), bool(normalize), False, 2, spec)[0].reshape(x.shape)
