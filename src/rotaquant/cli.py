@@ -18,6 +18,7 @@ EPILOG = """examples:
   rotaquant ptq --model smollm2-135m --w-bits 4 --a-bits 4 --k-bits 4 --v-bits 4 --gptq
   rotaquant optimize --model smollm2-135m --w-bits 16 --a-bits 4 --k-bits 4 --v-bits 4 --output R.safetensors
   rotaquant ptq --model smollm2-135m --w-bits 4 --a-bits 4 --k-bits 4 --v-bits 4 --gptq --rotation-path R.safetensors
+  rotaquant analyze --model smollm2-135m --methods none,quarot,spinquant,smoothquant --output ./analysis
   rotaquant demo
 """
 
@@ -92,6 +93,17 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(f"{res['bits']} rotations learned on {res['device']} x{res['world_size']}: loss "
           f"{res['first_loss']:.4f} -> {res['last_loss']:.4f} in {res['steps_run']} steps "
           f"({res['seconds_per_step']:.2f} s/step); wrote {args.output}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .eval.analyze import run_analyze
+    from .eval.analyze_args import analyze_overrides
+
+    res = run_analyze(args.config, output=args.output, overwrite=args.overwrite, progress=not args.quiet,
+                      **analyze_overrides(args))
+    print(res["summary"] + "\nlayer-output cosine, side by side:\n" + res["layers_table"])
+    print(f"wrote {res['output']}: {', '.join(res['files'])} ({res['seconds']['total']:.0f} s)")
     return 0
 
 
@@ -174,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_optimize_args(p)
     p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("analyze", help="layer-wise error of QuaRot/SpinQuant/SmoothQuant-style processing -> CSV, PNGs",
+                       description="For each method, process a copy of the model, quantize it and compare "
+                       "every decoder layer and submodule with the full-precision model (cosine, MSE; "
+                       "each layer fed the FP input and its own input); also the kurtosis and channel "
+                       "magnitudes of the linear inputs. Writes analysis.csv, summary.txt, "
+                       "side_by_side.md, analysis.json and PNGs into --output.")
+    add_model_args(p)
+    from .eval.analyze_args import add_analyze_args
+
+    add_analyze_args(p)
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo", help="the main job: FP vs W4A4KV4 without and with rotation",
                        description="Runs the quick start job on smollm2-135m and WikiText-2: FP, "
