@@ -228,8 +228,8 @@ class Plan:
 
 
 @functools.lru_cache(maxsize=256)
-def plan_for(n: int, rows_hint: int = 1 << 30) -> Plan:
-    """The kernel shape for order ``n`` (``rows_hint`` caps rows per program for tiny batches)."""
+def plan_for(n: int) -> Plan:
+    """The kernel shape for order ``n`` (one compiled variant per order, whatever the row count)."""
     m, k = hadamard_factorization(n)
     if k < 4:
         M, H, F1, F2 = m << k, 1, 1, 1
@@ -246,7 +246,7 @@ def plan_for(n: int, rows_hint: int = 1 << 30) -> Plan:
         if F2 == 1 and H > 1:
             need = max(need, 16 // IB)
     per_row = (IB if MP > 1 else 1) * H
-    R = max(need, min(_pow2_at_least(rows_hint), max(1, TILE // per_row)))
+    R = max(need, TILE // per_row)
     tile = R * per_row
     num_warps = 4 if tile <= 4096 else 8 if tile <= 16384 else 16
     return Plan(n, M, MP, IB, KB, H, F1, F2, R, num_warps)
@@ -273,7 +273,7 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     ``[rows, G]`` (``zero`` all zeros when symmetric); mode 2: ``(fake_quantized,)``.
     """
     rows, n = x2.shape
-    plan = plan_for(n, rows)
+    plan = plan_for(n)
     half = x2.dtype in (torch.float16, torch.bfloat16)
     core_dtype = x2.dtype if half else SPLIT_DTYPE
     core = _core_operand(n, transpose, core_dtype, x2.device) if plan.MP > 1 else x2
