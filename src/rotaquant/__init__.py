@@ -20,7 +20,7 @@ from .learn.job import optimize
 from .models.loading import load_model
 from .models.registry import register_model
 from .quant.pipeline import quantize
-from .rotation.rotate import rotate, rotation_state
+from .rotation.rotate import rotate, rotation_record
 
 __version__ = "0.1.0"
 __all__ = [
@@ -34,5 +34,5 @@ __all__ = [
     "quantize",
     "register_model",
     "rotate",
-    "rotation_state",
+    "rotation_record",
 ]

@@ -66,7 +66,7 @@ def test_optimize_writes_a_file_that_rotate_and_ptq_consume(tmp_path, text_file)
     from rotaquant.quant.job import run_ptq
 
     out = run_ptq(None, progress=False, preloaded=(tiny_model("llama"), ByteTokenizer()), rotation_path=str(path),
-                  w_bits=4, a_bits=4, data=text_file, seqlen=32, max_windows=2, device="cpu")
+                  w_bits=4, a_bits=4, preset="none", data=text_file, seqlen=32, max_windows=2, device="cpu")
     assert out["ppl"] > 1 and out["recipe"]["rotation_path"] == str(path)
 
 

@@ -3,6 +3,7 @@ import torch
 
 import rotaquant
 from rotaquant.models.registry import (
+    RegistrationCheckError,
     UnknownArchitectureError,
     lookup,
     register_model,
@@ -10,6 +11,7 @@ from rotaquant.models.registry import (
     unregister_model,
 )
 from rotaquant.rotation.rotate import rotate
+from rotaquant.rotation.spec import load_spec
 from tests.conftest import tiny_model
 
 
@@ -17,12 +19,15 @@ def test_builtin_registrations():
     assert {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"} <= set(registered_models())
 
 
-def test_unknown_architecture_lists_known_and_how_to_register():
+def test_unknown_architecture_falls_back_to_universal_or_lists_known(caplog):
     class GPTFooForCausalLM(torch.nn.Module):
         pass
 
+    with caplog.at_level("INFO", logger="rotaquant.models.registry"):
+        entry = lookup(GPTFooForCausalLM())
+    assert entry.config.rotation_matrices.keys() == {"r1", "r2"} and "transformer_universal" in caplog.text
     with pytest.raises(UnknownArchitectureError, match=r"LlamaForCausalLM.*register_model\('GPTFooForCausalLM'"):
-        lookup(GPTFooForCausalLM())
+        lookup(GPTFooForCausalLM(), fallback=False)
 
 
 def test_register_with_config_then_rotate():
@@ -44,45 +49,24 @@ def test_register_with_config_then_rotate():
         unregister_model("MyLlama")
 
 
-def test_register_with_functions_r1_only():
-    model = tiny_model("llama", tied=True, dtype=torch.float64)
-
-    class FnLlama(type(model)):
-        pass
-
-    model.__class__ = FnLlama
-
-    def norm_pairs(m):
-        pairs = []
-        for layer in m.model.layers:
-            a, mlp = layer.self_attn, layer.mlp
-            pairs += [(layer.input_layernorm, [a.q_proj, a.k_proj, a.v_proj]),
-                      (layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])]
-        return pairs + [(m.model.norm, [m.lm_head])]
-
-    def residual(m):
-        out = [(m.model.embed_tokens, True, False), (m.lm_head, True, False)]
-        for layer in m.model.layers:
-            a, mlp = layer.self_attn, layer.mlp
-            out += [(x, True, False) for x in (a.q_proj, a.k_proj, a.v_proj, mlp.gate_proj, mlp.up_proj)]
-            out += [(a.o_proj, False, True), (mlp.down_proj, False, True)]
-        return out
-
-    ids = torch.randint(0, 96, (1, 12))
-    with torch.no_grad():
-        ref = model(ids).logits
+def test_register_checks_function_preservation_on_a_tiny_instance():
+    """A hand-broken spec (the attention norm left out of the fuse list) is refused."""
+    broken = load_spec("llama").model_dump()
+    broken["norm_fuse_config"]["decoder_layer_fuse"] = broken["norm_fuse_config"]["decoder_layer_fuse"][1:]
     try:
-        register_model("FnLlama", norm_linear_pairs=norm_pairs, residual_linears=residual)
-        state = rotate(model, progress=False)
-        assert state.store is None and state.untied
-        with torch.no_grad():
-            assert ((model(ids).logits - ref).abs().max() / ref.abs().max()) < 1e-6
+        with pytest.raises(RegistrationCheckError, match="changes the model's function"):
+            register_model("LlamaForCausalLM", config=broken, overwrite=True)
+        assert lookup("LlamaForCausalLM").config.norm_fuse_config.decoder_layer_fuse[0][0] == "input_layernorm"
     finally:
-        unregister_model("FnLlama")
+        register_model("LlamaForCausalLM", config="llama", overwrite=True)
+
+
+@pytest.mark.parametrize("cls,spec", [("LlamaForCausalLM", "llama"), ("Qwen2ForCausalLM", "qwen2"),
+                                      ("Qwen3ForCausalLM", "qwen3"), ("MistralForCausalLM", "mistral")])
+def test_builtin_specs_pass_the_registration_check(cls, spec):
+    register_model(cls, config=spec, overwrite=True, verify=True)
 
 
 def test_register_errors():
-    with pytest.raises(rotaquant.errors.ConfigError, match="either"):
-        register_model("X")
     with pytest.raises(rotaquant.errors.ConfigError, match="already registered"):
         register_model("LlamaForCausalLM", config="llama")

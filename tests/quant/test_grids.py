@@ -11,9 +11,11 @@ from rotaquant.quant.quantizer import (
     QuantSpec,
     fake_quantize,
     fake_quantize_ste,
-    grouped,
     quant_params,
     quantize_to_int,
+)
+from rotaquant.quant.quantizer import (
+    to_groups as grouped,
 )
 from rotaquant.quant.rtn import rtn_quantize_weight
 

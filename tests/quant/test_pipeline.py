@@ -6,16 +6,14 @@ import pytest
 import torch
 import yaml
 
-from rotaquant import attention
 from rotaquant.cli import build_parser, main
 from rotaquant.errors import ConfigError
 from rotaquant.quant.cli_args import recipe_overrides
 from rotaquant.quant.gptq import NonFiniteActivationError
-from rotaquant.quant.kv import TAG as KV_TAG
 from rotaquant.quant.pipeline import load_recipe, quantize
 from rotaquant.quant.recipe import PTQRecipe
-from rotaquant.rotation.online import TAG as R3_TAG
 from rotaquant.rotation.rotate import rotate
+from rotaquant.stages import remove_stages, stage_map
 from tests.conftest import ByteTokenizer, tiny_model
 
 
@@ -31,12 +29,12 @@ def test_kv_quantizer_runs_inside_attention_after_r3():
     model = tiny_model("llama")
     rotate(model, progress=False)
     quantize(model, k_bits=2, v_bits=2, progress=False)
-    ops = attention.ops_of(model.model.layers[0].self_attn)
-    assert [t for t, _ in ops.key] == [R3_TAG, KV_TAG]  # keys: R3 first, then quantized
-    assert [t for t, _ in ops.value] == [KV_TAG]
+    sites = stage_map(model)
+    assert sites["model.layers.0.self_attn:key"] == ["r3", "k_quant"]  # keys: R3 first, then quantized
+    assert sites["model.layers.0.self_attn:value"] == ["v_quant"]
     seen = []
-    kq = ops.key[1][1]
-    ops.key[1] = (KV_TAG, lambda k: seen.append(k.shape) or kq(k))
+    kq = model.model.layers[0].self_attn.rq_attention.key.stages["k_quant"]
+    kq.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
     model(IDS)
     assert seen and seen[0][-1] == 16  # called with [batch, kv_heads, seq, head_dim]
 
@@ -45,22 +43,21 @@ def test_kv_quantization_changes_the_output_and_bypassing_it_restores_it():
     """Fails if the K/V quantizer is bypassed: 2-bit KV must change the logits."""
     model = tiny_model("llama")
     ref = logits(model, IDS)
-    quantize(model, k_bits=2, v_bits=2, progress=False)
-    assert model.config._attn_implementation == attention.NAME
+    quantize(model, k_bits=2, v_bits=2, rotate=False, progress=False)
+    assert model.config._attn_implementation == "rotaquant_sdpa"
     quantized = logits(model, IDS)
     assert not torch.allclose(quantized, ref, atol=1e-3)
-    attention.detach(model, KV_TAG)
+    assert remove_stages(model, ["k_quant", "v_quant"]) == 4
     torch.testing.assert_close(logits(model, IDS), ref)
     assert model.config._attn_implementation == "sdpa"
 
 
 def test_activation_quantizers_hook_every_linear_but_lm_head():
     model = tiny_model("llama")
-    state = quantize(model, a_bits=4, progress=False)
-    assert len(state.act_handles) == 2 * 7  # q,k,v,o,gate,up,down per layer; lm_head skipped
+    state = quantize(model, a_bits=4, rotate=False, progress=False)
+    assert state.act_quantizers == 2 * 7  # q,k,v,o,gate,up,down per layer; lm_head skipped
     out = logits(model, IDS)
-    for h in state.act_handles:
-        h.remove()
+    assert remove_stages(model, "a_quant") == 14
     assert not torch.allclose(out, logits(model, IDS), atol=1e-4)
 
 
@@ -69,7 +66,7 @@ def test_weights_are_quantized_on_the_grid(method):
     model = tiny_model("llama")
     calib = torch.randint(0, 96, (8, 32), generator=torch.Generator().manual_seed(1))
     before = model.lm_head.weight.clone()
-    quantize(model, w_bits=3, w_method=method, calibration=calib, progress=False)
+    quantize(model, w_bits=3, w_method=method, calibration=calib, preset="none", rotate=False, progress=False)
     w = model.model.layers[1].mlp.down_proj.weight
     assert all(len(torch.unique(row)) <= 8 for row in w)  # 3 bits, symmetric per channel
     assert torch.equal(model.lm_head.weight, before)  # lm_head left in full precision
@@ -85,9 +82,9 @@ def test_rotation_helps_w4a4kv4_on_outlier_model():
 
     ref = logits(build(), IDS)
     plain, rotated = build(), build()
-    quantize(plain, w_bits=4, a_bits=4, k_bits=4, v_bits=4, progress=False)
+    quantize(plain, w_bits=4, a_bits=4, k_bits=4, v_bits=4, preset="none", rotate=False, progress=False)
     rotate(rotated, progress=False)
-    quantize(rotated, w_bits=4, a_bits=4, k_bits=4, v_bits=4, progress=False)
+    quantize(rotated, w_bits=4, a_bits=4, k_bits=4, v_bits=4, preset="none", progress=False)
     err_plain = (logits(plain, IDS) - ref).pow(2).mean()
     err_rot = (logits(rotated, IDS) - ref).pow(2).mean()
     assert err_rot < err_plain
@@ -139,7 +136,7 @@ def test_nan_calibration_is_a_named_error_and_nothing_is_written(tmp_path, monke
     monkeypatch.setattr(job, "load_model", lambda *a, **k: (model, ByteTokenizer()))
     calib = torch.full((2, 16), 7)
     with pytest.raises(NonFiniteActivationError):
-        quantize(model, w_bits=4, w_method="gptq", calibration=calib, progress=False)
+        quantize(model, w_bits=4, w_method="gptq", calibration=calib, rotate=False, progress=False)
     out = tmp_path / "r.json"
     data = tmp_path / "t.txt"
     data.write_text("\x07" * 400)  # byte 7 -> token 7 -> NaN embedding
@@ -155,7 +152,7 @@ def test_ptq_cli_writes_json_with_ppl(tmp_path, monkeypatch):
     data = tmp_path / "t.txt"
     data.write_text("rotations spread outliers\n" * 80)
     out = tmp_path / "r.json"
-    assert main(["ptq", "--w-bits", "4", "--a-bits", "8", "--k-bits", "8", "--v-bits", "8", "--data", str(data),
+    assert main(["ptq", "--preset", "none", "--w-bits", "4", "--a-bits", "8", "--k-bits", "8", "--v-bits", "8", "--data", str(data),
                  "--seqlen", "64", "--max-windows", "2", "--json", str(out), "-q"]) == 0
     blob = json.loads(out.read_text())
-    assert blob["ppl"] > 1 and blob["recipe"]["w_bits"] == 4 and blob["rotation"]["online_hooks"] == 2
+    assert blob["ppl"] > 1 and blob["recipe"]["w_bits"] == 4 and blob["rotation"]["online_stages"] == 4

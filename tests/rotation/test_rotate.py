@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rotaquant import attention
+from rotaquant.errors import ConfigError
 from rotaquant.export.hf import export_hf
-from rotaquant.rotation.online import TAG
-from rotaquant.rotation.rotate import rotate, rotation_state
+from rotaquant.rotation.rotate import rotate, rotation_record
+from rotaquant.stages import remove_stages, stage_map
 from tests.conftest import tiny_model
 
 # transformers' RMSNorm computes in float32 even for float64 models, so "equal" means the
@@ -36,8 +36,8 @@ def test_rotated_model_computes_the_same_function(family, tied, mode):
     ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(1))
     ref = logits(model, ids)
     state = rotate(model, mode=mode, seed=3, progress=False)
-    assert state.untied == tied and len(state.handles) == 2  # R4 on each layer's down_proj
-    assert model.config._attn_implementation == attention.NAME
+    assert state.untied == tied and state.online_stages == 2 + 2  # R3 + R4 in each layer
+    assert model.config._attn_implementation == "rotaquant_sdpa"
     assert rel_err(logits(model, ids), ref) <= RTOL
     # the weights really changed and the norms were folded
     assert torch.all(model.model.layers[0].input_layernorm.weight == 1)
@@ -53,20 +53,19 @@ def test_qwen2_bias_rotated_on_v_only():
 
 
 def test_online_rotations_are_really_applied():
-    """Dropping R3 or R4 after rotation must break the function (the hooks are not no-ops)."""
+    """Dropping R3 or R4 after rotation must break the function (the stages are not no-ops)."""
     model = tiny_model("llama", dtype=torch.float64)
     ids = torch.randint(0, 96, (1, 16))
     ref = logits(model, ids)
-    state = rotate(model, mode="hadamard", progress=False)
-    for h in state.handles:  # remove R4 hooks: the pre-rotated down_proj now sees raw inputs
-        h.remove()
+    rotate(model, mode="hadamard", progress=False)
+    assert remove_stages(model, "r4") == 2  # the pre-rotated down_proj now sees raw inputs
     assert rel_err(logits(model, ids), ref) > 1e-3
     model = tiny_model("llama", dtype=torch.float64)
     rotate(model, progress=False)
+    sites = stage_map(model)
+    assert sites["model.layers.0.self_attn:query"] == ["r3"] and sites["model.layers.0.self_attn:key"] == ["r3"]
     q = torch.randn(1, 4, 5, 16, dtype=torch.float64)
-    ops = attention.ops_of(model.model.layers[0].self_attn)
-    assert [t for t, _ in ops.query] == [TAG] and [t for t, _ in ops.key] == [TAG]
-    rotated = ops.query[0][1](q)
+    rotated = model.model.layers[0].self_attn.rq_attention.query(q)
     assert rotated.shape == q.shape and not torch.allclose(rotated, q)
     torch.testing.assert_close(rotated @ rotated.transpose(-1, -2), q @ q.transpose(-1, -2))
 
@@ -76,7 +75,7 @@ def test_without_online_and_export_reloads_with_plain_transformers(tmp_path):
     ids = torch.randint(0, 96, (2, 20))
     ref = logits(model, ids)
     state = rotate(model, online=False, progress=False)
-    assert state.handles == [] and model.config._attn_implementation != attention.NAME
+    assert state.online_stages == 0 and model.config._attn_implementation == "sdpa"
     export_hf(model, None, tmp_path / "out")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float64)
     assert rel_err(logits(reloaded, ids), ref) <= RTOL
@@ -92,9 +91,9 @@ def test_export_refuses_online_model(tmp_path):
 
 def test_rotate_twice_is_refused_and_state_is_kept():
     model = tiny_model("llama")
-    state = rotate(model, progress=False)
-    assert rotation_state(model) is state
-    with pytest.raises(RuntimeError, match="already rotated"):
+    rotate(model, progress=False)
+    assert rotation_record(model) is not None and "rq_rotation" in repr(model)
+    with pytest.raises(ConfigError, match="already rotated"):
         rotate(model)
 
 
@@ -103,7 +102,7 @@ def test_universal_config_on_llama_skips_missing_patterns():
     ids = torch.randint(0, 96, (1, 12))
     ref = logits(model, ids)
     state = rotate(model, "transformer_universal", progress=False)
-    assert state.handles == []
+    assert state.online_stages == 0
     assert rel_err(logits(model, ids), ref) <= RTOL
 
 

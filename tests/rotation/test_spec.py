@@ -39,11 +39,66 @@ def test_typo_in_matrix_spec(tmp_path):
         load_spec(data)
 
 
-def test_pattern_matching_nothing_is_an_error():
+def test_pattern_matching_nothing_is_skipped_unless_strict(caplog):
     data = load_spec("llama").model_dump()
     data["rotation_config"]["*qq_proj"] = ["r1", None]
+    with caplog.at_level("DEBUG", logger="rotaquant.rotation.apply"):
+        rotate(tiny_model("llama"), data, progress=False)
+    assert "*qq_proj" in caplog.text
+    data["strict_patterns"] = True
     with pytest.raises(RotationConfigError, match=r"\*qq_proj.*match no module"):
         rotate(tiny_model("llama"), data, progress=False)
+
+
+MODELOPT_UNIVERSAL = """
+# Universal transformer rotation configuration
+
+rotation_matrices:
+  r1:
+    dim: "hidden_size"
+    mode: hadamard
+    per_layer: false
+  r2:
+    dim: "head_dim"
+    mode: hadamard
+    per_layer: true
+
+rotation_config:
+  "*embed_tokens": [r1, null]
+  "*lm_head": [r1, null]
+  "*q_proj|*k_proj": [r1, null]
+  "*v_proj": [r1, r2]
+  "*o_proj": [r2, r1]
+  "*up_proj|*gate_proj|*w1|*w3": [r1, null]
+  "*down_proj|*w2": [null, r1]
+  "*in_proj": [r1, null]
+  "*out_proj": [null, r1]
+
+norm_fuse_config:
+  decoder_layer_fuse:
+    - [input_layernorm, [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj]]
+    - [post_attention_layernorm, [mlp.up_proj, mlp.gate_proj]]
+  lm_head_fuse:
+    - [model.norm, lm_head]
+
+use_float64: true
+"""
+
+
+def test_modelopt_universal_yaml_is_accepted_verbatim(tmp_path):
+    """NVIDIA ModelOpt's own transformer_universal file, as published, on a Llama (Mamba's
+    *in_proj/*out_proj match nothing there) preserves the function."""
+    import torch
+
+    path = tmp_path / "transformer_universal.yaml"
+    path.write_text(MODELOPT_UNIVERSAL)
+    model = tiny_model("llama", dtype=torch.float64)
+    ids = torch.randint(0, 96, (1, 12))
+    with torch.no_grad():
+        ref = model(ids).logits
+        rotate(model, str(path), progress=False)
+        out = model(ids).logits
+    assert ((out - ref).abs().max() / ref.abs().max()) < 1e-6
 
 
 def test_missing_dim_key_lists_the_keys():

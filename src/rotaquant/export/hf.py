@@ -18,15 +18,22 @@ def export_hf(model: nn.Module, tokenizer, output: str | os.PathLike, metadata: 
               overwrite: bool = False) -> Path:
     """Write ``model`` (safetensors + config.json) and ``tokenizer`` to ``output``, atomically.
 
-    Online transforms (hooks, attention-function transforms) are NOT part of the folder: export
-    a model rotated with ``online=False`` if it must reload as the same function. ``metadata``
-    is written to ``rotaquant.json`` beside the weights. Nothing is written if anything fails.
+    Stages (online rotations, activation/KV quantizers) cannot be expressed in a plain folder,
+    so a model that has any is refused: export a model rotated with ``online=False``. Weights
+    are written as they are (fake-quantized weights dequantized); rotaquant's records
+    (``rq_weight`` codes) are left out. ``metadata`` is written to ``rotaquant.json`` beside
+    the weights. Nothing is written if anything fails.
     """
+    from ..stages import stage_map
+
+    sites = stage_map(model)
+    if sites:
+        first = next(iter(sites))
+        raise ValueError(f"this model has online stages ({len(sites)} sites, e.g. {first}: {sites[first]}) that a "
+                         "plain transformers folder cannot hold; export a model rotated with online=False")
     with atomic_directory(output, overwrite=overwrite) as tmp:
-        impl = getattr(model.config, "_attn_implementation", None)
-        if impl == "rotaquant":
-            raise ValueError("this model has online rotations (attention transforms); export it with online=False")
-        model.save_pretrained(tmp)
+        state = {k: v for k, v in model.state_dict().items() if ".rq_" not in f".{k}"}
+        model.save_pretrained(tmp, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if metadata is not None:

@@ -21,7 +21,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
+from ..quant.activations import STAGE as ACT_STAGE
 from ..quant.activations import add_activation_quantizers
+from ..quant.kv import STAGES as KV_STAGES
 from ..quant.kv import add_kv_quantizers
 from ..quant.pipeline import check_group_sizes
 from ..quant.quantizer import QuantSpec, ste_quantizer
@@ -30,6 +32,7 @@ from ..rotation.fuse import fuse_norms, untie_embeddings
 from ..rotation.matrices import RotationStore
 from ..rotation.online import apply_online_rotations
 from ..rotation.spec import RotationSpec, pattern_matches
+from ..stages import remove_stages
 
 logger = logging.getLogger(__name__)
 
@@ -112,22 +115,16 @@ class TrainableModel:
     model: nn.Module
     rotations: LearnableRotations
     store: RotationStore
-    online_handles: list = field(default_factory=list)
-    quant_handles: list = field(default_factory=list)
+    online_stages: int = 0
     parametrized: list = field(default_factory=list)
 
     def remove(self) -> None:
-        """Take the parametrizations and fake quantizers out again. The model keeps its folded
-        norms and online R3/R4, so it computes the original function with unrotated R1/R2."""
-        from .. import attention
-        from ..quant.kv import TAG as KV_TAG
-
+        """Take the parametrizations and fake quantizer stages out again. The model keeps its
+        folded norms and online R3/R4, so it computes the original function with unrotated R1/R2."""
         for module, attr in self.parametrized:
             parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-        for handle in self.quant_handles:
-            handle.remove()
-        attention.detach(self.model, KV_TAG)
-        self.parametrized, self.quant_handles = [], []
+        remove_stages(self.model, [ACT_STAGE, *KV_STAGES])
+        self.parametrized = []
 
 
 def _fused_names(spec: RotationSpec) -> set[str]:
@@ -147,13 +144,15 @@ def make_trainable(model: nn.Module, spec: RotationSpec, store: RotationStore, s
         ste: gradient of the fake quantizers: ``"identity"`` (straight through, SpinQuant's) or
             ``"scale"`` (also through the dynamic scales).
     """
-    check_group_sizes(model, settings)
+    arch = spec.architecture
+    check_group_sizes(model, settings, arch)
     for p in model.parameters():
         p.requires_grad_(False)
     untie_embeddings(model)
     if spec.norm_fuse_config is not None:
-        fuse_norms(model, spec.norm_fuse_config, spec.layers_pattern, spec.strict_patterns, spec.use_float64)
-    handles = apply_online_rotations(model, spec, store) if online else []
+        fuse_norms(model, spec.norm_fuse_config, spec.layers_pattern, spec.strict_patterns, spec.use_float64,
+                   arch.norm_kind)
+    n_online = apply_online_rotations(model, spec, store) if online else 0
     fused = _fused_names(spec)
     hits = [h for h in match_modules(model, spec.rotation_config, spec.strict_patterns, "rotation_config")
             if isinstance(getattr(h[1], "weight", None), torch.Tensor)]
@@ -173,7 +172,7 @@ def make_trainable(model: nn.Module, spec: RotationSpec, store: RotationStore, s
     rotations = LearnableRotations(initial)
     ref = _Ref(rotations)
     wspec = settings.weight_spec
-    state = TrainableModel(model, rotations, store, online_handles=handles)
+    state = TrainableModel(model, rotations, store, online_stages=n_online)
     for name, module, (r_in, r_out) in plan:
         is_emb = isinstance(module, nn.Embedding)
         quant = isinstance(module, nn.Linear) and not any(pattern_matches(p, name) for p in settings.skip_modules)
@@ -183,8 +182,8 @@ def make_trainable(model: nn.Module, spec: RotationSpec, store: RotationStore, s
         if r_out is not None and not is_emb and getattr(module, "bias", None) is not None:
             parametrize.register_parametrization(module, "bias", RotatedBias(ref, r_out), unsafe=True)
             state.parametrized.append((module, "bias"))
-    state.quant_handles = add_activation_quantizers(model, settings.act_spec, settings.skip_modules, ste=ste)
-    add_kv_quantizers(model, settings.key_spec, settings.value_spec, ste=ste)
+    add_activation_quantizers(model, settings.act_spec, arch, settings.skip_modules, ste=ste)
+    add_kv_quantizers(model, settings.key_spec, settings.value_spec, arch, ste=ste)
     logger.info("learning %d matrices (%s) through %d parametrized modules",
                 len(rotations.keys), ", ".join(sorted({k[0] for k in rotations.keys})), len(plan))
     return state

@@ -1,77 +1,84 @@
-"""Architectures as data: model class name -> how to rotate it.
+"""Architectures as data: model class name -> rotation config (with its ``architecture:`` sites).
 
-Each entry is either a rotation config (a built-in name, a YAML path, a dict or a
-:class:`~rotaquant.rotation.spec.RotationSpec`), or two functions, as AIMET allows:
-
-* ``norm_linear_pairs(model) -> [(norm, [linear, ...]), ...]``: norms to fold;
-* ``residual_linears(model) -> [(module, rotate_input, rotate_output), ...]``: which weights
-  read (input) or write (output) the residual stream and so take R1.
-
-Register your own with :func:`register_model`; :func:`lookup` raises a clear error listing the
-registered architectures for anything else.
+Each entry is a rotation config (a built-in name, a YAML path, a dict or a
+:class:`~rotaquant.rotation.spec.RotationSpec`). Register your own with :func:`register_model`,
+which checks on a tiny instance of the class (when transformers has it) that the config
+preserves the model's function in float64. :func:`lookup` falls back to ModelOpt's
+``transformer_universal`` for a class nobody registered, and says so in the log.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
+FALLBACK = "transformer_universal"
 
 
 class UnknownArchitectureError(ConfigError):
-    """No rotation config is registered for this model class."""
+    """No rotation config is registered for this model class and no fallback applies."""
+
+
+class RegistrationCheckError(ConfigError):
+    """A config given to :func:`register_model` does not preserve the model's function."""
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """How to rotate one model class: a config, or a pair of functions."""
+    """How to rotate one model class: its validated rotation config."""
 
     class_name: str
-    config: object | None = None
-    norm_linear_pairs: Callable | None = None
-    residual_linears: Callable | None = None
-
-    @property
-    def functional(self) -> bool:
-        return self.config is None
+    config: object
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(
-    class_name: str,
-    config: str | os.PathLike | dict | object | None = None,
-    *,
-    norm_linear_pairs: Callable | None = None,
-    residual_linears: Callable | None = None,
-    overwrite: bool = False,
-) -> ModelEntry:
-    """Register how to rotate models of class ``class_name`` (e.g. ``"LlamaForCausalLM"``).
+def register_model(class_name: str, config: str | os.PathLike | dict | object, *, overwrite: bool = False,
+                   verify: bool = True) -> ModelEntry:
+    """Register the rotation config of model class ``class_name`` (e.g. ``"LlamaForCausalLM"``).
 
-    Give either ``config`` (built-in config name, YAML path, dict or RotationSpec) or both
-    functions. Raises ConfigError for an ambiguous call, or if the class is already registered
-    and ``overwrite`` is false.
+    ``config`` is a built-in config name, a YAML path, a dict or a RotationSpec; it is
+    validated now. With ``verify`` and when transformers defines ``class_name``, a tiny random
+    instance is rotated in float64 and must compute the same logits (1e-6 relative).
+
+    Raises:
+        ConfigError: the class is registered already (and not ``overwrite``) or the config is
+            invalid; RegistrationCheckError: the check found a changed function.
     """
-    if (config is None) == (norm_linear_pairs is None and residual_linears is None):
-        raise ConfigError("register_model needs either config=... or norm_linear_pairs= and residual_linears=")
-    if config is None and (norm_linear_pairs is None or residual_linears is None):
-        raise ConfigError("register_model with functions needs both norm_linear_pairs and residual_linears")
+    from ..rotation.spec import load_spec
+
     if class_name in _REGISTRY and not overwrite:
         raise ConfigError(f"{class_name} is already registered; pass overwrite=True to replace it")
-    if config is not None:
-        from ..rotation.spec import load_spec
-
-        config = load_spec(config)  # validate now, not at the first rotate()
-    entry = ModelEntry(class_name, config, norm_linear_pairs, residual_linears)
+    spec = load_spec(config)
+    if verify:
+        _verify(class_name, spec)
+    entry = ModelEntry(class_name, spec)
     _REGISTRY[class_name] = entry
     logger.debug("registered %s", class_name)
     return entry
+
+
+def _verify(class_name: str, spec) -> None:
+    from .tiny import tiny_instance
+
+    model = tiny_instance(class_name)
+    if model is None:
+        logger.debug("no tiny instance of %s could be built; skipping the function check", class_name)
+        return
+    from ..rotation.verify import rotation_error
+
+    err = rotation_error(model, spec)
+    if not err <= 1e-6:
+        raise RegistrationCheckError(
+            f"the config registered for {class_name} changes the model's function (relative logit error "
+            f"{err:.2e} on a tiny float64 instance): a norm is not folded or a residual reader/writer is "
+            "not rotated; check norm_fuse_config and rotation_config against the model's module names"
+        )
 
 
 def unregister_model(class_name: str) -> None:
@@ -84,17 +91,26 @@ def registered_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def lookup(model_or_class) -> ModelEntry:
-    """The entry for a model instance or class name; a clear error if none is registered."""
+def lookup(model_or_class, fallback: bool = True) -> ModelEntry:
+    """The entry for a model instance or class name.
+
+    An unregistered class gets ``transformer_universal`` (logged) when ``fallback``, else
+    :class:`UnknownArchitectureError` listing the registered classes and how to register.
+    """
     name = model_or_class if isinstance(model_or_class, str) else type(model_or_class).__name__
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
+    if not fallback:
         raise UnknownArchitectureError(
             f"no rotation config is registered for {name}. Registered: {', '.join(registered_models())}. "
-            "Pass config='transformer_universal' (or your own YAML) to rotate(), or register it: "
+            f"Pass config={FALLBACK!r} (or your own YAML) to rotate(), or register it: "
             f"rotaquant.register_model({name!r}, config='path/to/rotation.yaml')"
-        ) from None
+        )
+    from ..rotation.spec import load_spec
+
+    logger.info("no rotation config is registered for %s; using %s (register one with "
+                "rotaquant.register_model(%r, config=...))", name, FALLBACK, name)
+    return ModelEntry(name, load_spec(FALLBACK))
 
 
 for _cls, _spec in {
@@ -103,4 +119,4 @@ for _cls, _spec in {
     "Qwen3ForCausalLM": "qwen3",
     "MistralForCausalLM": "mistral",
 }.items():
-    register_model(_cls, _spec)
+    register_model(_cls, _spec, verify=False)  # checked by tests/models/test_registry.py

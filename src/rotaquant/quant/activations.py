@@ -1,51 +1,68 @@
-"""Activation quantization: every selected linear's input, per token, dynamic.
+"""Activation quantization: a per-token dynamic quantizer stage at the input of each linear.
 
-Forward pre-hooks run in registration order, so when the model was rotated first the
-quantizer sees the input after the online R4 rotation, which is what a deployed kernel sees.
+Which linears: every linear inside the decoder layers that no ``skip`` pattern names (the
+layers come from the architecture spec; the head is outside them). The quantizer is a stage
+(``a_quant``) at the linear's input site, so it always runs after a rotation stage there
+(R4 on ``down_proj``, head mixing on ``o_proj``), whatever the call order. At the linears whose
+input is laid out per head (``per_head_inputs`` of the spec, ``o_proj``), ``per_head=True``
+gives one scale per token and head, as SpinQuant does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from torch import nn
 
+from ..errors import ConfigError
+from ..models.architecture import ArchitectureSpec, decoder_layers, per_head_input_linears
+from ..rotation.matrices import config_dim
 from ..rotation.spec import pattern_matches
+from ..stages import add_input_stage
 from .quantizer import ActQuantizer, QuantSpec
 
 logger = logging.getLogger(__name__)
+STAGE = "a_quant"
 
 
-def linear_modules(model: nn.Module, skip: list[str]) -> list[tuple[str, nn.Linear]]:
-    """The model's linears whose names match none of the ``skip`` glob patterns."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not any(pattern_matches(p, n) for p in skip)]
+def layer_linears(model: nn.Module, arch: ArchitectureSpec, skip: list[str]) -> list[tuple[str, nn.Linear]]:
+    """The linears of the decoder layers whose full names match none of the ``skip`` globs."""
+    prefix, layers = decoder_layers(model, arch)
+    out = []
+    for i, layer in enumerate(layers):
+        for name, module in layer.named_modules():
+            full = f"{prefix}.{i}.{name}"
+            if isinstance(module, nn.Linear) and not any(pattern_matches(p, full) for p in skip):
+                out.append((full, module))
+    return out
 
 
-def add_activation_quantizers(model: nn.Module, spec: QuantSpec, skip: list[str],
-                              ste: bool | str = False) -> list:
-    """Quantize each selected linear's input with ``spec``; returns the hook handles.
+def head_spec(spec: QuantSpec, head_dim: int) -> QuantSpec:
+    """``spec`` with one scale per head (``group_size = head_dim``) unless it is finer already."""
+    if spec.group_size is not None and head_dim % spec.group_size == 0:
+        return spec
+    return dataclasses.replace(spec, group_size=head_dim)
 
-    Mutates ``model`` (forward pre-hooks). ``skip`` holds glob patterns of linears left in full
-    precision (``*lm_head`` by default). With ``ste`` the quantizer passes gradients straight
-    through (for rotation learning).
+
+def add_activation_quantizers(model: nn.Module, spec: QuantSpec, arch: ArchitectureSpec, skip: list[str],
+                              per_head: bool = False, ste: bool | str = False) -> int:
+    """Add an ``a_quant`` stage with ``spec`` at each selected linear's input; returns how many.
+
+    Mutates ``model``. ``skip`` holds glob patterns of linears left unquantized. With
+    ``per_head``, the per-head-input linears get one scale per head. With ``ste`` the quantizer
+    passes gradients straight through (rotation learning).
     """
     if not spec.enabled:
-        return []
-    quantizer = ActQuantizer(spec, ste=ste)
-    handles = []
-    for name, module in linear_modules(model, skip):
-        if spec.group_size is not None and module.in_features % spec.group_size:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"{name}: a_groupsize {spec.group_size} does not divide its input size {module.in_features}")
-        handles.append(module.register_forward_pre_hook(_hook(quantizer)))
-    logger.info("activation quantizers on %d linears (%s)", len(handles), spec)
-    return handles
-
-
-def _hook(quantizer: ActQuantizer):
-    def hook(module, args):
-        return (quantizer(args[0]), *args[1:])
-
-    return hook
+        return 0
+    heads = {name for name, _ in per_head_input_linears(model, arch)} if per_head else set()
+    head_dim = config_dim(model.config, arch.head_dim) if heads else None
+    count = 0
+    for name, module in layer_linears(model, arch, skip):
+        s = head_spec(spec, head_dim) if name in heads else spec
+        if s.group_size is not None and module.in_features % s.group_size:
+            raise ConfigError(f"{name}: a_groupsize {s.group_size} does not divide its input size {module.in_features}")
+        add_input_stage(module, STAGE, ActQuantizer(s, ste=ste), replace=True)
+        count += 1
+    logger.info("activation quantizers on %d linears (%s%s)", count, spec, ", per head at o_proj" if heads else "")
+    return count

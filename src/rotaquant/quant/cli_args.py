@@ -26,13 +26,24 @@ def add_quantizer_args(q) -> None:
 def add_ptq_args(parser: argparse.ArgumentParser) -> None:
     """Add the quantization flags; every one defaults to None (= the recipe's value)."""
     parser.add_argument("--recipe", default=None, help="YAML recipe; flags given here override it")
+    parser.add_argument(
+        "--preset", default=None, choices=["auto", "none", "quarot", "spinquant"],
+        help="a paper's W4A4KV4 recipe; explicit flags override it. quarot: GPTQ + weight clip search, "
+             "symmetric activations clipped at 0.9, heads mixed by an online Hadamard before o_proj, "
+             "asymmetric KV per head clipped at 0.95, random R1 + exact R2. spinquant: GPTQ + clip search, "
+             "asymmetric activations, o_proj input quantized per head, asymmetric KV per head. "
+             "auto (default): spinquant when anything is below 16 bits; none: RTN, symmetric, no clipping")
     q = parser.add_argument_group("quantization (bits 2..8, or 16 = off)")
     add_quantizer_args(q)
     q.add_argument("--w-clip", action="store_true", default=None, help="search the weight clipping range (per channel)")
     method = q.add_mutually_exclusive_group()
     method.add_argument("--w-rtn", dest="w_method", action="store_const", const="rtn", default=None,
-                        help="round-to-nearest weights (default)")
-    method.add_argument("--gptq", dest="w_method", action="store_const", const="gptq", help="GPTQ weights")
+                        help="round-to-nearest weights (the default of --preset none)")
+    method.add_argument("--gptq", dest="w_method", action="store_const", const="gptq",
+                        help="GPTQ weights, in the architecture's sequential groups (the presets' default)")
+    q.add_argument("--o-proj-input", default=None, choices=["per_token", "per_head", "mixed"],
+                   help="o_proj input activations: one scale per token, one per token and head (spinquant), "
+                        "or heads mixed by an online Hadamard first (quarot)")
     q.add_argument("--percdamp", dest="gptq_damp", type=float, default=None, help="GPTQ damping (default: 0.01)")
     q.add_argument("--act-order", dest="gptq_act_order", action="store_true", default=None, help="GPTQ act-order")
     q.add_argument("--static-groups", dest="gptq_static_groups", action="store_true", default=None,
@@ -40,7 +51,8 @@ def add_ptq_args(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group("rotation")
     _bool_pair(r, "rotate", "rotate", "rotate before quantizing (default)", "quantize without rotation")
     r.add_argument("--rotation-mode", default=None, choices=["hadamard", "base_hadamard", "orthogonal"],
-                   help="mode of the fused R1/R2 (default: hadamard, random signs)")
+                   help="mode of every fused matrix (default: each matrix's own mode in the rotation config, "
+                        "random Hadamard for the built-in ones; the quarot preset uses an exact R2)")
     r.add_argument("--rotation-path", default=None, help="load R1/R2 from a file (rotaquant or SpinQuant format)")
     r.add_argument("--rotation-config", default=None, help="auto, a built-in config name or a YAML path")
     c = parser.add_argument_group("calibration")

@@ -9,8 +9,7 @@ import time
 from ..eval.perplexity import perplexity
 from ..io import atomic_write_json
 from ..models.loading import load_model
-from ..rotation.rotate import rotate
-from .pipeline import load_recipe, quantize
+from .pipeline import load_recipe, quantize, rotate_for_recipe
 from .recipe import PTQRecipe
 
 logger = logging.getLogger(__name__)
@@ -35,10 +34,9 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
     rotation = None
     if rec.rotate:
         t = time.perf_counter()
-        state = rotate(model, rec.rotation_config, mode=rec.rotation_mode, seed=rec.seed,
-                       rotation_path=rec.rotation_path, online=rec.online_rotations, progress=progress)
+        state = rotate_for_recipe(model, rec, progress)
         times["rotate"] = time.perf_counter() - t
-        rotation = {"fused_modules": state.fused_modules, "online_hooks": len(state.handles),
+        rotation = {"fused_modules": state.fused_modules, "online_stages": state.online_stages,
                     "folded_norms": state.folded_norms}
     t = time.perf_counter()
     qstate = quantize(model, rec, tokenizer=tokenizer, progress=progress)

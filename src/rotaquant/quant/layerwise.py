@@ -11,32 +11,24 @@ device, so models larger than the GPU can be quantized.
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..models.architecture import ArchitectureSpec, decoder_layers
 from ..rotation.spec import pattern_matches
 from .gptq import GPTQConfig, HessianAccumulator, gptq_quantize_weight
 from .quantizer import QuantSpec
 from .rtn import rtn_quantize_weight
+from .weights import attach_quantized_weight
 
 logger = logging.getLogger(__name__)
-LAYERS = re.compile(r"(?:^|\.)layers$")
 
 
 class _StopForward(Exception):
     """Raised by the capture hook once layer 0's inputs are recorded."""
-
-
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's decoder-layer list (the ModuleList named ``...layers``)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and LAYERS.search(name):
-            return name, module
-    raise ValueError(f"{type(model).__name__} has no ModuleList named 'layers'")
 
 
 def _move_outside_layers(model: nn.Module, layers_name: str, device: torch.device) -> None:
@@ -81,6 +73,21 @@ def _selected_linears(layer: nn.Module, prefix: str, skip: list[str]) -> dict[st
             if isinstance(m, nn.Linear) and not any(pattern_matches(p, f"{prefix}.{n}") for p in skip)}
 
 
+def sequential_groups(linears: dict[str, nn.Linear], arch: ArchitectureSpec, where: str) -> list[list[str]]:
+    """The layer's linears in the spec's GPTQ groups; linears no group names form a last group."""
+    groups, seen = [], set()
+    for group in arch.gptq_groups:
+        names = [n for n in group if n in linears and n not in seen]
+        seen.update(names)
+        if names:
+            groups.append(names)
+    rest = [n for n in linears if n not in seen]
+    if rest:
+        logger.info("%s: %s are in no GPTQ group of the architecture spec; quantized last, together", where, rest)
+        groups.append(rest)
+    return groups
+
+
 def _run_layer(layer: nn.Module, inputs: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
     outs = []
     for hidden in inputs:
@@ -94,6 +101,7 @@ def quantize_weights_layerwise(
     model: nn.Module,
     spec: QuantSpec,
     windows: torch.Tensor | None,
+    arch: ArchitectureSpec,
     method: str = "gptq",
     gptq: GPTQConfig | None = None,
     clip_search: bool = False,
@@ -104,11 +112,15 @@ def quantize_weights_layerwise(
     """Quantize every selected linear of every decoder layer IN PLACE; returns statistics.
 
     ``method`` is ``gptq`` (needs calibration ``windows`` [N, L] of token ids) or ``rtn``.
+    GPTQ follows the architecture's sequential groups (``[[k, v, q], [o], [up, gate], [down]]``
+    for Llama): each group's Hessians are collected on the layer's inputs after the earlier
+    groups of the same layer are quantized, as in the GPTQ/QuaRot reference code. Each
+    quantized linear keeps its integer codes, scales and zero points (``rq_weight``).
     Linears outside the decoder layers (``lm_head``) are not touched. ``device`` is where each
-    layer is processed (default: the device of the embeddings).
+    layer is processed (default: the device of the layers).
     """
     skip = skip or []
-    layers_name, layers = decoder_layers(model)
+    layers_name, layers = decoder_layers(model, arch)
     home = next(layers[0].parameters()).device
     device = torch.device(device) if device is not None else home
     started = time.perf_counter()
@@ -118,7 +130,9 @@ def quantize_weights_layerwise(
     if method == "rtn":
         for i, layer in enumerate(tqdm(layers, desc="RTN", unit="layer", disable=not progress)):
             for lin in _selected_linears(layer, f"{layers_name}.{i}", skip).values():
-                lin.weight.copy_(rtn_quantize_weight(lin.weight, spec, clip_search=clip_search))
+                wq, scale, zero = rtn_quantize_weight(lin.weight, spec, clip_search=clip_search, return_params=True)
+                lin.weight.copy_(wq)
+                attach_quantized_weight(lin, spec, scale, zero, "rtn")
                 stats["linears"] += 1
         stats["seconds"] = time.perf_counter() - started
         return stats
@@ -131,19 +145,23 @@ def quantize_weights_layerwise(
         prefix = f"{layers_name}.{i}"
         layer.to(device)
         linears = _selected_linears(layer, prefix, skip)
-        accs = {n: HessianAccumulator(m.in_features, device=device, name=f"{prefix}.{n}") for n, m in linears.items()}
-        handles = [m.register_forward_hook(_collect(accs[n])) for n, m in linears.items()]
-        try:
-            _run_layer(layer, inputs, kwargs)
-        finally:
-            for h in handles:
-                h.remove()
-        for n, lin in linears.items():
-            hess = accs[n].hessian
-            wq = gptq_quantize_weight(lin.weight, hess, spec, gptq, clip_search=clip_search)
-            lin.weight.copy_(wq)
-            stats["linears"] += 1
-        del accs
+        for group in sequential_groups(linears, arch, prefix):
+            accs = {n: HessianAccumulator(linears[n].in_features, device=device, name=f"{prefix}.{n}") for n in group}
+            handles = [linears[n].register_forward_hook(_collect(accs[n])) for n in group]
+            try:
+                _run_layer(layer, inputs, kwargs)
+            finally:
+                for h in handles:
+                    h.remove()
+            for n in group:
+                lin = linears[n]
+                wq, scale, zero = gptq_quantize_weight(lin.weight, accs[n].hessian, spec, gptq,
+                                                       clip_search=clip_search, return_params=True,
+                                                       name=f"{prefix}.{n}")
+                lin.weight.copy_(wq)
+                attach_quantized_weight(lin, spec, scale, zero, "gptq")
+                stats["linears"] += 1
+            del accs
         inputs = _run_layer(layer, inputs, kwargs)
         layer.to(home)
     _move_outside_layers(model, layers_name, home)

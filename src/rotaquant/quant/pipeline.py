@@ -10,7 +10,11 @@ import torch
 from torch import nn
 
 from ..data import calibration_windows
-from .activations import add_activation_quantizers
+from ..errors import ConfigError
+from ..models.architecture import ArchitectureSpec
+from ..rotation.rotate import resolve_spec, rotate, rotation_record
+from ..stages import has_stage
+from .activations import add_activation_quantizers, layer_linears
 from .gptq import GPTQConfig
 from .kv import add_kv_quantizers
 from .layerwise import quantize_weights_layerwise
@@ -21,12 +25,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class QuantState:
-    """What :func:`quantize` did: weight statistics and the activation hooks it added."""
+    """What :func:`quantize` did: weight statistics and how many quantizer stages it added."""
 
     recipe: PTQRecipe
     weight_stats: dict = field(default_factory=dict)
-    act_handles: list = field(default_factory=list)
+    act_quantizers: int = 0
     kv_modules: int = 0
+    rotated_here: bool = False
 
 
 def load_recipe(recipe: PTQRecipe | dict | str | os.PathLike | None = None, **overrides) -> PTQRecipe:
@@ -38,20 +43,25 @@ def load_recipe(recipe: PTQRecipe | dict | str | os.PathLike | None = None, **ov
     return PTQRecipe.load(recipe, **overrides)
 
 
-def check_group_sizes(model: nn.Module, rec: PTQRecipe) -> None:
+def check_group_sizes(model: nn.Module, rec, arch: ArchitectureSpec) -> None:
     """Every group size must divide the dimension it splits; checked before any change."""
-    from ..errors import ConfigError
     from ..rotation.matrices import config_dim
-    from .activations import linear_modules
 
-    for name, lin in linear_modules(model, rec.skip_modules):
+    for name, lin in layer_linears(model, arch, rec.skip_modules):
         for what, bits, group in (("w_groupsize", rec.w_bits, rec.w_groupsize), ("a_groupsize", rec.a_bits, rec.a_groupsize)):
             if bits < 16 and group is not None and lin.in_features % group:
                 raise ConfigError(f"{what} {group} does not divide the input size {lin.in_features} of {name}")
-    head_dim = config_dim(model.config, "head_dim")
+    head_dim = config_dim(model.config, arch.head_dim)
     for what, bits, group in (("k_groupsize", rec.k_bits, rec.k_groupsize), ("v_groupsize", rec.v_bits, rec.v_groupsize)):
         if bits < 16 and group is not None and head_dim % group:
             raise ConfigError(f"{what} {group} does not divide head_dim {head_dim}")
+
+
+def rotate_for_recipe(model: nn.Module, rec: PTQRecipe, progress: bool = True):
+    """Rotate ``model`` IN PLACE as the recipe's rotation keys say; returns the RotationState."""
+    return rotate(model, rec.rotation_config, mode=rec.rotation_mode, seed=rec.seed,
+                  rotation_path=rec.rotation_path, online=rec.online_rotations,
+                  head_mixing=rec.o_proj_input == "mixed", progress=progress)
 
 
 def quantize(
@@ -65,10 +75,13 @@ def quantize(
 ) -> QuantState:
     """Fake-quantize ``model`` IN PLACE as ``recipe`` says; returns a :class:`QuantState`.
 
-    Order: weights first (GPTQ Hessians see the rotated inputs, including the online R4, and no
-    activation quantization), then per-token activation quantizers on every linear's input
-    (except ``skip_modules``), then the K/V quantizers inside attention (after R3).
-    Rotate the model with :func:`rotaquant.rotate` before calling this.
+    If the recipe says ``rotate`` and the model is not rotated yet, it is rotated first
+    (:func:`rotaquant.rotate` with the recipe's rotation keys). Then: weights (RTN or GPTQ in
+    the architecture's sequential groups; GPTQ Hessians see the rotated inputs, online R4
+    included, and no activation quantization), then per-token activation quantizer stages at
+    every decoder-layer linear's input (except ``skip_modules``; per head at ``o_proj`` when
+    ``o_proj_input`` is ``per_head``), then K/V quantizer stages inside attention. Stages run
+    after the rotations at their sites whatever the order they were added in.
 
     Args:
         model: a transformers causal LM (mutated).
@@ -81,17 +94,28 @@ def quantize(
     rec = load_recipe(recipe, **overrides)
     # validate every quantizer spec before touching the model: nothing half-done on bad input
     wspec, aspec, kspec, vspec = rec.weight_spec, rec.act_spec, rec.key_spec, rec.value_spec
-    check_group_sizes(model, rec)
+    arch = resolve_spec(model, rec.rotation_config).architecture
+    check_group_sizes(model, rec, arch)
     state = QuantState(rec)
+    if rec.rotate and rotation_record(model) is None:
+        logger.info("the recipe says rotate and the model is not rotated: rotating it first")
+        rotate_for_recipe(model, rec, progress)
+        state.rotated_here = True
+    if rec.o_proj_input == "mixed" and not has_stage(model, "rh"):
+        raise ConfigError("o_proj_input 'mixed' needs the heads mixed online: rotate(model, ..., head_mixing=True) "
+                          "first, or use o_proj_input 'per_head' / 'per_token'")
     if wspec.enabled:
         windows = None
         if rec.w_method == "gptq":
+            if calibration is None and tokenizer is None:
+                raise ConfigError("GPTQ needs calibration data: pass tokenizer= (or calibration= token windows)")
             windows = calibration if calibration is not None else calibration_windows(
                 tokenizer, rec.nsamples, rec.cal_seqlen, rec.cal_data, rec.cal_split, rec.seed, rec.data_dir)
         gcfg = GPTQConfig(damp=rec.gptq_damp, block_size=rec.gptq_block_size,
                           act_order=rec.gptq_act_order, static_groups=rec.gptq_static_groups)
         state.weight_stats = quantize_weights_layerwise(
-            model, wspec, windows, rec.w_method, gcfg, rec.w_clip, rec.skip_modules, device, progress)
-    state.act_handles = add_activation_quantizers(model, aspec, rec.skip_modules)
-    state.kv_modules = add_kv_quantizers(model, kspec, vspec)
+            model, wspec, windows, arch, rec.w_method, gcfg, rec.w_clip, rec.skip_modules, device, progress)
+    state.act_quantizers = add_activation_quantizers(model, aspec, arch, rec.skip_modules,
+                                                     per_head=rec.o_proj_input == "per_head")
+    state.kv_modules = add_kv_quantizers(model, kspec, vspec, arch)
     return state

@@ -32,9 +32,9 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
+from ..stages.base import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,6 @@ def to_groups(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
         raise ConfigError(f"group_size {spec.group_size} does not divide the last dimension {n}")
     return x.reshape(*x.shape[:-1], n // g, g)
 
-
-grouped = to_groups  # older name, kept for callers written against it
 
 
 def params_from_range(xmin: torch.Tensor, xmax: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,7 +283,7 @@ def ste_quantizer(mode: str | bool):
     raise ConfigError(f"unknown straight-through mode {mode!r}; use 'identity' or 'scale'")
 
 
-class ActQuantizer(nn.Module):
+class ActQuantizer(Stage):
     """Dynamic fake quantizer for activations and the KV cache, over the last dimension.
 
     Activations ``[..., tokens, hidden]`` get one scale per token (or per group of ``hidden``);
@@ -293,7 +291,11 @@ class ActQuantizer(nn.Module):
     ``head_dim``). Identity when ``spec`` is not enabled. With ``ste`` the quantizer is
     differentiable (for rotation learning): True or ``"identity"`` passes gradients straight
     through, ``"scale"`` also differentiates the dynamic scale (see :func:`ste_quantizer`).
+    As a stage it runs after every rotation at its site.
     """
+
+    kind = "quantizer"
+    order = 100
 
     def __init__(self, spec: QuantSpec, ste: bool | str = False):
         super().__init__()

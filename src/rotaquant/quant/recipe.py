@@ -2,9 +2,16 @@
 
 Field names follow SpinQuant/QuaRot's flags (``w_bits``, ``a_bits``, ``k_bits``, ...), so a
 YAML recipe and the CLI mean the same thing: ``--w-bits 4`` is ``w_bits: 4``.
+
+Presets (``preset: quarot`` / ``--preset quarot``) fill in each paper's W4A4KV4 recipe; keys given
+explicitly (YAML, flags or keyword arguments) override a preset. ``preset: auto`` (the default)
+is ``spinquant`` when anything is quantized below 16 bits and nothing otherwise; ``none`` keeps
+the plain per-key defaults (RTN, symmetric, no clipping).
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -77,17 +84,45 @@ class QuantSettings(StrictModel):
         return f"W{self.w_bits}A{self.a_bits}{kv}"
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    # QuaRot: GPTQ with clipping search, symmetric activations clipped at 0.9, heads mixed by an
+    # online Hadamard before o_proj, asymmetric KV per head clipped at 0.95, random R1, exact R2
+    "quarot": {"w_method": "gptq", "w_clip": True, "a_asym": False, "a_clip_ratio": 0.9,
+               "o_proj_input": "mixed", "k_asym": True, "v_asym": True, "k_clip_ratio": 0.95,
+               "v_clip_ratio": 0.95, "rotation_mode": {"r1": "hadamard", "r2": "base_hadamard"}},
+    # SpinQuant: GPTQ with clipping search, asymmetric activations, o_proj input per head,
+    # asymmetric KV per head; R1/R2 random Hadamard or learned (rotation_path)
+    "spinquant": {"w_method": "gptq", "w_clip": True, "a_asym": True, "o_proj_input": "per_head",
+                  "k_asym": True, "v_asym": True},
+}
+PRESET_NAMES = ("auto", "none", *PRESETS)
+
+
+def apply_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its preset's values filled in under the keys it does not set itself."""
+    name = data.get("preset", "auto")
+    if name == "auto":
+        quantized = any(int(data.get(k, 16)) < 16 for k in ("w_bits", "a_bits", "k_bits", "v_bits")
+                        if isinstance(data.get(k, 16), int))
+        name = "spinquant" if quantized else "none"
+    if name not in PRESETS:
+        return data
+    return {**PRESETS[name], **data, "preset": data.get("preset", "auto")}
+
+
 class PTQRecipe(QuantSettings):
     """Everything that defines one post-training quantization run."""
 
     version: int = 1
+    preset: Literal["auto", "none", "quarot", "spinquant"] = "auto"
     # model and rotation
     model: str = "smollm2-135m"
     rotate: bool = True
     rotation_config: str = "auto"
-    rotation_mode: str = "hadamard"
+    rotation_mode: str | dict[str, str] | None = None
     rotation_path: str | None = None
     online_rotations: bool = True
+    o_proj_input: Literal["per_token", "per_head", "mixed"] = "per_token"
     seed: int = 0
     # weights
     w_clip: bool = False
@@ -120,13 +155,24 @@ class PTQRecipe(QuantSettings):
 
     @field_validator("rotation_mode")
     @classmethod
-    def _mode(cls, value: str) -> str:
+    def _mode(cls, value: str | dict | None) -> str | dict | None:
+        if isinstance(value, dict):
+            for name, mode in value.items():
+                check_rotation_mode(mode, f"rotation mode of {name}")
+            return value
         return check_rotation_mode(value, "rotation mode")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return apply_preset(dict(data)) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _consistent(self) -> PTQRecipe:
         if self.rotation_path and not self.rotate:
             raise ValueError("rotation_path is given but rotate is false")
+        if self.o_proj_input == "mixed" and not (self.rotate and self.online_rotations):
+            raise ValueError("o_proj_input 'mixed' is an online rotation: it needs rotate and online_rotations")
         return self
 
     def label(self) -> str:

@@ -76,7 +76,7 @@ def match_modules(model: nn.Module, patterns: dict, strict: bool, what: str) -> 
     """
     hits, used = [], set()
     for name, module in model.named_modules():
-        if not name:
+        if not name or ".rq_" in f".{name}":  # rotaquant's own stages are never targets
             continue
         for pattern in patterns:
             if pattern_matches(pattern, name):
@@ -90,7 +90,7 @@ def match_modules(model: nn.Module, patterns: dict, strict: bool, what: str) -> 
                 f"{what}: pattern(s) {unused} match no module of {type(model).__name__}; fix the "
                 "pattern or set strict_patterns: false to skip patterns that do not apply"
             )
-        logger.info("%s: patterns matching nothing were skipped: %s", what, unused)
+        logger.debug("%s: patterns matching nothing were skipped: %s", what, unused)
     return hits
 
 

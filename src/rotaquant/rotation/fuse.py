@@ -39,8 +39,8 @@ def untie_embeddings(model: nn.Module) -> bool:
     return True
 
 
-def _check_norm(norm: nn.Module, name: str) -> None:
-    if isinstance(norm, nn.LayerNorm) or getattr(norm, "bias", None) is not None:
+def _check_norm(norm: nn.Module, name: str, kind: str) -> None:
+    if kind == "layernorm" or isinstance(norm, nn.LayerNorm) or getattr(norm, "bias", None) is not None:
         raise RotationConfigError(
             f"{name} ({type(norm).__name__}) subtracts the mean or has a bias; rotaquant folds only "
             "RMS-style norms (weight, no bias). Register a config without this fusion, or convert "
@@ -51,20 +51,23 @@ def _check_norm(norm: nn.Module, name: str) -> None:
 
 
 @torch.no_grad()
-def fold_norm(norm: nn.Module, linears: list[nn.Module], name: str = "norm", float64: bool = True) -> None:
-    """Fold ``norm.weight`` into the input columns of each linear; set the weight to ones.
+def fold_norm(norm: nn.Module, linears: list[nn.Module], name: str = "norm", float64: bool = True,
+              kind: str = "rms") -> None:
+    """Fold the norm's gain into the input columns of each linear; make the gain 1.
 
+    ``kind`` is the architecture's norm kind: ``rms`` (gain ``w``; ``w`` becomes ones) or
+    ``rms_offset`` (Gemma-style gain ``1 + w``; ``w`` becomes zeros). ``layernorm`` is refused.
     Mutates ``norm`` and ``linears``. Computed in float64 when ``float64`` is set.
     """
-    _check_norm(norm, name)
+    _check_norm(norm, name, kind)
     work = torch.float64 if float64 else torch.float32
-    gain = norm.weight.detach().to(work)
+    gain = norm.weight.detach().to(work) + (1.0 if kind == "rms_offset" else 0.0)
     for linear in linears:
         w = linear.weight
         if w.shape[-1] != gain.numel():
             raise RotationConfigError(f"cannot fold {name} (size {gain.numel()}) into a weight of shape {tuple(w.shape)}")
         w.copy_((w.to(work) * gain).to(w.dtype))
-    norm.weight.fill_(1.0)
+    norm.weight.fill_(0.0 if kind == "rms_offset" else 1.0)
 
 
 def _layers(model: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
@@ -73,7 +76,7 @@ def _layers(model: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
 
 
 def fuse_norms(model: nn.Module, config: NormFuseConfig, layers_pattern: str,
-               strict: bool = True, float64: bool = True) -> int:
+               strict: bool = True, float64: bool = True, kind: str = "rms") -> int:
     """Fold every configured norm into its linears; returns how many norms were folded.
 
     ``decoder_layer_fuse`` pairs are relative to each decoder layer (modules matching
@@ -99,7 +102,7 @@ def fuse_norms(model: nn.Module, config: NormFuseConfig, layers_pattern: str,
             full = f"{prefix}.{norm_name}" if prefix else norm_name
             jobs.append((full, root.get_submodule(norm_name), [root.get_submodule(n) for n in linear_names]))
     for full, norm, linears in jobs:
-        fold_norm(norm, linears, full, float64)
+        fold_norm(norm, linears, full, float64, kind)
     return len(jobs)
 
 

@@ -35,9 +35,15 @@ class RotationFileError(ConfigError):
 
 
 def config_dim(config, key: int | str) -> int:
-    """Resolve a matrix ``dim`` (an int or a model-config key) against ``config``."""
+    """Resolve a matrix ``dim`` (an int, a model-config key, or a product ``a*b`` of them)."""
     if isinstance(key, int):
         return key
+    if "*" in key:
+        out = 1
+        for part in key.split("*"):
+            part = part.strip()
+            out *= int(part) if part.isdigit() else config_dim(config, part)
+        return out
     if key == "head_dim" and getattr(config, "head_dim", None) is None:
         return config.hidden_size // config.num_attention_heads
     value = getattr(config, key, None)
@@ -58,10 +64,17 @@ class RotationStore:
         model_config: the model's config (resolves ``dim`` keys).
         seed: base seed; each (name, group) gets its own derived seed, so matrices are
             reproducible and independent of the order in which they are requested.
-        mode: overrides every non-online matrix's mode when given.
+        mode: overrides the mode of the fused (non-online) matrices when given: one mode for
+            all, or ``{matrix name: mode}`` for some (QuaRot: ``{"r1": "hadamard", "r2":
+            "base_hadamard"}``). Default: each matrix's own ``mode`` in the spec.
     """
 
-    def __init__(self, spec: RotationSpec, model_config, seed: int = 0, mode: str | None = None):
+    def __init__(self, spec: RotationSpec, model_config, seed: int = 0, mode: str | dict | None = None):
+        if isinstance(mode, dict):
+            unknown = sorted(set(mode) - set(spec.rotation_matrices))
+            if unknown:
+                raise RotationConfigError(f"rotation modes given for {unknown}, which the config does not define "
+                                          f"(its matrices: {sorted(spec.rotation_matrices)})")
         self.spec, self.seed, self.mode = spec, int(seed), mode
         self.dims = {n: config_dim(model_config, m.dim) for n, m in spec.rotation_matrices.items()}
         self.matrices: dict[tuple[str, str], torch.Tensor] = {}
@@ -79,7 +92,11 @@ class RotationStore:
 
     def mode_of(self, name: str) -> str:
         spec: MatrixSpec = self.spec.rotation_matrices[name]
-        return spec.mode if (self.mode is None or spec.online) else self.mode
+        if self.mode is None or spec.online:
+            return spec.mode
+        if isinstance(self.mode, dict):
+            return self.mode.get(name, spec.mode)
+        return self.mode
 
     def get(self, name: str, module_name: str = "") -> torch.Tensor:
         """The float64 matrix ``name`` for the module ``module_name`` (made on first use)."""

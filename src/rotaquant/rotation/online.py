@@ -1,12 +1,14 @@
-"""Online rotations: fast Hadamard transforms applied while the model runs.
+"""Online rotations: fast Hadamard transforms applied while the model runs, as stages.
 
-* On a linear (R4 on ``down_proj``): a forward pre-hook rotates the input, ``x -> x R``, and
-  the weight is pre-rotated, ``W -> W R``, so ``x R (W R)^T = x W^T``.
-* On an attention module (R3): queries and keys are rotated per head after RoPE, through
-  :mod:`rotaquant.attention`, so ``(q R)(k R)^T = q k^T``.
+* At a linear's input (R4 on ``down_proj``, head mixing on ``o_proj``): the stage rotates the
+  input, ``x -> x R``, and the weight is pre-rotated, ``W -> W R``, so ``x R (W R)^T = x W^T``.
+* On an attention module (R3): queries and keys are rotated per head after RoPE, so
+  ``(q R)(k R)^T = q k^T``.
 
 ``R = diag(s) H^T / sqrt(n)`` with ``H = hadamard_matrix(n)`` and random signs ``s`` for mode
 ``hadamard`` (``s = 1`` for ``base_hadamard``): ``x R`` is ``hadamard_transform(x * s)``.
+The stages are children of the model (see :mod:`rotaquant.stages`), so they are saved in
+``state_dict``, kept by ``deepcopy`` and shown in ``repr``.
 """
 
 from __future__ import annotations
@@ -17,40 +19,48 @@ import zlib
 import torch
 from torch import nn
 
-from .. import attention
+from ..models.architecture import attention_modules
+from ..stages import Stage, add_attention_stage, add_input_stage
 from .hadamard import hadamard_factorization
 from .matrices import RotationStore, config_dim
 from .spec import RotationConfigError, RotationSpec
 from .transform import hadamard_transform
 
 logger = logging.getLogger(__name__)
-TAG = "rotaquant.R3"
 
 
-class OnlineHadamard:
-    """``x -> hadamard_transform(x * signs)`` along the last dim; computed in x's dtype
-    (float32 inside for half precision)."""
+class OnlineHadamard(Stage):
+    """``x -> hadamard_transform(x * signs)`` along the last dim (a rotation stage).
+
+    Args:
+        n: the size of the last dim (any order the Hadamard library constructs).
+        signs: optional ``[n]`` tensor of +-1 (random Hadamard); None for the plain one.
+    """
+
+    kind = "rotation"
+    order = 0
 
     def __init__(self, n: int, signs: torch.Tensor | None = None):
+        super().__init__()
         hadamard_factorization(n)  # fail early for an order with no construction
-        self.n, self.signs = n, signs
-        self._cache: dict[tuple, torch.Tensor] = {}
+        if signs is not None and tuple(signs.shape) != (n,):
+            raise RotationConfigError(f"signs of shape {tuple(signs.shape)} for an online Hadamard of size {n}")
+        self.n = n
+        self.register_buffer("signs", None if signs is None else signs.to(torch.float32))
 
-    def _signs(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.signs is None:
-            return None
-        key = (x.device, x.dtype)
-        if key not in self._cache:
-            self._cache[key] = self.signs.to(x.device, x.dtype)
-        return self._cache[key]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        s = self._signs(x)
-        return hadamard_transform(x if s is None else x * s)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.signs is not None:
+            x = x * self.signs.to(x.dtype)
+        return hadamard_transform(x)
 
     def matrix(self, dtype=torch.float64) -> torch.Tensor:
         """The dense ``R`` (for tests and fusion checks)."""
-        return self(torch.eye(self.n, dtype=torch.float64)).to(dtype)
+        eye = torch.eye(self.n, dtype=torch.float64)
+        s = self.signs
+        return hadamard_transform(eye if s is None else eye * s.double()).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, random_signs={self.signs is not None}"
 
 
 def make_online(store: RotationStore, name: str, module_name: str) -> OnlineHadamard:
@@ -70,24 +80,22 @@ def make_online(store: RotationStore, name: str, module_name: str) -> OnlineHada
 def _fuse_input(linear: nn.Linear, op: OnlineHadamard, float64: bool) -> None:
     w = linear.weight
     work = torch.float64 if float64 else torch.float32
-    w.copy_(op(w.detach().to(work)).to(w.dtype))
+    w.copy_(op.to(w.device)(w.detach().to(work)).to(w.dtype))
 
 
-def _is_attention(module: nn.Module) -> bool:
-    return all(hasattr(module, n) for n in ("q_proj", "k_proj")) and not isinstance(module, nn.Linear)
+def apply_online_rotations(model: nn.Module, spec: RotationSpec, store: RotationStore) -> int:
+    """Insert every rotation of ``spec.online_rotation_config`` as a stage; returns how many.
 
-
-def apply_online_rotations(model: nn.Module, spec: RotationSpec, store: RotationStore) -> list:
-    """Insert every rotation of ``spec.online_rotation_config``; returns the hook handles.
-
-    Mutates ``model``: linears get a pre-rotated weight and an input hook; attention modules get
-    an R3 transform on queries and keys.
+    Mutates ``model``: a matched linear gets a pre-rotated weight and a rotation stage at its
+    input; a matched attention module (one of the architecture's) gets the rotation at its
+    query and key sites. The stage is named after the matrix (``r3``, ``r4``, ``rh``).
     """
     from .apply import match_modules
 
-    handles = []
+    attention = {name for name, _ in attention_modules(model, spec.architecture)}
     hits = match_modules(model, spec.online_rotation_config, spec.strict_patterns, "online_rotation_config")
-    head_dim = None
+    head_dim = config_dim(model.config, spec.architecture.head_dim) if attention else None
+    count = 0
     for name, module, pattern in hits:
         rname = spec.online_rotation_config[pattern]
         op = make_online(store, rname, name)
@@ -95,22 +103,17 @@ def apply_online_rotations(model: nn.Module, spec: RotationSpec, store: Rotation
             if module.in_features != op.n:
                 raise RotationConfigError(f"{name}: input size {module.in_features} != online rotation size {op.n}")
             _fuse_input(module, op, spec.use_float64)
-            handles.append(module.register_forward_pre_hook(_input_hook(op)))
-        elif _is_attention(module):
-            head_dim = head_dim or config_dim(model.config, "head_dim")
+            add_input_stage(module, rname, op.to(module.weight.device))
+        elif name in attention:
             if op.n != head_dim:
-                raise RotationConfigError(f"{name}: R3 size {op.n} != head_dim {head_dim}")
-            attention.attach(model, module, TAG, query=op, key=op)
+                raise RotationConfigError(f"{name}: {rname} size {op.n} != head_dim {head_dim}")
+            dev = next(module.parameters()).device
+            add_attention_stage(model, module, "query", rname, op.to(dev))
+            add_attention_stage(model, module, "key", rname, op.to(dev))
         else:
             raise RotationConfigError(
                 f"online_rotation_config[{pattern!r}] matched {name} ({type(module).__name__}), which is "
-                "neither a linear nor an attention module with q_proj/k_proj"
+                "neither a linear nor an attention module of the architecture spec"
             )
-    return handles
-
-
-def _input_hook(op: OnlineHadamard):
-    def hook(module, args):
-        return (op(args[0]), *args[1:])
-
-    return hook
+        count += 1
+    return count

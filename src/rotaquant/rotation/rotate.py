@@ -4,125 +4,144 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..models.registry import ModelEntry, lookup
-from .apply import apply_fused_rotations, rotate_module
-from .fuse import fold_norm, fuse_norms, untie_embeddings
+from ..errors import ConfigError
+from ..models.registry import lookup
+from .apply import apply_fused_rotations
+from .fuse import fuse_norms, untie_embeddings
 from .matrices import RotationStore
+from .online import apply_online_rotations
 from .spec import RotationSpec, load_spec
 
 logger = logging.getLogger(__name__)
+RECORD_CHILD = "rq_rotation"
+
+
+class AlreadyQuantizedError(ConfigError):
+    """``rotate()`` was called on a model whose weights are already quantized."""
+
+
+class AlreadyRotatedError(ConfigError):
+    """``rotate()`` was called twice on one model."""
+
+
+class RotationRecord(nn.Module):
+    """A child of a rotated model saying how it was rotated (shows in ``repr``, survives
+    ``deepcopy``); it holds no tensors, so exports are unaffected."""
+
+    def __init__(self, summary: dict):
+        super().__init__()
+        self.summary = dict(summary)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.summary.items())
 
 
 @dataclass
 class RotationState:
-    """What :func:`rotate` did to a model: the config, the matrices and the online hooks."""
+    """What :func:`rotate` did to a model: the config, the matrices and counts."""
 
-    spec: RotationSpec | None
-    store: RotationStore | None
+    spec: RotationSpec
+    store: RotationStore
     online: bool
-    handles: list = field(default_factory=list)
+    online_stages: int = 0
     fused_modules: int = 0
     folded_norms: int = 0
     untied: bool = False
 
     def save(self, path: str | os.PathLike):
         """Write the fused matrices (R1, R2, ...) to a safetensors file."""
-        if self.store is None:
-            raise ValueError("this rotation was made by registered functions; it has no matrix store")
         return self.store.save(path)
 
 
-_STATES: weakref.WeakKeyDictionary[nn.Module, RotationState] = weakref.WeakKeyDictionary()
+def rotation_record(model: nn.Module) -> RotationRecord | None:
+    """The :class:`RotationRecord` of a model rotated by :func:`rotate`, else None."""
+    return model._modules.get(RECORD_CHILD)
 
 
-def rotation_state(model: nn.Module) -> RotationState | None:
-    """The :class:`RotationState` of a model rotated by :func:`rotate`, else None."""
-    return _STATES.get(model)
-
-
-def resolve_spec(model: nn.Module, config) -> RotationSpec | ModelEntry:
-    """``"auto"`` -> the registry's entry for the model class; else a loaded spec."""
+def resolve_spec(model: nn.Module, config) -> RotationSpec:
+    """``"auto"`` -> the registry's config for the model class; else a loaded spec."""
     if config in (None, "auto"):
-        entry = lookup(model)
-        return entry if entry.functional else entry.config
+        return lookup(model).config
     return load_spec(config)
+
+
+def _weights_quantized(model: nn.Module) -> list[str]:
+    from ..quant.weights import WEIGHT_CHILD
+
+    return [n for n, m in model.named_modules() if WEIGHT_CHILD in m._modules]
 
 
 @torch.no_grad()
 def rotate(
     model: nn.Module,
     config="auto",
-    mode: str | None = None,
+    mode: str | dict | None = None,
     seed: int = 0,
     rotation_path: str | os.PathLike | None = None,
     online: bool = True,
+    head_mixing: bool = False,
     progress: bool = True,
 ) -> RotationState:
     """Rotate ``model`` IN PLACE so that it computes the same function with rotated weights.
 
     Steps: untie tied embeddings; fold the configured norms into the following linears; fuse
     the offline rotations (R1 on the residual stream, R2 per head on V/O) in float64; and, if
-    ``online``, insert the online rotations (R3 on Q/K after RoPE, R4 on the down_proj input).
+    ``online``, insert the online rotations as stages (R3 on Q/K after RoPE, R4 on the
+    down_proj input, and with ``head_mixing`` QuaRot's Hadamard on the o_proj input).
+
+    Activation/KV quantizer stages added before are fine (stages run rotations first
+    whatever the call order); quantized weights are not: rotate first, then quantize.
 
     Args:
         model: a transformers causal LM (mutated in place).
         config: ``"auto"`` (the registry's config for the model's class), a built-in config
             name (``llama``, ``qwen2``, ``qwen3``, ``mistral``, ``transformer_universal``), a
             YAML path, a dict or a RotationSpec.
-        mode: override the mode of every fused matrix (``hadamard``, ``base_hadamard``,
-            ``orthogonal``); default: each matrix's own mode.
+        mode: override the mode of the fused matrices: one mode (``hadamard``,
+            ``base_hadamard``, ``orthogonal``) or ``{name: mode}``; default each matrix's own.
         seed: seed of the random matrices.
         rotation_path: load fused matrices from a file (rotaquant safetensors or SpinQuant's
             ``R1`` / ``model.layers.{i}.self_attn.R2`` torch format) instead of generating them.
-        online: insert online rotations (they are hooks, not saved by ``save_pretrained``).
+        online: insert online rotations.
+        head_mixing: also mix heads with an online Hadamard at each per-head-input linear.
         progress: show progress bars.
 
-    Returns:
-        A :class:`RotationState` (also available later via :func:`rotation_state`).
+    Raises:
+        AlreadyRotatedError, AlreadyQuantizedError: see above.
     """
-    if model in _STATES:
-        raise RuntimeError("this model is already rotated; load a fresh copy to rotate it again")
+    if rotation_record(model) is not None:
+        raise AlreadyRotatedError("this model is already rotated; load a fresh copy to rotate it again")
+    quantized = _weights_quantized(model)
+    if quantized:
+        raise AlreadyQuantizedError(
+            f"the weights of {len(quantized)} modules (e.g. {quantized[0]}) are already quantized; rotating "
+            "them would move them off their grid. Rotate first, then quantize."
+        )
     spec = resolve_spec(model, config)
-    if isinstance(spec, ModelEntry):
-        state = _rotate_with_functions(model, spec, mode, seed)
-    else:
-        if not online:
-            spec = spec.without_online()
-        store = RotationStore(spec, model.config, seed=seed, mode=mode)
-        if rotation_path is not None:
-            store.load(rotation_path)
-        state = RotationState(spec, store, online)
-        state.untied = untie_embeddings(model)
-        if spec.norm_fuse_config is not None:
-            state.folded_norms = fuse_norms(model, spec.norm_fuse_config, spec.layers_pattern,
-                                            spec.strict_patterns, spec.use_float64)
-        state.fused_modules = apply_fused_rotations(model, spec, store, progress)
-        if online:
-            from .online import apply_online_rotations
-
-            state.handles = apply_online_rotations(model, spec, store)
-    _STATES[model] = state
-    logger.info("rotated %s: %d norms folded, %d modules rotated, %d online hooks",
-                type(model).__name__, state.folded_norms, state.fused_modules, len(state.handles))
+    if not online:
+        spec = spec.without_online()
+    elif head_mixing:
+        spec = spec.with_head_mixing()
+    store = RotationStore(spec, model.config, seed=seed, mode=mode)
+    if rotation_path is not None:
+        store.load(rotation_path)
+    state = RotationState(spec, store, online)
+    state.untied = untie_embeddings(model)
+    if spec.norm_fuse_config is not None:
+        state.folded_norms = fuse_norms(model, spec.norm_fuse_config, spec.layers_pattern,
+                                        spec.strict_patterns, spec.use_float64, spec.architecture.norm_kind)
+    state.fused_modules = apply_fused_rotations(model, spec, store, progress)
+    if online:
+        state.online_stages = apply_online_rotations(model, spec, store)
+    model.add_module(RECORD_CHILD, RotationRecord({
+        "mode": mode if mode is not None else "spec", "seed": seed, "online": online,
+        "head_mixing": bool(online and head_mixing), "rotation_path": str(rotation_path) if rotation_path else None,
+    }))
+    logger.info("rotated %s: %d norms folded, %d modules rotated, %d online rotations",
+                type(model).__name__, state.folded_norms, state.fused_modules, state.online_stages)
     return state
-
-
-def _rotate_with_functions(model: nn.Module, entry: ModelEntry, mode: str | None, seed: int) -> RotationState:
-    """R1 only, from a registration made with functions."""
-    from .hadamard import make_rotation
-
-    untied = untie_embeddings(model)
-    pairs = entry.norm_linear_pairs(model)
-    for i, (norm, linears) in enumerate(pairs):
-        fold_norm(norm, list(linears), f"norm[{i}]")
-    r1 = make_rotation(model.config.hidden_size, mode or "hadamard", seed=seed)
-    targets = entry.residual_linears(model)
-    for module, rin, rout in targets:
-        rotate_module(module, r1 if rin else None, r1 if rout else None, type(module).__name__)
-    return RotationState(None, None, False, fused_modules=len(targets), folded_norms=len(pairs), untied=untied)

@@ -4,8 +4,11 @@ A config names rotation matrices (``rotation_matrices``), says which modules get
 rotation on their input and output (``rotation_config``, glob patterns with ``|`` for
 alternatives), which norms fold into which linears (``norm_fuse_config``), and whether fusion
 runs in float64 (``use_float64``). rotaquant adds ``online_rotation_config`` (pattern -> the
-name of an online rotation) and ``strict_patterns`` (a pattern that matches nothing is an error
-unless this is false).
+name of an online rotation), ``architecture`` (where layers, attention, projections and norms
+are: :class:`~rotaquant.models.architecture.ArchitectureSpec`) and ``strict_patterns`` (opt-in:
+a pattern that matches nothing is an error). ModelOpt's own files load verbatim: their
+``transformer_universal`` is meant for any model, so by default a pattern that matches nothing
+(e.g. Mamba's ``*in_proj`` on a Llama) is skipped and logged at debug level.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
+from ..models.architecture import ArchitectureSpec
 from .hadamard import ROTATION_MODES
 
 SPECS_DIR = Path(__file__).resolve().parents[1] / "models" / "specs"
@@ -36,7 +40,8 @@ class _Strict(BaseModel):
 class MatrixSpec(_Strict):
     """One rotation matrix: its size, how it is made, and how it is shared across layers.
 
-    ``dim`` is an int or a key of the model config (``hidden_size``, ``head_dim``, ...).
+    ``dim`` is an int, a key of the model config (``hidden_size``, ``head_dim``, ...) or a
+    product of keys (``num_attention_heads*head_dim``).
     ``per_layer``: false = one matrix for the whole model; true = one per decoder layer; a
     regular expression = one per distinct match in the module name (group 1 if it has one).
     ``online``: applied at run time as a fast Hadamard transform (modes ``hadamard`` or
@@ -88,8 +93,9 @@ class RotationSpec(_Strict):
     online_rotation_config: dict[str, str] = Field(default_factory=dict)
     norm_fuse_config: NormFuseConfig | None = None
     use_float64: bool = True
-    strict_patterns: bool = True
+    strict_patterns: bool = False
     layers_pattern: str = r"(?:^|\.)layers\.\d+$"
+    architecture: ArchitectureSpec = Field(default_factory=ArchitectureSpec)
     version: Literal[1] = 1
 
     @model_validator(mode="after")
@@ -107,6 +113,16 @@ class RotationSpec(_Strict):
             if not self.rotation_matrices[name].online:
                 raise ValueError(f"{name!r} is used online but its spec lacks 'online: true'")
         return self
+
+    def with_head_mixing(self) -> RotationSpec:
+        """The same config plus QuaRot's online Hadamard at the input of each per-head-input
+        linear (``o_proj``): it mixes the heads before the activation quantizer."""
+        data = self.model_dump()
+        data["rotation_matrices"]["rh"] = {"dim": "num_attention_heads*head_dim", "mode": "base_hadamard",
+                                           "per_layer": False, "online": True}
+        for path in self.architecture.per_head_inputs:
+            data["online_rotation_config"] = {f"*{path}": "rh", **data["online_rotation_config"]}
+        return RotationSpec(**data)
 
     def without_online(self) -> RotationSpec:
         """The same config with its online rotations removed (R1/R2 only)."""

@@ -1,0 +1,37 @@
+"""Tiny random instances of transformers model classes, for checks that need a real forward."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+            tie_word_embeddings=False)
+
+
+def tiny_instance(class_name: str, seed: int = 0, dtype=torch.float64) -> nn.Module | None:
+    """A tiny random float64 instance of transformers' ``class_name`` in eval mode, with its
+    norm weights perturbed (so that folding them matters); None when transformers lacks it."""
+    import transformers
+
+    cls = getattr(transformers, class_name, None)
+    config_class = getattr(cls, "config_class", None)
+    if cls is None or config_class is None:
+        return None
+    try:
+        config = config_class(**TINY)
+        torch.manual_seed(seed)
+        model = cls(config).to(dtype).eval()
+    except Exception as exc:  # a class that cannot be built from these sizes: no check possible
+        logger.debug("cannot build a tiny %s: %s", class_name, exc)
+        return None
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model

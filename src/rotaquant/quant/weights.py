@@ -1,0 +1,48 @@
+"""The integer form of a quantized weight, kept on its linear for export.
+
+RTN and GPTQ write the dequantized weight into ``linear.weight`` (what the fake-quantized model
+computes with) and attach a :class:`QuantizedWeight` child named ``rq_weight`` holding the
+integer codes (int8), scales and zero points, so that ``(codes - zero) * scale`` equals the
+weight and an exporter can pack them. Being a child module it is in ``state_dict`` and survives
+``deepcopy``; it does not run in the forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .quantizer import QuantSpec, quantize_to_int, to_groups
+
+WEIGHT_CHILD = "rq_weight"
+
+
+class QuantizedWeight(nn.Module):
+    """Codes ``[out, in]`` (int8), ``scale`` and ``zero`` ``[out, G]`` (float32) of a weight."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
+                 method: str):
+        super().__init__()
+        self.spec, self.method = spec, method
+        self.register_buffer("codes", codes.to(torch.int8))
+        self.register_buffer("scale", scale.to(torch.float32))
+        self.register_buffer("zero", zero.to(torch.float32))
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        """``(codes - zero) * scale`` in ``dtype``, shaped like the weight."""
+        g = to_groups(self.codes.to(torch.float32), self.spec)
+        return ((g - self.zero[..., None]) * self.scale[..., None]).reshape(self.codes.shape).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.method}, {self.spec}, shape={tuple(self.codes.shape)}"
+
+
+def attach_quantized_weight(linear: nn.Module, spec: QuantSpec, scale: torch.Tensor, zero: torch.Tensor,
+                            method: str) -> QuantizedWeight:
+    """Record the codes of ``linear.weight`` (already on the grid of ``scale``/``zero``, shaped
+    ``[out, G, 1]``) as its ``rq_weight`` child. Mutates ``linear``."""
+    w = linear.weight.detach()
+    codes = quantize_to_int(to_groups(w.to(scale.dtype), spec), scale, zero, spec).reshape(w.shape)
+    record = QuantizedWeight(codes, scale[..., 0], zero[..., 0], spec, method)
+    linear.add_module(WEIGHT_CHILD, record.to(w.device))
+    return record
