@@ -5,7 +5,11 @@ import torch
 import rotaquant.quant.layerwise as layerwise
 from rotaquant.models.architecture import ArchitectureSpec
 from rotaquant.quant.gptq import HessianAccumulator
-from rotaquant.quant.layerwise import capture_layer_inputs, quantize_weights_layerwise, sequential_groups
+from rotaquant.quant.layerwise import (
+    capture_layer_inputs,
+    quantize_weights_layerwise,
+    sequential_groups,
+)
 from rotaquant.quant.quantizer import QuantSpec
 from tests.conftest import tiny_model
 
