@@ -198,10 +198,13 @@ def analyze(model: nn.Module, windows: torch.Tensor, config: AnalyzeConfig | dic
         result.rows += _stat_rows(method, stats, layer_index)
         result.absmax[method] = {n: s["input"].absmax.tolist() for n, s in stats.items()}
         if ref is not model:  # the processed FP model must compute the original function
-            check = compare_logits(model, ref, windows)
+            check = compare_logits(model, ref, windows[:1])
             result.rows += [Row(method, len(layers), "logits", "processed_fp", k, v) for k, v in check.items()]
-        cand = copy.deepcopy(model)
-        _process(method, cand, cfg, windows, progress=False)
+        if method in ("none", "smoothquant"):  # no online transforms: a copy is the same processing
+            cand = copy.deepcopy(ref)
+        else:
+            cand = copy.deepcopy(model)
+            _process(method, cand, cfg, windows, progress=False)
         from ..quant.pipeline import quantize
 
         quantize(cand, None, tokenizer=tokenizer, calibration=windows, progress=progress,

@@ -175,6 +175,19 @@ def _run_layer(layer: nn.Module, names: list[str], h: torch.Tensor, args: tuple,
     return out, outs
 
 
+def _final_head(model: nn.Module):
+    """``h -> logits`` after the last decoder layer (the rotation config's ``lm_head_fuse`` pair:
+    final norm, then head), or None when the config does not name them."""
+    try:
+        from ..models.registry import lookup
+
+        pairs = lookup(model).config.norm_fuse_config.lm_head_fuse
+        norm, head = (model.get_submodule(n) for n in pairs[0])
+    except Exception:
+        return None
+    return lambda h: head(norm(h))
+
+
 @torch.no_grad()
 def compare_layers(reference: nn.Module, candidate: nn.Module, windows: torch.Tensor, method: str,
                    modes: tuple[str, ...] = MODES, logits: bool = True, progress: bool = False) -> list[Row]:
@@ -193,6 +206,7 @@ def compare_layers(reference: nn.Module, candidate: nn.Module, windows: torch.Te
     if len(ref_layers) != len(cand_layers):
         raise ValueError(f"the reference has {len(ref_layers)} decoder layers, the candidate {len(cand_layers)}")
     names = compared_modules(ref_layers[0])
+    heads = (_final_head(reference), _final_head(candidate))
     ref_dev = next(reference.parameters()).device
     cand_dev = next(candidate.parameters()).device
     acc: dict[tuple, _Agreement] = defaultdict(_Agreement)
@@ -211,7 +225,9 @@ def compare_layers(reference: nn.Module, candidate: nn.Module, windows: torch.Te
                 for n in names:
                     acc[(i, n or LAYER, "accumulated")].add(outs[n], ref_outs[n])
             h_ref = ref_next
-        if logits:
+        if logits and "accumulated" in modes and None not in heads:
+            acc[(len(ref_layers), LOGITS, "accumulated")].add(heads[1](h_cand), heads[0](h_ref))
+        elif logits:  # the final norm and head are not named: whole forward passes
             acc[(len(ref_layers), LOGITS, "accumulated")].add(
                 candidate(input_ids=ids.to(cand_dev), use_cache=False).logits,
                 reference(input_ids=ids.to(ref_dev), use_cache=False).logits)
