@@ -14,6 +14,7 @@ logger = logging.getLogger("rotaquant")
 EPILOG = """examples:
   rotaquant eval --model smollm2-135m --max-windows 2 --seqlen 512
   rotaquant eval --model ./my-hf-folder --dtype bf16 --device cuda --batch-size 8 --json out.json
+  rotaquant eval --model smollm2-135m --tasks piqa,arc_easy --limit 200 --no-ppl --json zs.json
   rotaquant rotate --model smollm2-135m --mode hadamard --output ./smollm2-rotated
   rotaquant ptq --model smollm2-135m --w-bits 4 --a-bits 4 --k-bits 4 --v-bits 4 --gptq
   rotaquant optimize --model smollm2-135m --w-bits 16 --a-bits 4 --k-bits 4 --v-bits 4 --output R.safetensors
@@ -50,6 +51,10 @@ def eval_overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.tasks:
+        from .eval.cli_args import cmd_eval_tasks
+
+        return cmd_eval_tasks(args, eval_overrides(args))
     from .evaluate import run
 
     result = run(None, progress=not args.quiet, **eval_overrides(args))
@@ -140,11 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     sub = _Sub(parser.add_subparsers(dest="command", metavar="COMMAND"), common)
 
-    p = sub.add_parser("eval", help="WikiText-2 (or local text) perplexity of a model",
+    p = sub.add_parser("eval", help="WikiText-2 perplexity and zero-shot accuracy (--tasks) of a model",
                        description="Perplexity over non-overlapping windows: rows joined with "
-                       "'\\n\\n', tokenized once, PPL = exp(mean token NLL).")
+                       "'\\n\\n', tokenized once, PPL = exp(mean token NLL). With --tasks, also "
+                       "zero-shot accuracy with lm-evaluation-harness's definitions.")
     add_model_args(p)
     add_eval_args(p)
+    from .eval.cli_args import add_zeroshot_args
+
+    add_zeroshot_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("rotate", help="rotate a model (norms folded, R1/R2 fused) and export an HF folder",
