@@ -67,8 +67,9 @@ def test_kernel_matches_reference(n, dtype):
         truth = hadamard_reference(x.double())
         y, ref = _transform(x), hadamard_reference(x)
         assert y.dtype == dtype and y.shape == x.shape
-        if dtype == torch.float32:
-            assert (y.double() - truth).norm() <= 1e-6 * truth.norm()
+        if dtype == torch.float32:  # float32 accumulation over up to ~n terms, as the reference
+            bound = max(2e-6 * truth.norm(), 2 * (ref.double() - truth).norm())
+            assert (y.double() - truth).norm() <= bound
         else:  # both round once from (nearly) exact sums: at most one unit in the last place
             # apart, plus 1/16 ulp of the row's largest value where an output cancels far below it
             diff = (y.double() - ref.double()).abs()

@@ -37,7 +37,9 @@ def _check(x: torch.Tensor, spec: QuantSpec) -> None:
         raise ConfigError(f"expected a QuantSpec, got {type(spec).__name__}")
     if not isinstance(x, torch.Tensor) or x.dim() == 0 or not x.is_floating_point():
         raise ConfigError("hadamard quantization needs a floating-point tensor with a last dimension")
-    to_groups(x.new_empty((0, x.shape[-1])), spec)  # raises if the group size does not divide n
+    n, g = x.shape[-1], spec.group_size
+    if g and n % g:
+        raise ConfigError(f"group_size {g} does not divide the last dimension {n}")
 
 
 def hadamard_quantize(x: torch.Tensor, spec: QuantSpec, normalize: bool = True, *,

@@ -30,9 +30,11 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, sylvester
 
@@ -61,12 +63,16 @@ def _sylvester_block(F: tl.constexpr):
 
 
 @triton.jit
-def _rint(x):
-    """Round half to even (``torch.round``), exact for ``|x| < 2**23``."""
-    r = tl.floor(x)
-    d = x - r
-    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
-    return tl.where((d > 0.5) | ((d == 0.5) & odd), r + 1.0, r)
+def _rint(x, ON_GPU: tl.constexpr):
+    """Round half to even (``torch.round``); emulated (exact for ``|x| < 2**23``) off the GPU."""
+    if ON_GPU:
+        r = libdevice.rint(x)
+    else:  # Triton's CPU interpreter has no rint
+        f = tl.floor(x)
+        d = x - f
+        odd = (f - 2.0 * tl.floor(f * 0.5)) != 0.0
+        r = tl.where((d > 0.5) | ((d == 0.5) & odd), f + 1.0, f)
+    return r
 
 
 @triton.jit
@@ -110,12 +116,14 @@ def _sylvester_stages(z, P: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr,
 
 @triton.jit
 def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm, clip,
-            R: tl.constexpr, W: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
-            QMIN: tl.constexpr, QMAX: tl.constexpr, GP: tl.constexpr):
+            rcp, R: tl.constexpr, W: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
+            QMIN: tl.constexpr, QMAX: tl.constexpr, GP: tl.constexpr, ON_GPU: tl.constexpr):
     """Scale, round and write the transformed tile ``y`` ``[R, W]`` (columns ``col0 + [0, W)``).
 
     MODE 0 writes the transform; MODE 1 the codes and scales (and zero points when asymmetric);
     MODE 2 the quantize-dequantized values.  Groups are ``GP`` consecutive columns, ``G`` a row.
+    The range is divided by ``qmax`` as torch does it on the same device: on CUDA a tensor divided
+    by a Python number is multiplied by the float32 reciprocal ``rcp``; on CPU it is divided.
     """
     cols = col0 + tl.arange(0, W)
     offs = rr.to(tl.int64)[:, None] * stride_o + cols[None, :]
@@ -128,17 +136,23 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
         v = tl.reshape(yq.to(tl.float32), [R, NG, GP])
         if SYM:
             amax = tl.max(tl.abs(v), axis=2) * clip
-            scale = tl.math.div_rn(amax, tl.full([R, NG], QMAX, tl.float32))
+            if ON_GPU:
+                scale = amax * rcp
+            else:
+                scale = tl.math.div_rn(amax, tl.full([R, NG], QMAX, tl.float32))
             scale = tl.where(scale > 0, scale, 1.0)
             zero = tl.zeros([R, NG], tl.float32)
         else:
             lo = tl.minimum(tl.min(v, axis=2) * clip, 0.0)
             hi = tl.maximum(tl.max(v, axis=2) * clip, 0.0)
-            scale = tl.math.div_rn(hi - lo, tl.full([R, NG], QMAX, tl.float32))
+            if ON_GPU:
+                scale = (hi - lo) * rcp
+            else:
+                scale = tl.math.div_rn(hi - lo, tl.full([R, NG], QMAX, tl.float32))
             scale = tl.where(scale > 0, scale, 1.0)
-            zero = _rint(tl.math.div_rn(-lo, scale))
+            zero = _rint(tl.math.div_rn(-lo, scale), ON_GPU)
             zero = tl.minimum(tl.maximum(zero, 0.0), QMAX)
-        q = _rint(tl.math.div_rn(v, scale[:, :, None])) + zero[:, :, None]
+        q = _rint(tl.math.div_rn(v, scale[:, :, None]), ON_GPU) + zero[:, :, None]
         q = tl.minimum(tl.maximum(q, QMIN), QMAX)
         if MODE == 1:
             tl.store(codes_ptr + offs, tl.reshape(q, [R, W]).to(codes_ptr.dtype.element_ty), mask=msk)
@@ -146,23 +160,23 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
             goffs = rr.to(tl.int64)[:, None] * G + groups[None, :]
             gmsk = rmask[:, None] & (groups < G)[None, :]
             tl.store(scale_ptr + goffs, scale, mask=gmsk)
-            if not SYM:
-                tl.store(zero_ptr + goffs, zero, mask=gmsk)
+            tl.store(zero_ptr + goffs, zero, mask=gmsk)
         else:
             deq = (q - zero[:, :, None]) * scale[:, :, None]
             tl.store(out_ptr + offs, tl.reshape(deq, [R, W]).to(out_ptr.dtype.element_ty), mask=msk)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows", "stride_x"])
 def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
-                     rows, n, G, stride_x, stride_o, norm, clip,
+                     rows, n, G, stride_x, stride_o, norm, clip, rcp,
                      M: tl.constexpr, MP: tl.constexpr, IB: tl.constexpr, KB: tl.constexpr,
                      H: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr, R: tl.constexpr,
                      NS_IN: tl.constexpr, NS: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
                      QMIN: tl.constexpr, QMAX: tl.constexpr, GP: tl.constexpr,
-                     SPLIT_DT: tl.constexpr):
-    pid = tl.program_id(0)
-    rr = pid * R + tl.arange(0, R)
+                     SPLIT_DT: tl.constexpr, ON_GPU: tl.constexpr):
+    """Program ``(i, j)``: rows ``[i R, (i + 1) R)``, core output block ``j`` (columns
+    ``[j IB H, (j + 1) IB H)``)."""
+    rr = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rr < rows
     rows64 = rr.to(tl.int64)
     if MP == 1:  # a pure Sylvester transform: the tile is [R, H]
@@ -170,35 +184,33 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
         xt = tl.load(x_ptr + rows64[:, None] * stride_x + jj[None, :], mask=rmask[:, None], other=0.0)
         y = _sylvester_stages(xt, R, F1, F2, NS_IN, NS, SPLIT_DT)
         _finish(y, rr, rmask, 0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm, clip,
-                R, H, MODE, SYM, QMIN, QMAX, GP)
+                rcp, R, H, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
     elif H == 1:  # core only (small Sylvester parts are folded into it): the tile is [R, IB]
-        for ib in tl.static_range(0, MP, IB):
-            ii = ib + tl.arange(0, IB)
-            acc = tl.zeros([R, IB], tl.float32)
-            for kb in tl.static_range(0, MP, KB):
-                kk = kb + tl.arange(0, KB)
-                msk = rmask[:, None] & (kk < M)[None, :]
-                xt = tl.load(x_ptr + rows64[:, None] * stride_x + kk[None, :], mask=msk, other=0.0)
-                c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
-                acc = _dot_split(xt, c, acc, NS_IN)
-            _finish(acc, rr, rmask, ib, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm,
-                    clip, R, IB, MODE, SYM, QMIN, QMAX, GP)
+        ii = tl.program_id(1) * IB + tl.arange(0, IB)
+        acc = tl.zeros([R, IB], tl.float32)
+        for kb in tl.static_range(0, MP, KB):
+            kk = kb + tl.arange(0, KB)
+            msk = rmask[:, None] & (kk < M)[None, :]
+            xt = tl.load(x_ptr + rows64[:, None] * stride_x + kk[None, :], mask=msk, other=0.0)
+            c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
+            acc = _dot_split(xt, c, acc, NS_IN)
+        _finish(acc, rr, rmask, tl.program_id(1) * IB, n, G, out_ptr, stride_o, codes_ptr, scale_ptr,
+                zero_ptr, norm, clip, rcp, R, IB, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
     else:  # core then Sylvester: the tile is [R, IB, H], loaded as [R, H, KB] for the core dot
         jj = tl.arange(0, H)
-        for ib in tl.static_range(0, MP, IB):
-            ii = ib + tl.arange(0, IB)
-            acc = tl.zeros([R * H, IB], tl.float32)
-            for kb in tl.static_range(0, MP, KB):
-                kk = kb + tl.arange(0, KB)
-                offs = rows64[:, None, None] * stride_x + (kk[None, None, :] * H + jj[None, :, None])
-                msk = rmask[:, None, None] & (kk < M)[None, None, :]
-                xt = tl.reshape(tl.load(x_ptr + offs, mask=msk, other=0.0), [R * H, KB])
-                c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
-                acc = _dot_split(xt, c, acc, NS_IN)
-            z = tl.reshape(tl.permute(tl.reshape(acc, [R, H, IB]), (0, 2, 1)), [R * IB, H])
-            y = tl.reshape(_sylvester_stages(z, R * IB, F1, F2, NS, NS, SPLIT_DT), [R, IB * H])
-            _finish(y, rr, rmask, ib * H, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr,
-                    norm, clip, R, IB * H, MODE, SYM, QMIN, QMAX, GP)
+        ii = tl.program_id(1) * IB + tl.arange(0, IB)
+        acc = tl.zeros([R * H, IB], tl.float32)
+        for kb in tl.static_range(0, MP, KB):
+            kk = kb + tl.arange(0, KB)
+            offs = rows64[:, None, None] * stride_x + (kk[None, None, :] * H + jj[None, :, None])
+            msk = rmask[:, None, None] & (kk < M)[None, None, :]
+            xt = tl.reshape(tl.load(x_ptr + offs, mask=msk, other=0.0), [R * H, KB])
+            c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
+            acc = _dot_split(xt, c, acc, NS_IN)
+        z = tl.reshape(tl.permute(tl.reshape(acc, [R, H, IB]), (0, 2, 1)), [R * IB, H])
+        y = tl.reshape(_sylvester_stages(z, R * IB, F1, F2, NS, NS, SPLIT_DT), [R, IB * H])
+        _finish(y, rr, rmask, tl.program_id(1) * IB * H, n, G, out_ptr, stride_o, codes_ptr,
+                scale_ptr, zero_ptr, norm, clip, rcp, R, IB * H, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
 
 
 # -- host code ------------------------------------------------------------------------------
@@ -213,7 +225,7 @@ class Plan:
     n: int
     M: int  # core order (with folded Sylvester bits), 1 if none
     MP: int  # padded core order
-    IB: int  # core output block
+    IB: int  # core output block (one per program along grid axis 1)
     KB: int  # core contraction block
     H: int  # Sylvester part 2**k (1 when folded into the core)
     F1: int
@@ -226,29 +238,47 @@ class Plan:
         """Padded columns a program finishes at once (quantization groups must divide it)."""
         return self.IB * self.H if self.MP > 1 else self.H
 
+    @property
+    def blocks(self) -> int:
+        """Programs per row tile (core output blocks)."""
+        return self.MP // self.IB if self.MP > 1 else 1
 
-@functools.lru_cache(maxsize=256)
+
+def _tuning() -> tuple[int, int, int]:
+    """``(tile, warps, block)`` overrides from ``ROTAQUANT_HADAMARD_TILE`` / ``_WARPS`` / ``_BLOCK``
+    (0 = the default rule); for tuning sweeps, not for everyday use."""
+    env = os.environ
+    return (int(env.get("ROTAQUANT_HADAMARD_TILE", 0)), int(env.get("ROTAQUANT_HADAMARD_WARPS", 0)),
+            int(env.get("ROTAQUANT_HADAMARD_BLOCK", 0)))
+
+
 def plan_for(n: int) -> Plan:
     """The kernel shape for order ``n`` (one compiled variant per order, whatever the row count)."""
+    return _plan(n, *_tuning())
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(n: int, tile: int, warps: int, block: int) -> Plan:
     m, k = hadamard_factorization(n)
     if k < 4:
         M, H, F1, F2 = m << k, 1, 1, 1
     else:
         M, H = m, 1 << k
         F1, F2 = (H, 1) if k <= 7 else (1 << (k - k // 2), 1 << (k // 2))
-    if M == 1:
+    if M == 1 and H > 1:
         MP = IB = KB = 1
         need = 1 if F2 > 1 else 16  # the single-factor dot has R rows
     else:
         MP = _pow2_at_least(M, 16)
-        IB, KB = min(MP, MAX_BLOCK), min(MP, K_BLOCK)
+        IB = min(MP, max(16, block) if block else MAX_BLOCK)
+        KB = min(MP, K_BLOCK)
         need = max(1, 16 // H)  # the core dot has R * H rows
         if F2 == 1 and H > 1:
             need = max(need, 16 // IB)
     per_row = (IB if MP > 1 else 1) * H
-    R = max(need, TILE // per_row)
-    tile = R * per_row
-    num_warps = 4 if tile <= 4096 else 8 if tile <= 16384 else 16
+    R = max(need, (tile or TILE) // per_row)
+    size = R * per_row
+    num_warps = warps or (4 if size <= 4096 else 8 if size <= 16384 else 16)
     return Plan(n, M, MP, IB, KB, H, F1, F2, R, num_warps)
 
 
@@ -265,6 +295,31 @@ def _core_operand(n: int, transpose: bool, dtype: torch.dtype, device: torch.dev
     return b.to(device=device, dtype=dtype)
 
 
+# Compiled kernels by everything Triton specialises on (constexprs, dtypes, 16-byte alignment):
+# later calls launch them directly, skipping the JIT's argument binding (tens of microseconds).
+_COMPILED: dict = {}
+
+
+def _launch_kernel(grid, args, num_warps, ptrs, key) -> None:
+    aligned = tuple(p.data_ptr() % 16 == 0 for p in ptrs)
+    full_key = (key, aligned, args[9] % 16 == 0, ptrs[0].device.index)
+    kernel = _COMPILED.get(full_key)
+    hooks = triton.knobs.runtime
+    if kernel is None or _hooked(hooks.launch_enter_hook) or _hooked(hooks.launch_exit_hook):
+        kernel = _hadamard_kernel[grid](*args, num_warps=num_warps)  # the JIT's own launch path
+        if not _INTERPRET and hasattr(kernel, "packed_metadata"):
+            _COMPILED[full_key] = kernel
+        return
+    stream = torch.cuda.current_stream(ptrs[0].device).cuda_stream
+    kernel.run(grid[0], grid[1], 1, stream, kernel.function, kernel.packed_metadata, None, None, None,
+               *args)
+
+
+def _hooked(hook) -> bool:
+    """Whether a launch hook (a profiler's) is installed: then launches take the JIT's path."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int = 0,
            spec=None) -> tuple[torch.Tensor, ...]:
     """Run the kernel on the 2-D ``x2`` ``[rows, n]`` (last dim contiguous).
@@ -275,30 +330,29 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     rows, n = x2.shape
     plan = plan_for(n)
     half = x2.dtype in (torch.float16, torch.bfloat16)
-    core_dtype = x2.dtype if half else SPLIT_DTYPE
-    core = _core_operand(n, transpose, core_dtype, x2.device) if plan.MP > 1 else x2
+    core = _core_operand(n, transpose, x2.dtype if half else SPLIT_DTYPE, x2.device) if plan.MP > 1 else x2
     norm = 1.0 / math.sqrt(n) if normalize else 1.0
-    sym, qmin, qmax, gp, clip, groups = True, 0, 0, plan.width, 1.0, 1
+    sym, qmin, qmax, gp, clip, groups, rcp = True, 0, 0, plan.width, 1.0, 1, 1.0
     out = codes = scale = zero = x2
     if mode:
         sym, qmin, qmax, clip = spec.symmetric, spec.qmin, spec.qmax, float(spec.clip_ratio)
+        rcp = float(np.float32(1.0) / np.float32(qmax))  # what torch's CUDA division by qmax uses
         gp = spec.group_size if spec.group_size and spec.group_size != n else plan.width
         groups = n // spec.group_size if spec.group_size else 1
     if mode == 1:
         codes = torch.empty(rows, n, dtype=torch.int8 if sym else torch.uint8, device=x2.device)
         scale = torch.empty(rows, groups, dtype=torch.float32, device=x2.device)
-        zero = torch.zeros(rows, groups, dtype=torch.float32, device=x2.device)
+        zero = torch.empty(rows, groups, dtype=torch.float32, device=x2.device)
         out = torch.empty(0, dtype=x2.dtype, device=x2.device)
     else:
         out = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
     if rows:
-        grid = (triton.cdiv(rows, plan.R),)
-        _hadamard_kernel[grid](
-            x2, out, core, codes, scale, zero, rows, n, groups, x2.stride(0), n, norm, clip,
-            M=plan.M, MP=plan.MP, IB=plan.IB, KB=plan.KB, H=plan.H, F1=plan.F1, F2=plan.F2,
-            R=plan.R, NS_IN=1 if half else 3, NS=2 if half else 3, MODE=mode, SYM=sym,
-            QMIN=qmin, QMAX=qmax, GP=gp, SPLIT_DT=_SPLIT_TL, num_warps=plan.num_warps,
-        )
+        args = (x2, out, core, codes, scale, zero, rows, n, groups, x2.stride(0), n, norm, clip, rcp,
+                plan.M, plan.MP, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R,
+                1 if half else 3, 2 if half else 3, mode, sym, qmin, qmax, gp, _SPLIT_TL, not _INTERPRET)
+        key = (plan, x2.dtype, mode, sym, qmin, qmax, gp, groups, rows >= 2**31, x2.stride(0) >= 2**31)
+        _launch_kernel((triton.cdiv(rows, plan.R), plan.blocks), args, plan.num_warps,
+                       (x2, out, core, codes, scale, zero), key)
     if mode == 1:
         return codes, scale, zero
     return (out,)
