@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 from .errors import RotaquantError
-from .io import atomic_write_json
+from .io import atomic_write_json, check_writable_output
 
 logger = logging.getLogger("rotaquant")
 
@@ -35,7 +37,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     """Perplexity flags shared by ``eval``, ``ptq`` and ``demo``."""
     parser.add_argument("--data", default=None, help="named set (wikitext2) or a local .txt/.jsonl path")
-    parser.add_argument("--split", default=None, help="split of a named set (default: test)")
+    parser.add_argument("--split", default=None, help="split of a named set: test or validation (default: test)")
     parser.add_argument("--data-dir", default=None,
                         help="folder holding the named sets (default: $ROTAQUANT_DATA_DIR or ../shared/data)")
     parser.add_argument("--seqlen", type=int, default=None, help="window length (default: 2048)")
@@ -57,6 +59,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return cmd_eval_tasks(args, eval_overrides(args))
     from .evaluate import run
 
+    if args.json:
+        check_writable_output(args.json, "file", overwrite=True)
     result = run(None, progress=not args.quiet, **eval_overrides(args))
     print(f"{result.extra.get('model')}: {result.summary()}")
     if args.json:
@@ -67,7 +71,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_rotate(args: argparse.Namespace) -> int:
     from .rotation.job import run_rotate
 
-    keys = ("model", "config", "mode", "seed", "rotation_path", "output", "device", "dtype", "overwrite")
+    keys = ("model", "config", "mode", "seed", "rotation_path", "output", "device", "dtype", "overwrite",
+            "allow_partial_rotation")
     out = run_rotate({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None},
                      progress=not args.quiet)
     print(f"wrote {out}: R1/R2 fused; it reloads with AutoModelForCausalLM.from_pretrained. "
@@ -79,10 +84,14 @@ def cmd_ptq(args: argparse.Namespace) -> int:
     from .quant.cli_args import recipe_overrides
     from .quant.job import run_ptq
 
-    result = run_ptq(args.recipe, json_path=args.json, progress=not args.quiet, **recipe_overrides(args))
+    if args.json:
+        check_writable_output(args.json, "file", overwrite=True)
+    result = run_ptq(args.recipe, progress=not args.quiet, **recipe_overrides(args))
     ev = result["eval"]
     print(f"{result['label']}: ppl={result['ppl']:.4f} windows={ev['windows']} seqlen={ev['seqlen']} "
           f"device={ev['device']} seconds={result['seconds']['total']:.1f}")
+    if args.json:  # after printing: a write error cannot lose the result
+        atomic_write_json(args.json, result)
     return 0
 
 
@@ -170,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotation-path", default=None,
                    help="load R1/R2 from a file (rotaquant safetensors or SpinQuant torch format)")
     p.add_argument("--output", required=True, help="output folder (must not exist or be empty)")
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing output folder (only one rotaquant wrote)")
+    p.add_argument("--allow-partial-rotation", action="store_true", default=None,
+                   help="accept a --rotation-path file that lacks some matrices (they are generated) or has "
+                   "extra layers (skipped); a warning names them")
     p.set_defaults(func=cmd_rotate)
 
     p = sub.add_parser("ptq", help="rotate, quantize (RTN/GPTQ, activations, KV cache) and evaluate",
@@ -221,7 +234,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks clean up as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``rotaquant`` command; returns the exit status (2: a named error, 130/143: interrupted)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
@@ -240,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     except RotaquantError as exc:
         print(f"rotaquant {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path rotaquant reads or writes: the message names it
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"rotaquant {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("terminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -66,6 +66,16 @@ def check_rotation_mode(value: str | None, what: str = "mode") -> str | None:
     return value
 
 
+def check_device_dtype(device: str | None, dtype: str | None) -> None:
+    """Raise :class:`ConfigError` for an unknown dtype, or a device this host does not have."""
+    from .models.loading import resolve_device, resolve_dtype
+
+    if dtype is not None:
+        resolve_dtype(dtype)
+    if device is not None:
+        resolve_device(device)
+
+
 class EvalConfig(StrictModel):
     """Settings of ``rotaquant eval``: which model, which data, how to cut windows."""
 
@@ -83,9 +93,13 @@ class EvalConfig(StrictModel):
     @field_validator("dtype")
     @classmethod
     def _known_dtype(cls, value: str) -> str:
-        from .models.loading import resolve_dtype
+        check_device_dtype(None, value)
+        return value
 
-        resolve_dtype(value)
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        check_device_dtype(value, None)
         return value
 
 
@@ -102,8 +116,21 @@ class RotateConfig(StrictModel):
     device: str = "auto"
     dtype: str = "float32"
     overwrite: bool = False
+    allow_partial_rotation: bool = False  # a rotation file may lack matrices (random ones fill in)
 
     @field_validator("mode")
     @classmethod
     def _known_mode(cls, value: str | None) -> str | None:
         return check_rotation_mode(value)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        check_device_dtype(value, None)
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        check_device_dtype(None, value)
+        return value

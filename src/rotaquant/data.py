@@ -60,9 +60,18 @@ def default_data_dir() -> Path | None:
 
 
 def _read_rows(path: Path) -> list[str]:
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; pass a .txt or .jsonl file (or a named set: "
+                        f"{', '.join(NAMED_SETS)} with --data-dir)")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
-    raw = path.read_bytes().decode("utf-8")
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                        "convert it to UTF-8 (e.g. iconv -t utf-8)") from None
+    except OSError as exc:
+        raise DataError(f"cannot read data file {path}: {exc.strerror or exc}") from None
     if path.suffix.lower() == ".jsonl":
         rows = []
         for lineno, line in enumerate(raw.splitlines(), 1):
@@ -114,17 +123,16 @@ def load_text(
     name = str(source)
     if name.lower() in NAMED_SETS:
         files = NAMED_SETS[name.lower()]
-        if split not in files and split != "train":
-            raise DataError(f"{name} has no split {split!r}; use one of {sorted(files) + ['train']}")
+        if split not in files:
+            raise DataError(f"{name} has no split {split!r} offline; use one of {sorted(files)}, "
+                            "or pass your own text as a .txt/.jsonl path")
         root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-        if split in files and root is not None:
+        if root is not None:
             path = root / files[split]
             if path.is_file():
                 return TextData(name.lower(), split, _read_rows(path), str(path))
             if data_dir:
                 raise DataError(f"{path} not found: --data-dir must hold {files[split]}")
-        if split == "train":
-            logger.warning("the WikiText-2 train split is not shipped offline; trying the hub")
         return TextData(name.lower(), split, _from_hub(name, split), "hub:wikitext-2-raw-v1")
     path = Path(name).expanduser()
     if path.suffix.lower() in (".txt", ".raw", ".jsonl", ".tokens") or path.exists():
@@ -164,6 +172,48 @@ def sample_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0)
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.samefile(b):
+            return True
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def is_test_set(source: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """True if ``source``/``split`` is the WikiText-2 test set: by name, or a path to that file
+    (the same file, a byte-identical copy, or a file named ``wiki.test.*``)."""
+    name = str(source)
+    if name.lower() in NAMED_SETS:
+        return SPLIT_ALIASES.get(split, split) == "test"
+    path = Path(name).expanduser()
+    if path.name.lower().startswith("wiki.test."):
+        return True
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if root is None or not path.is_file():
+        return False
+    test_file = root / NAMED_SETS["wikitext2"]["test"]
+    return test_file.is_file() and _same_file(path, test_file)
+
+
+def check_calibration_source(source: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None,
+                             allow_test: bool = False) -> None:
+    """Refuse to calibrate (or learn) on the WikiText-2 test set unless ``allow_test`` says so.
+
+    Raises:
+        DataError: the source is the test set (named, by path, or a copy) and ``allow_test`` is False.
+    """
+    if is_test_set(source, split, data_dir):
+        if not allow_test:
+            raise DataError(
+                f"calibration data {source!s} (split {split!r}) is the WikiText-2 test set, on which the "
+                "perplexity is measured: calibrating on it makes that perplexity meaningless. Use the "
+                "validation split (default) or other text; set allow_test_calibration: true "
+                "(--allow-test-calibration) only if you mean it")
+        logger.warning("calibrating on the WikiText-2 test set (allowed explicitly): its perplexity is not a fair measure")
+
+
 def calibration_windows(
     tokenizer,
     nsamples: int = 128,
@@ -172,9 +222,12 @@ def calibration_windows(
     split: str = "validation",
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
+    allow_test: bool = False,
 ) -> torch.Tensor:
-    """Random calibration windows (default: the WikiText-2 validation file, never test)."""
+    """Random calibration windows (default: the WikiText-2 validation file).
+
+    The WikiText-2 test set (by name or by path) is refused unless ``allow_test`` is True.
+    """
+    check_calibration_source(source, split, data_dir, allow_test)
     data = load_text(source, split, data_dir)
-    if data.name == "wikitext2" and data.split == "test":
-        logger.warning("calibrating on the test split makes the test perplexity meaningless")
     return sample_windows(tokenize(data, tokenizer), nsamples, seqlen, seed)

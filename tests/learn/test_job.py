@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rotaquant.errors import ConfigError
+from rotaquant.errors import OutputError
 from rotaquant.learn.job import optimize
 from rotaquant.rotation.matrices import RotationFileError, read_rotation_file
 from rotaquant.rotation.rotate import rotate
@@ -72,7 +72,7 @@ def test_optimize_writes_a_file_that_rotate_and_ptq_consume(tmp_path, text_file)
 
 def test_existing_output_needs_overwrite(tmp_path, text_file):
     (tmp_path / "R.safetensors").write_bytes(b"old")
-    with pytest.raises(ConfigError, match="overwrite"):
+    with pytest.raises(OutputError, match="overwrite"):
         _run(tmp_path, text_file)
     assert (tmp_path / "R.safetensors").read_bytes() == b"old"
 

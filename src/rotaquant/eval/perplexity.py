@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -14,6 +13,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import PROTOCOL, TextData, cut_windows, load_text, tokenize
+from ..errors import NonFiniteError
+from ..io import to_json
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class PerplexityResult:
         return asdict(self)
 
     def to_json(self, indent: int = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return to_json(self.to_dict(), indent=indent)
 
     def summary(self) -> str:
         return (
@@ -65,6 +66,38 @@ def window_nll(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     targets = batch[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
     return nll.view(batch.size(0), -1).double().sum(dim=1)
+
+
+@torch.no_grad()
+def first_non_finite_module(model: torch.nn.Module, batch: torch.Tensor) -> str | None:
+    """Re-run ``batch`` with forward hooks; the first module (in execution order) whose output
+    holds a NaN or infinity, as ``"name (Class)"``, else None. The hooks are removed afterwards."""
+    found: list[str] = []
+
+    def check(name):
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, tuple | list) else getattr(output, "logits", output)
+            if not found and isinstance(out, torch.Tensor) and out.is_floating_point() and not torch.isfinite(out).all():
+                found.append(f"{name} ({type(module).__name__})")
+        return hook
+
+    handles = [m.register_forward_hook(check(n)) for n, m in model.named_modules() if n]
+    try:
+        model(input_ids=batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+def _raise_non_finite(model: torch.nn.Module, batch: torch.Tensor, first_window: int) -> None:
+    where = first_non_finite_module(model, batch)
+    culprit = f"the first module with a non-finite output is {where}" if where else \
+        "no module output is non-finite on a re-run (the loss itself overflowed)"
+    raise NonFiniteError(
+        f"non-finite logits (NaN/inf) in windows {first_window}..{first_window + len(batch) - 1}: {culprit}. "
+        "Check that module's weights (NaN/inf after a transform or quantization?), the quantization "
+        "settings, and the dtype (fp16 overflows; try float32 or bf16)")
 
 
 def perplexity(
@@ -109,7 +142,10 @@ def perplexity(
     try:
         for start in range(0, len(windows), batch_size):
             batch = windows[start : start + batch_size].to(device)
-            total += window_nll(model, batch).sum().cpu()
+            nll = window_nll(model, batch)
+            if not torch.isfinite(nll).all():
+                _raise_non_finite(model, batch, start)
+            total += nll.sum().cpu()
             bar.update(len(batch))
             bar.set_postfix(ppl=f"{math.exp(total.item() / ((start + len(batch)) * (seqlen - 1))):.3f}")
     finally:

@@ -39,9 +39,13 @@ def add_optimize_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--init-mode", default=None, choices=["hadamard", "base_hadamard", "orthogonal"],
                    help="initial R1/R2 (default: hadamard, random signs)")
     r.add_argument("--init-path", default=None, help="start from the matrices of a rotation file")
+    r.add_argument("--allow-partial-rotation", action="store_true", default=None,
+                   help="accept an --init-path file that lacks some matrices (the init mode fills them in)")
     r.add_argument("--seed", type=int, default=None, help="seed of the initial matrices and the data (default: 0)")
     r.add_argument("--data", default=None, help="calibration text: wikitext2 (validation split) or a local path")
     r.add_argument("--split", default=None, help="split of a named set (default: validation; test is refused)")
+    r.add_argument("--allow-test-calibration", action="store_true", default=None,
+                   help="allow learning on the WikiText-2 test set (its perplexity is then not a fair measure)")
     r.add_argument("--data-dir", default=None, help="folder of the named sets (default: $ROTAQUANT_DATA_DIR)")
     r.add_argument("--nsamples", type=int, default=None, help="calibration windows (default: 800)")
     r.add_argument("--seqlen", type=int, default=None, help="window length (default: 2048)")

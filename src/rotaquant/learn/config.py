@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import check_rotation_mode
+from ..config import check_device_dtype, check_rotation_mode
 from ..quant.recipe import QuantSettings
 
 
@@ -23,12 +23,14 @@ class OptimizeConfig(QuantSettings):
     rotation_config: str = "auto"
     init_mode: str = "hadamard"
     init_path: str | None = None
+    allow_partial_rotation: bool = False  # init_path may lack matrices (the init mode fills in)
     online_rotations: bool = True
     seed: int = 0
     # calibration text
     data: str = "wikitext2"
     split: str = "validation"
     data_dir: str | None = None
+    allow_test_calibration: bool = False  # explicit opt-in to learn on the WikiText-2 test set
     nsamples: int = Field(800, ge=1)
     seqlen: int = Field(2048, ge=2)
     # optimization
@@ -53,11 +55,24 @@ class OptimizeConfig(QuantSettings):
     def _mode(cls, value: str) -> str:
         return check_rotation_mode(value, "init_mode")
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        check_device_dtype(value, None)
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        check_device_dtype(None, value)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> OptimizeConfig:
-        if self.data == "wikitext2" and self.split == "test":
-            raise ValueError("rotations are never learned on the WikiText-2 test split (it is the evaluation set); "
-                             "use split 'validation' (default) or 'train'")
+        if self.data == "wikitext2" and self.split == "test" and not self.allow_test_calibration:
+            raise ValueError("rotations are not learned on the WikiText-2 test split (it is the evaluation set); "
+                             "use split 'validation' (default), or set allow_test_calibration "
+                             "(--allow-test-calibration) if you mean it")
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
         if not self.bits_label():
@@ -67,5 +82,5 @@ class OptimizeConfig(QuantSettings):
 
     def fingerprint(self) -> dict:
         """The settings a checkpoint must share with a run that resumes it."""
-        skip = {"device", "checkpoint_every"}
+        skip = {"device", "checkpoint_every", "allow_partial_rotation", "allow_test_calibration"}  # no effect on the result
         return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import calibration_windows
+from ..data import calibration_windows, check_calibration_source
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_bytes, atomic_write_json, check_writable_output
 from ..models.loading import load_model
 from ..rotation.matrices import RotationStore, write_rotation_file
 from ..rotation.rotate import resolve_spec
@@ -56,10 +56,14 @@ def write_spinquant(path: str | os.PathLike, matrices: dict[str, torch.Tensor]) 
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _check_outputs(output, spinquant_output, overwrite: bool) -> None:
+def _check_outputs(output, spinquant_output, json_path, checkpoint, overwrite: bool) -> None:
+    """Every file the run will write, checked before the model is loaded (nothing is written)."""
     for path in (output, spinquant_output):
-        if path is not None and Path(path).exists() and not overwrite:
-            raise ConfigError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+        if path is not None:
+            check_writable_output(path, "file", overwrite)
+    for path in (json_path, checkpoint):  # a report and a checkpoint are replaced freely
+        if path is not None:
+            check_writable_output(path, "file", overwrite=True)
 
 
 def optimize(
@@ -85,12 +89,20 @@ def optimize(
     steps; ``resume`` continues from it.
     """
     cfg = load_config(config, **overrides)
-    _check_outputs(output, spinquant_output, overwrite or resume)
     default_checkpoint = checkpoint is None and output is not None
     if default_checkpoint:
         checkpoint = f"{output}.ckpt"
     if resume and checkpoint is None:
         raise ConfigError("resume needs a checkpoint path (or an output path, whose .ckpt is the default)")
+    resuming = resume and Path(checkpoint).is_file()
+    if resume and not resuming:
+        logger.warning("no checkpoint at %s: starting from scratch", checkpoint)
+    # a run that continues its own checkpoint may replace the output it had started; anything else
+    # (a finished output, whose checkpoint is gone) is replaced only with overwrite
+    _check_outputs(output, spinquant_output, json_path, checkpoint, overwrite or resuming)
+    check_calibration_source(cfg.data, cfg.split, cfg.data_dir, cfg.allow_test_calibration)
+    if cfg.init_path and not Path(cfg.init_path).is_file():
+        raise ConfigError(f"init_path {cfg.init_path} does not exist")
     ctx = init_distributed()
     try:
         t0 = time.perf_counter()
@@ -105,8 +117,9 @@ def optimize(
                               "learning needs a config (register the model with a YAML config)")
         store = RotationStore(spec, model.config, seed=cfg.seed, mode=cfg.init_mode)
         if cfg.init_path:
-            store.load(cfg.init_path)
-        windows = calibration_windows(tokenizer, cfg.nsamples, cfg.seqlen, cfg.data, cfg.split, cfg.seed, cfg.data_dir)
+            store.load(cfg.init_path, allow_partial=cfg.allow_partial_rotation)
+        windows = calibration_windows(tokenizer, cfg.nsamples, cfg.seqlen, cfg.data, cfg.split, cfg.seed,
+                                      cfg.data_dir, allow_test=cfg.allow_test_calibration)
         tm = make_trainable(model, spec, store, cfg, online=cfg.online_rotations, ste=cfg.ste)
         tm.rotations.to(next(model.parameters()).device)
         result: LearnResult = learn(tm, windows, cfg, ctx, checkpoint=checkpoint if ctx.main else None,
@@ -132,6 +145,8 @@ def optimize(
             "output": str(output) if output else None,
         }
         if ctx.main:
+            logger.info("learned %s rotations: loss %s -> %s in %d steps; writing %s", summary["bits"],
+                        summary["first_loss"], summary["last_loss"], result.steps_run, output)
             if output is not None:
                 write_rotations(output, result.matrices, cfg)
             if spinquant_output is not None:

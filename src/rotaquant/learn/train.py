@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, load_torch_file
 from .cayley import CayleyAdam, CayleySGD, orthogonality_error
 from .config import OptimizeConfig
 from .distributed import DistContext
@@ -89,10 +89,7 @@ def save_checkpoint(path: Path, step: int, cfg: OptimizeConfig, tm: TrainableMod
 
 def load_checkpoint(path: Path, cfg: OptimizeConfig, tm: TrainableModel, opt: torch.optim.Optimizer) -> tuple[int, list]:
     """Restore matrices and optimizer state; returns (next step, losses so far)."""
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"checkpoint {path} is unreadable: {exc}") from None
+    ckpt = load_torch_file(path, "checkpoint", ConfigError)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path} is not a rotaquant learning checkpoint")
     now, then = cfg.fingerprint(), ckpt["config"]

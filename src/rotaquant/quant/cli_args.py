@@ -57,9 +57,12 @@ def add_ptq_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--rotation-config", default=None, help="auto, a built-in config name or a YAML path")
     c = parser.add_argument_group("calibration")
     c.add_argument("--nsamples", type=int, default=None, help="calibration windows for GPTQ (default: 128)")
-    c.add_argument("--cal-seqlen", type=int, default=None, help="calibration window length (default: --seqlen)")
+    c.add_argument("--cal-seqlen", type=int, default=None,
+                   help="calibration window length (default: the recipe's cal_seqlen, else --seqlen / seqlen)")
     c.add_argument("--cal-data", default=None, help="calibration text (default: wikitext2 validation)")
     c.add_argument("--seed", type=int, default=None, help="seed of rotations and calibration sampling (default: 0)")
+    c.add_argument("--allow-test-calibration", action="store_true", default=None,
+                   help="allow GPTQ calibration on the WikiText-2 test set (its perplexity is then not a fair measure)")
 
 
 RECIPE_KEYS = [k for k in PTQRecipe.model_fields if k != "version"]
@@ -67,7 +70,4 @@ RECIPE_KEYS = [k for k in PTQRecipe.model_fields if k != "version"]
 
 def recipe_overrides(args: argparse.Namespace) -> dict:
     """The recipe keys set on the command line (unset flags are left out)."""
-    out = {k: getattr(args, k) for k in RECIPE_KEYS if getattr(args, k, None) is not None}
-    if "seqlen" in out and "cal_seqlen" not in out:
-        out["cal_seqlen"] = out["seqlen"]
-    return out
+    return {k: getattr(args, k) for k in RECIPE_KEYS if getattr(args, k, None) is not None}

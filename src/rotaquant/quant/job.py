@@ -9,6 +9,7 @@ import time
 from ..eval.perplexity import perplexity
 from ..io import atomic_write_json
 from ..models.loading import load_model
+from ..preflight import check_group_sizes_early, check_ptq
 from .pipeline import load_recipe, quantize, rotate_for_recipe
 from .recipe import PTQRecipe
 
@@ -24,6 +25,7 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
     each stage; with ``json_path`` it is also written there (atomically, only on success).
     """
     rec = load_recipe(recipe, **overrides)
+    check_ptq(rec, json_path)  # settings, data and the JSON path before the model is loaded
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     if preloaded is None:
@@ -31,6 +33,7 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
     else:
         model, tokenizer = preloaded
     times["load"] = time.perf_counter() - t0
+    check_group_sizes_early(model, rec)  # before the model is rotated
     rotation = None
     if rec.rotate:
         t = time.perf_counter()

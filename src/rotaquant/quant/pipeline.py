@@ -110,7 +110,8 @@ def quantize(
             if calibration is None and tokenizer is None:
                 raise ConfigError("GPTQ needs calibration data: pass tokenizer= (or calibration= token windows)")
             windows = calibration if calibration is not None else calibration_windows(
-                tokenizer, rec.nsamples, rec.cal_seqlen, rec.cal_data, rec.cal_split, rec.seed, rec.data_dir)
+                tokenizer, rec.nsamples, rec.cal_seqlen, rec.cal_data, rec.cal_split, rec.seed, rec.data_dir,
+                allow_test=rec.allow_test_calibration)
         gcfg = GPTQConfig(damp=rec.gptq_damp, block_size=rec.gptq_block_size,
                           act_order=rec.gptq_act_order, static_groups=rec.gptq_static_groups)
         state.weight_stats = quantize_weights_layerwise(

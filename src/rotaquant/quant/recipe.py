@@ -133,9 +133,10 @@ class PTQRecipe(QuantSettings):
     gptq_static_groups: bool = False
     # calibration (GPTQ)
     nsamples: int = Field(128, ge=1)
-    cal_seqlen: int = Field(2048, ge=2)
+    cal_seqlen: int = Field(2048, ge=2)  # default: seqlen
     cal_data: str = "wikitext2"
     cal_split: str = "validation"
+    allow_test_calibration: bool = False  # explicit opt-in to calibrate on the WikiText-2 test set
     # evaluation
     data: str = "wikitext2"
     split: str = "test"
@@ -145,6 +146,14 @@ class PTQRecipe(QuantSettings):
     batch_size: int = Field(1, ge=1)
     device: str = "auto"
     dtype: str = "float32"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cal_seqlen_follows_seqlen(cls, data):
+        # a recipe (or flag) that sets seqlen but not cal_seqlen calibrates on windows of seqlen
+        if isinstance(data, dict) and data.get("cal_seqlen") is None and data.get("seqlen") is not None:
+            data = {**data, "cal_seqlen": data["seqlen"]}
+        return data
 
     @field_validator("w_method")
     @classmethod

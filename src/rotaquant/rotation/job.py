@@ -8,7 +8,9 @@ from pathlib import Path
 
 from ..config import RotateConfig
 from ..export.hf import export_hf
+from ..io import check_writable_output
 from ..models.loading import load_model
+from .matrices import RotationFile, RotationFileError
 from .rotate import rotate
 
 logger = logging.getLogger(__name__)
@@ -23,10 +25,17 @@ def run_rotate(config: RotateConfig | dict, progress: bool = True) -> Path:
     weights as ``rotaquant_rotations.safetensors``.
     """
     cfg = config if isinstance(config, RotateConfig) else RotateConfig.load(config)
+    # everything that can be checked without the model is checked before loading it
+    check_writable_output(cfg.output, "dir", cfg.overwrite)
+    rotation_path = None
+    if cfg.rotation_path is not None:
+        if not Path(cfg.rotation_path).is_file():
+            raise RotationFileError(f"rotation file {cfg.rotation_path} does not exist")
+        rotation_path = RotationFile(cfg.rotation_path, allow_partial=cfg.allow_partial_rotation)
     started = time.perf_counter()
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     state = rotate(model, cfg.config, mode=cfg.mode, seed=cfg.seed,
-                   rotation_path=cfg.rotation_path, online=False, progress=progress)
+                   rotation_path=rotation_path, online=False, progress=progress)
     meta = {"rotaquant": cfg.to_dict(), "fused_modules": state.fused_modules,
             "folded_norms": state.folded_norms, "untied_embeddings": state.untied,
             "online_rotations": "not included (R3/R4 are online; see rotaquant ptq)"}

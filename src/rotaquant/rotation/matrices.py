@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, load_torch_file
 from .hadamard import make_rotation
 from .spec import MatrixSpec, RotationConfigError, RotationSpec
 
@@ -78,6 +78,7 @@ class RotationStore:
         self.spec, self.seed, self.mode = spec, int(seed), mode
         self.dims = {n: config_dim(model_config, m.dim) for n, m in spec.rotation_matrices.items()}
         self.matrices: dict[tuple[str, str], torch.Tensor] = {}
+        self.num_layers: int | None = getattr(model_config, "num_hidden_layers", None)
 
     def group_of(self, name: str, module_name: str) -> str:
         """The sharing group of matrix ``name`` for the module ``module_name`` ('' = shared)."""
@@ -114,16 +115,82 @@ class RotationStore:
         """Write the matrices made so far to a safetensors file (atomically)."""
         return write_rotation_file(path, self.state_dict())
 
-    def load(self, path: str | os.PathLike) -> None:
+    def load(self, path: str | os.PathLike, allow_partial: bool | None = None) -> None:
         """Load matrices from a rotaquant safetensors file or a SpinQuant torch file.
 
         Every loaded matrix must be square of its spec's size, floating point and orthogonal;
-        anything else raises :class:`RotationFileError` naming the key.
+        anything else raises :class:`RotationFileError` naming the key. The file must hold every
+        fused matrix of the config (R1, and R2 for each of the model's layers) and nothing for
+        layers the model does not have; with ``allow_partial`` (or a :class:`RotationFile` that
+        says so) the missing ones are generated as usual, the extra ones skipped, both with a
+        warning that names them.
         """
+        if allow_partial is None:
+            allow_partial = bool(getattr(path, "allow_partial", False))
+        loaded = {}
         for (name, group), tensor in read_rotation_file(path).items():
             if name not in self.dims:
                 raise RotationFileError(f"{path}: key {name!r} names no matrix of the config ({sorted(self.dims)})")
-            self.matrices[(name, group)] = check_rotation(tensor, self.dims[name], f"{path}:{name}@{group}")
+            loaded[(name, group)] = check_rotation(tensor, self.dims[name], f"{path}:{name}@{group}")
+        missing, extra = self._coverage(set(loaded))
+        if missing or extra:
+            what = "; ".join(part for part in (
+                f"missing {_keys(missing)}" if missing else "",
+                f"keys for layers this {self.num_layers}-layer model does not have: {_keys(extra)}" if extra else "",
+            ) if part)
+            if not allow_partial:
+                raise RotationFileError(f"{path} does not fit this model: {what}. Use a complete file for this "
+                                        "model, or pass --allow-partial-rotation (allow_partial=True) to generate "
+                                        "the missing matrices and skip the extra ones")
+            logger.warning("partial rotation file %s (allowed): %s; missing matrices are generated (mode %s), "
+                           "extra ones skipped", path, what, self.mode or "of the config")
+        self.matrices.update((key, mat) for key, mat in loaded.items() if key not in extra)
+
+    def _coverage(self, keys: set[tuple[str, str]]) -> tuple[list, list]:
+        """(missing, extra) keys of a file against the fused matrices this model needs."""
+        missing, extra = [], []
+        layers = range(self.num_layers) if self.num_layers is not None else None
+        for name, spec in self.spec.rotation_matrices.items():
+            if spec.per_layer is False:
+                expected = {(name, "")}
+            elif spec.per_layer is True and layers is not None:
+                expected = {(name, f"layers.{i}") for i in layers}
+            else:
+                continue  # groups of a custom regex are known only from module names
+            if not spec.online:
+                missing += sorted(expected - keys, key=_natural)
+            extra += sorted((k for k in keys - expected if k[0] == name), key=_natural)
+        return missing, extra
+
+
+class RotationFile(os.PathLike):
+    """A rotation file's path plus how strictly to read it; accepted wherever a rotation path is.
+
+    ``RotationFile("R.bin", allow_partial=True)`` loads a file that lacks some matrices (they
+    are generated) or has extra layers (skipped), with a warning naming them.
+    """
+
+    def __init__(self, path: str | os.PathLike, allow_partial: bool = False):
+        self.path, self.allow_partial = os.fspath(path), bool(allow_partial)
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"RotationFile({self.path!r}, allow_partial={self.allow_partial})"
+
+
+def _natural(key: tuple[str, str]) -> tuple:
+    return key[0], [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key[1])]
+
+
+def _keys(keys: list[tuple[str, str]], limit: int = 8) -> str:
+    names = [f"{n}@{g}" if g else n for n, g in keys]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{len(names)} ({', '.join(names[:limit])}{more})" if len(names) > 1 else names[0]
 
 
 FILE_FORMAT = "rotaquant-rotations-v1"
@@ -165,10 +232,7 @@ def read_rotation_file(path: str | os.PathLike) -> dict[tuple[str, str], torch.T
         except Exception as exc:  # safetensors raises its own error types
             raise RotationFileError(f"{path} is not a readable safetensors file: {exc}") from None
         return {tuple(k.split("@", 1)) if "@" in k else (k, ""): v for k, v in raw.items()}
-    try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RotationFileError(f"{path} is not a readable torch rotation file: {exc}") from None
+    raw = load_torch_file(path, "torch rotation file", RotationFileError)
     if not isinstance(raw, dict):
         raise RotationFileError(f"{path} must hold a dict of matrices (SpinQuant format: R1, model.layers.i.self_attn.R2)")
     out: dict[tuple[str, str], torch.Tensor] = {}
