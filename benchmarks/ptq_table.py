@@ -4,7 +4,7 @@
 
 Sections:
   rotation  FP perplexity of the model rotated with each mode (R1-R4), vs unrotated (fp32)
-  ptq       FP16, W4A16 RTN/GPTQ, W4A4KV4 RTN with/without rotation, W4A4KV4 / W4A8KV8 /
+  ptq       (flags as given, --preset none) FP16, W4A16 RTN/GPTQ, W4A4KV4 RTN with/without rotation, W4A4KV4 / W4A8KV8 /
             W4A4KV16 GPTQ rotated (the table of the quantization issue); --rows picks a subset
   memory    peak GPU memory of layer-by-layer GPTQ: the real model, and a 7B-shaped random
             Llama (2 decoder layers, the model kept on CPU, one layer on the GPU at a time)
@@ -74,7 +74,8 @@ def section_ptq(args) -> list[dict]:
     for key in args.rows:
         overrides = {"model": args.model, "dtype": args.dtype, "device": args.device, "seqlen": args.seqlen,
                      "cal_seqlen": args.seqlen, "batch_size": args.batch_size, "max_windows": args.max_windows,
-                     "nsamples": args.nsamples, "seed": args.seed, "rotate": False, **PTQ_ROWS[key]}
+                     "nsamples": args.nsamples, "seed": args.seed, "rotate": False, "preset": "none",
+                     **PTQ_ROWS[key]}
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         res = run_ptq(None, progress=False, **overrides)
@@ -93,6 +94,7 @@ def section_ptq(args) -> list[dict]:
 def section_memory(args) -> list[dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from rotaquant.models.architecture import ArchitectureSpec
     from rotaquant.quant.gptq import GPTQConfig
     from rotaquant.quant.layerwise import quantize_weights_layerwise
     from rotaquant.quant.quantizer import QuantSpec
@@ -104,8 +106,8 @@ def section_memory(args) -> list[dict]:
     model = LlamaForCausalLM(cfg).to(torch.float16).eval()  # on CPU; GPTQ moves one layer at a time
     windows = torch.randint(0, cfg.vocab_size, (args.nsamples, args.seqlen))
     torch.cuda.reset_peak_memory_stats()
-    stats = quantize_weights_layerwise(model, QuantSpec(4), windows, "gptq", GPTQConfig(), device="cuda",
-                                       progress=False)
+    stats = quantize_weights_layerwise(model, QuantSpec(4), windows, ArchitectureSpec(), "gptq", GPTQConfig(),
+                                       device="cuda", progress=False)
     layer_bytes = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
     rows.append({"setting": "7B-shaped Llama, 2 layers, GPTQ W4", "peak_gib": stats["peak_gpu_bytes"] / 2**30,
                  "layer_gib": layer_bytes / 2**30, "seconds": stats["seconds"], "per_layer_s": stats["seconds"] / 2,

@@ -125,7 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(max_windows=args.max_windows, device=args.device, json_path=args.json,
-             progress=not args.quiet, method="gptq" if args.gptq else "rtn")
+             progress=not args.quiet, weights=args.weights)
     return 0
 
 
@@ -223,13 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: FP vs W4A4KV4 without and with rotation",
                        description="Runs the quick start job on smollm2-135m and WikiText-2: FP, "
-                       "W4A4KV4 without rotation and W4A4KV4 with R1-R4 rotation, as a table "
-                       "(a subset of windows on CPU, all on GPU).")
+                       "W4A4KV4 without rotation and W4A4KV4 with R1-R4 rotation, with the default "
+                       "recipe (the spinquant preset: GPTQ + clip search, asymmetric activations and KV, "
+                       "o_proj per head), as a table (on GPU: GPTQ on 128 calibration windows, the whole test "
+                       "split; on CPU: RTN + clip search instead of GPTQ and the first 8 test windows).")
     p.add_argument("--max-windows", type=int, default=None,
                    help="windows of 2048 tokens (default: 8 on CPU, all on GPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: auto)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the table as JSON")
-    p.add_argument("--gptq", action="store_true", help="GPTQ weights instead of RTN")
+    p.add_argument("--weights", default="auto", choices=["auto", "gptq", "rtn"],
+                   help="auto (default): the recipe's GPTQ on GPU, RTN + clip search on CPU (GPTQ of 30 "
+                        "layers takes far longer there); gptq or rtn to force one")
     p.set_defaults(func=cmd_demo)
     return parser
 
