@@ -15,7 +15,13 @@ import pytest
 import torch
 
 import rotaquant.kernels as kernels
-from rotaquant.quant.quantizer import QuantSpec, fake_quantize, quant_params, quantize_to_int, to_groups
+from rotaquant.quant.quantizer import (
+    QuantSpec,
+    fake_quantize,
+    quant_params,
+    quantize_to_int,
+    to_groups,
+)
 from rotaquant.rotation.hadamard import hadamard_matrix
 from rotaquant.rotation.transform import hadamard_reference, hadamard_transform
 

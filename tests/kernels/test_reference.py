@@ -12,7 +12,12 @@ from rotaquant.errors import ConfigError
 from rotaquant.kernels import hadamard_fake_quantize, hadamard_quantize
 from rotaquant.quant.quantizer import QuantSpec, dequantize, fake_quantize, quant_params, to_groups
 from rotaquant.rotation.hadamard import hadamard_matrix, is_constructible
-from rotaquant.rotation.transform import BACKEND_ENV, hadamard_reference, hadamard_transform, sylvester_bits
+from rotaquant.rotation.transform import (
+    BACKEND_ENV,
+    hadamard_reference,
+    hadamard_transform,
+    sylvester_bits,
+)
 
 SMALL = [n for n in range(1, 513) if is_constructible(n)]  # every constructible order <= 512
 LARGE = [576, 924, 1536, 4096, 4864, 5120]

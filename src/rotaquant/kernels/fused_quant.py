@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 
 from rotaquant.errors import ConfigError
-from rotaquant.quant.quantizer import QuantSpec, fake_quantize, quant_params, quantize_to_int, to_groups
+from rotaquant.quant.quantizer import (
+    QuantSpec,
+    fake_quantize,
+    quant_params,
+    quantize_to_int,
+    to_groups,
+)
 from rotaquant.rotation.transform import _backend, hadamard_transform
 
 __all__ = ["hadamard_fake_quantize", "hadamard_quantize"]
