@@ -231,3 +231,19 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
                 shutil.rmtree(old, ignore_errors=True)  # the new output is in place: only now
             else:
                 os.replace(old, target)  # the swap failed half way: put the previous output back
+
+
+def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] = RotaquantError):
+    """``torch.load(path, weights_only=True)`` on CPU, with any failure raised as ``error``
+    naming ``what`` and the file. The message never suggests ``weights_only=False``: loading
+    pickles that way can run arbitrary code, so rotaquant never does it."""
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in first:
+            first = "it holds objects other than tensors and plain containers"
+        raise error(f"{what} {path} is unreadable ({type(exc).__name__}: {first}); it may be truncated or "
+                    "not a torch file") from None
