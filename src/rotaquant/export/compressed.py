@@ -1,0 +1,164 @@
+"""Export a quantized model as a compressed-tensors checkpoint (what vLLM and transformers load).
+
+Layout of the folder (written atomically, marked as a rotaquant output):
+
+* ``config.json`` with ``quantization_config`` (``quant_method: compressed-tensors``, config
+  groups, ``kv_cache_scheme``, ``ignore``, ``transform_config``), written by compressed-tensors'
+  own ``ModelCompressor.update_config``;
+* ``model.safetensors``: quantized linears as ``weight_packed`` (int32, compressed-tensors'
+  dense bit packing) + ``weight_shape`` for 2..7 bits, or ``weight`` (int8) for 8 bits, with
+  ``weight_scale`` (float32, ``[out, groups]``) and ``weight_zero_point`` (asymmetric; signed
+  codes as compressed-tensors keeps them); online Hadamard matrices at
+  ``<module>.<scheme>_<location>.weight``; everything else as it is in the model;
+* the tokenizer and ``generation_config.json``;
+* ``rotaquant_stages.json`` + ``rotaquant_stages.safetensors``: every stage exactly (see
+  :mod:`.stages_io`), with the list of what the compressed-tensors config cannot express.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..io import atomic_directory, to_json
+from ..quant.quantizer import QuantSpec
+from ..quant.weights import WEIGHT_CHILD
+from .ct_config import quantization_config, transform_config
+from .stages_io import ExportError, describe_stages, write_side_file
+
+logger = logging.getLogger(__name__)
+EXPORT_KIND = "rotaquant-compressed-tensors"
+
+
+def ct_offset(spec: QuantSpec) -> int:
+    """What compressed-tensors' signed codes are shifted by from rotaquant's (asymmetric grids
+    are ``[0, 2^b - 1]`` here, ``[-2^(b-1), 2^(b-1) - 1]`` there; symmetric grids agree)."""
+    return 0 if spec.symmetric else 2 ** (spec.bits - 1)
+
+
+def compressed_weight_tensors(rec) -> dict[str, torch.Tensor]:
+    """The compressed-tensors tensors (local names) of a :class:`QuantizedWeight`."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    spec, off = rec.spec, ct_offset(rec.spec)
+    codes = (rec.codes.to(torch.int32) - off).to(torch.int8).cpu()
+    out = {"weight_scale": rec.scale.detach().to(torch.float32).cpu().contiguous()}
+    if spec.bits < 8:
+        out["weight_packed"] = pack_to_int32(codes, spec.bits)
+        out["weight_shape"] = torch.tensor(list(codes.shape), dtype=torch.int64)
+    else:
+        out["weight"] = codes.contiguous()
+    if not spec.symmetric:
+        zp = (rec.zero.detach().round().to(torch.int32) - off).to(torch.int8).cpu()
+        out["weight_zero_point"] = pack_to_int32(zp, spec.bits, packed_dim=0) if spec.bits < 8 else zp.contiguous()
+    return out
+
+
+def _quantized_linears(model: nn.Module, entries: list[dict]) -> dict:
+    acts = {e["module"]: QuantSpec.from_dict(e["spec"]) for e in entries
+            if e["type"] == "act_quant" and e["site"] == "input"}
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and isinstance(module._modules.get(WEIGHT_CHILD), nn.Module):
+            found[name] = (module, acts.get(name))
+    missing = sorted(set(acts) - set(found))
+    if missing:
+        raise ExportError(f"{missing[0]} quantizes its input activations but not its weight ({len(missing)} such "
+                          "linears); a compressed-tensors export needs quantized weights (w_bits < 16)")
+    return found
+
+
+def _kv_specs(entries: list[dict]) -> tuple[QuantSpec | None, QuantSpec | None]:
+    out = {}
+    for e in entries:
+        if e["type"] == "act_quant" and e["site"] in ("key", "value"):
+            out.setdefault(e["site"], QuantSpec.from_dict(e["spec"]))
+    return out.get("key"), out.get("value")
+
+
+def _head_dim(config) -> int | None:
+    hd = getattr(config, "head_dim", None)
+    if hd:
+        return int(hd)
+    heads = getattr(config, "num_attention_heads", None)
+    return config.hidden_size // heads if heads else None
+
+
+def _state_dict(model: nn.Module, linears: dict, extra: dict) -> dict[str, torch.Tensor]:
+    state = {k: v for k, v in model.state_dict().items() if ".rq_" not in f".{k}" and not k.startswith("rq_")}
+    for name, (lin, _) in linears.items():
+        state.pop(f"{name}.weight")
+        for local, tensor in compressed_weight_tensors(lin.rq_weight).items():
+            state[f"{name}.{local}"] = tensor
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    state.update(extra)
+    # safetensors refuses shared storage: each tensor its own contiguous copy on CPU
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, overwrite: bool = False,
+                     metadata: dict | None = None) -> dict:
+    """Write a quantized (``rotaquant.quantize``-d) model as a compressed-tensors checkpoint.
+
+    Args:
+        model: the fake-quantized model; its linears carry ``rq_weight`` records (not mutated).
+        tokenizer: saved beside the weights (None: no tokenizer files).
+        output: the folder to write (atomically: nothing appears unless everything succeeded).
+        overwrite: replace an earlier rotaquant output there.
+        metadata: extra JSON-able information stored in the side file under ``metadata``.
+
+    Returns:
+        ``{"output", "format", "config_groups", "transforms", "notes"}``; ``notes`` lists what
+        compressed-tensors' config cannot express (exact in rotaquant's side file).
+
+    Raises:
+        ExportError: no quantized weights, or a stage an export cannot write.
+    """
+    from compressed_tensors.compressors.model_compressors.model_compressor import ModelCompressor
+    from safetensors.torch import save_file
+
+    entries, side_tensors = describe_stages(model)
+    linears = _quantized_linears(model, entries)
+    if not linears:
+        raise ExportError("the model has no quantized weights (no linear carries an rq_weight record): run "
+                          "rotaquant.quantize with w_bits < 16 first")
+    all_linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    qc, notes = quantization_config(linears, all_linears, _kv_specs(entries), _head_dim(model.config))
+    stages = {}
+    for e in entries:
+        owner = model.get_submodule(e["module"])
+        pipe = owner.rq_input if e["site"] == "input" else getattr(owner.rq_attention, e["site"])
+        stages[(e["module"], e["site"], e["name"])] = pipe.stages[e["name"]]
+    attention = {e["module"] for e in entries if e["site"] != "input"}
+    tc, transform_weights, tnotes = transform_config(entries, stages, attention)
+    notes += tnotes
+    state = _state_dict(model, linears, transform_weights)
+    record = model._modules.get("rq_rotation")
+    info = {"kind": EXPORT_KIND, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "rotation": getattr(record, "summary", None),
+            "weights": {n: {"method": lin.rq_weight.method, "spec": lin.rq_weight.spec.to_dict()}
+                        for n, (lin, _) in linears.items()},
+            "not_expressed_by_compressed_tensors": notes, "metadata": metadata or {}}
+    to_json(info)  # refuse NaN/inf metadata before anything is written
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        config = copy.deepcopy(model.config)
+        config.save_pretrained(tmp)
+        ModelCompressor(quantization_config=qc, transform_config=tc).update_config(str(tmp))
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(tmp)
+        write_side_file(tmp, entries, side_tensors, info)
+    for note in notes:
+        logger.warning("export: %s", note)
+    logger.info("wrote %s (%s, %d quantized linears)", output, qc.format, len(linears))
+    return {"output": str(Path(output)), "format": qc.format, "config_groups": len(qc.config_groups),
+            "quantized_linears": len(linears), "transforms": sorted(tc.config_groups) if tc else [],
+            "notes": notes}

@@ -1,0 +1,218 @@
+"""A linear layer that keeps its weight as integer codes and computes with real kernels.
+
+:class:`QuantLinear` holds the codes of a quantized weight (``(codes - zero) * scale``, the grid
+of :mod:`rotaquant.quant.quantizer`), never a float copy of it, and optionally the spec of the
+dynamic per-token quantizer of its input (then the input is quantized here, fused with the
+matmul, instead of by an ``a_quant`` stage). Kernels, chosen by :meth:`QuantLinear.set_kernel`:
+
+* ``reference``: dequantize the weight (float32, as the fake-quantized model did) and matmul;
+  activations fake-quantized exactly as :class:`~rotaquant.quant.quantizer.ActQuantizer` does.
+  Bit-for-bit the fake-quantized model. Codes are kept nibble-packed (2 per byte) up to 4 bits.
+* ``int4mm`` (weight-only, up to 4 bits): torch's tinygemm int4 kernel,
+  ``aten._weight_int4pack_mm`` on CUDA (bf16) and ``aten._weight_int4pack_mm_for_cpu`` on CPU,
+  with ``w = (u - 8) * s + z`` per group (32..256; a per-channel scale is repeated per group).
+* ``int8mm`` (weights and per-token activations up to 8 bits, per-channel weights):
+  ``torch._int_mm`` on int8 codes, zero points and scales applied in the epilogue. 4-bit codes
+  run through it exactly (no int4 tensor cores on H100).
+* ``auto``: ``int8mm`` when activations are quantized per token and the weight per channel,
+  ``int4mm`` for weight-only <= 4 bits, else ``reference``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .quantizer import QuantSpec, fake_quantize, quant_params, quantize_to_int, to_groups
+
+KERNELS = ("auto", "reference", "int4mm", "int8mm")
+_INT4_GROUPS = (256, 128, 64, 32)
+
+
+def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    u = codes.to(torch.int16) & 0xF
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).to(torch.uint8)
+
+
+def _unpack_nibbles(packed: torch.Tensor, signed: bool) -> torch.Tensor:
+    p = packed.to(torch.int16)
+    out = torch.stack([p & 0xF, p >> 4], dim=-1).reshape(p.shape[0], -1)
+    if signed:
+        out = torch.where(out > 7, out - 16, out)
+    return out.to(torch.int8)
+
+
+class QuantLinear(nn.Module):
+    """``y = x W^T + b`` with ``W`` stored as integer codes.
+
+    Args:
+        codes: int8 ``[out, in]`` codes on ``spec``'s grid.
+        scale, zero: float32 ``[out, G]`` (``zero`` integer-valued; zeros for symmetric specs).
+        spec: the weight's QuantSpec.
+        bias: optional bias.
+        act_spec: dynamic quantizer of the input (None: the input is used as it comes).
+    """
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
+                 bias: torch.Tensor | None = None, act_spec: QuantSpec | None = None):
+        super().__init__()
+        self.out_features, self.in_features = codes.shape
+        self.spec, self.act_spec = spec, act_spec if act_spec is not None and act_spec.enabled else None
+        self.nibbles = spec.bits <= 4 and self.in_features % 2 == 0
+        self.register_buffer("codes", _pack_nibbles(codes) if self.nibbles else codes.to(torch.int8))
+        self.register_buffer("scale", scale.to(torch.float32).contiguous())
+        self.register_buffer("zero", zero.to(torch.float32).contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.kernel = "reference"
+        self._packed: dict[str, torch.Tensor] = {}
+
+    # -- weights ------------------------------------------------------------------------------
+    def int_codes(self) -> torch.Tensor:
+        """The codes as int8 ``[out, in]``."""
+        if self.nibbles:
+            return _unpack_nibbles(self.codes, signed=self.spec.symmetric)
+        return self.codes
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        """``(codes - zero) * scale`` computed in float32, returned in ``dtype``."""
+        g = to_groups(self.int_codes().to(torch.float32), self.spec)
+        w = (g - self.zero[..., None]) * self.scale[..., None]
+        return w.reshape(self.out_features, self.in_features).to(dtype)
+
+    # -- kernels ------------------------------------------------------------------------------
+    def supports(self, kernel: str) -> str | None:
+        """None if ``kernel`` can run this layer, else why not."""
+        if kernel == "reference":
+            return None
+        if kernel == "int4mm":
+            if self.act_spec is not None:
+                return "activations are quantized (int4mm is weight-only)"
+            if self.spec.bits > 4:
+                return f"{self.spec.bits}-bit weights (int4mm takes up to 4)"
+            if self._int4_group() is None:
+                return f"group size {self.spec.group_size} / input size {self.in_features} fit no int4 group of {_INT4_GROUPS}"
+            if self.codes.is_cuda and (self.out_features % 8 or self.in_features % 32):
+                return "CUDA int4mm needs out % 8 == 0 and in % 32 == 0"
+            return None
+        if kernel == "int8mm":
+            if self.act_spec is None or self.act_spec.group_size is not None:
+                return "int8mm needs activations quantized per token"
+            if self.spec.group_size is not None and self.spec.group_size != self.in_features:
+                return "int8mm needs per-channel weight scales"
+            if self.codes.is_cuda and (self.in_features % 8 or self.out_features % 8):
+                return "CUDA _int_mm needs in % 8 == 0 and out % 8 == 0"
+            return None
+        return f"unknown kernel {kernel!r}; choose one of {KERNELS}"
+
+    def _int4_group(self) -> int | None:
+        g = self.spec.group_size or self.in_features
+        if g in _INT4_GROUPS:
+            return g
+        if self.spec.group_size is None:  # per channel: repeat the scale over groups of any size
+            return next((c for c in _INT4_GROUPS if self.in_features % c == 0), None)
+        return None
+
+    def set_kernel(self, kernel: str = "auto") -> str:
+        """Choose the kernel (``auto`` picks the fastest that applies); returns the one chosen.
+
+        Mutates self: builds the kernel's packed weight on the current device (so call it
+        again after moving the model to another device).
+        Raises ConfigError if an explicitly named kernel cannot run this layer.
+        """
+        if kernel == "auto":
+            order = ("int8mm", "int4mm") if self.act_spec is not None else ("int4mm",)
+            kernel = next((k for k in order if self.supports(k) is None), "reference")
+        why = self.supports(kernel)
+        if why:
+            raise ConfigError(f"kernel {kernel!r} cannot run this {self.spec} layer: {why}")
+        self._packed = {}
+        if kernel == "int4mm":
+            self._prepare_int4()
+        elif kernel == "int8mm":
+            self._prepare_int8()
+        self.kernel = kernel
+        return kernel
+
+    def _prepare_int4(self) -> None:
+        g = self._int4_group()
+        codes = self.int_codes().to(torch.int32)
+        u = codes + 8 if self.spec.symmetric else codes  # unsigned nibble, w = (u - 8) * s + z
+        reps = g // self.spec.group_size if self.spec.group_size else self.in_features // g
+        scale = self.scale if self.spec.group_size == g else self.scale.repeat_interleave(reps, dim=1)
+        zero = self.zero if self.spec.group_size == g else self.zero.repeat_interleave(reps, dim=1)
+        zf = (8 - zero) * scale if not self.spec.symmetric else torch.zeros_like(scale)
+        sz = torch.stack([scale.t(), zf.t()], dim=-1).contiguous()  # [G, out, 2]
+        if u.is_cuda:
+            packed_u8 = ((u[:, 0::2] << 4) | u[:, 1::2]).to(torch.uint8)
+            tiles = 8 if self.in_features % 128 == 0 else (4 if self.in_features % 64 == 0 else 2)
+            self._packed = {"w": torch.ops.aten._convert_weight_to_int4pack(packed_u8.contiguous(), tiles),
+                            "sz": sz.to(torch.bfloat16), "g": g}
+        else:
+            self._packed = {"w": torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.contiguous(), 1),
+                            "sz": sz, "g": g}
+
+    def _prepare_int8(self) -> None:
+        codes = self.int_codes().to(torch.int32)
+        off = 0 if self.spec.symmetric else 2 ** (self.spec.bits - 1)
+        q = (codes - off)  # signed, fits int8 for up to 8 bits
+        zw = (self.zero[:, 0] - off) if not self.spec.symmetric else torch.zeros_like(self.zero[:, 0])
+        self._packed = {"w": q.to(torch.int8).contiguous(), "zw": zw, "sw": self.scale[:, 0],
+                        "qsum": q.sum(1).to(torch.float32)}
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "int8mm":
+            y = self._forward_int8(x)
+        elif self.kernel == "int4mm":
+            y = self._forward_int4(x)
+        else:
+            if self.act_spec is not None:
+                x = fake_quantize(x, self.act_spec)
+            y = F.linear(x, self.dequantize(x.dtype))
+            return y if self.bias is None else y + self.bias
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def _forward_int4(self, x: torch.Tensor) -> torch.Tensor:
+        p, shape = self._packed, x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if x2.is_cuda:
+            y = torch.ops.aten._weight_int4pack_mm(x2.to(torch.bfloat16), p["w"], p["g"], p["sz"])
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, p["w"], p["g"], p["sz"].to(x2.dtype))
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
+        p, spec, shape = self._packed, self.act_spec, x.shape
+        x2 = x.reshape(-1, self.in_features)
+        scale, zero = quant_params(x2, spec)  # [M, 1, 1], as ActQuantizer computes them
+        off = 0 if spec.symmetric else 2 ** (spec.bits - 1)
+        xq = (quantize_to_int(to_groups(x2, spec), scale, zero, spec).reshape(x2.shape) - off).to(torch.int8)
+        m = xq.shape[0]
+        if xq.is_cuda and m <= 16:  # _int_mm on CUDA needs more than 16 rows
+            xq = F.pad(xq, (0, 0, 0, 32 - m))
+        acc = torch._int_mm(xq, p["w"].t())[:m].to(torch.float32)
+        sx, zx = scale.reshape(m, 1).to(torch.float32), (zero.reshape(m, 1) - off).to(torch.float32)
+        xsum = xq[:m].to(torch.float32).sum(1, keepdim=True)
+        # sum_k (xq - zx)(wq - zw) = acc - zw*sum(xq) - zx*sum(wq) + K*zx*zw
+        acc = acc - p["zw"][None] * xsum - zx * p["qsum"][None] + self.in_features * zx * p["zw"][None]
+        y = acc * sx * p["sw"][None]
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        act = f", act={self.act_spec}" if self.act_spec is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"weight={self.spec}{act}, kernel={self.kernel}")
+
+
+def set_kernels(model: nn.Module, kernel: str = "auto") -> dict[str, int]:
+    """Choose ``kernel`` for every QuantLinear of ``model`` (mutates them); returns counts per kernel."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown kernel {kernel!r}; choose one of {KERNELS}")
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            chosen = module.set_kernel(kernel)
+            counts[chosen] = counts.get(chosen, 0) + 1
+    return counts
