@@ -86,7 +86,7 @@ def test_kernel_matches_reference(n, dtype):
             assert (y.double() - truth).norm() <= 1.05 * (ref.double() - truth).norm() + 1e-6
         yt = _transform(x, False, True)  # x @ H, unnormalised (the backward pass)
         reft = hadamard_reference(x.double(), False, True)
-        assert (yt.double() - reft).norm() <= (4e-3 if dtype != torch.float32 else 1e-6) * reft.norm()
+        assert (yt.double() - reft).norm() <= (4e-3 if dtype != torch.float32 else 3e-6) * reft.norm()
 
 
 @pytest.mark.skipif(not ON_GPU, reason="dispatch needs CUDA tensors")
@@ -113,9 +113,10 @@ FUSED = ([pytest.param(spec, n, torch.float16, id=f"fp16-{n}-{spec}")
 
 @pytest.mark.parametrize(("spec", "n", "dtype"), FUSED)
 def test_fused_quant_matches_reference_quantizer(spec, n, dtype):
-    """Codes, scales and zero points equal the reference quantizer applied to the kernel's own
-    transform exactly; against the reference transform they may differ by one code where the two
-    transforms round an element to neighbouring values (a tie moved by one ulp)."""
+    """Codes, scales and zero points equal the reference quantizer (on the same device) applied to
+    the kernel's own transform exactly.  Against the full reference path, where the two transforms
+    round an element to neighbouring values (one ulp apart), a code can move by one step, and for
+    asymmetric grids by one more through the zero point, so +-1 (symmetric) / +-2 (asymmetric)."""
     if INTERPRET and (dtype == torch.bfloat16 or n > 4096):
         pytest.skip("interpreter: no bfloat16 dot; large orders are slow")
     from rotaquant.kernels import hadamard_triton
@@ -134,7 +135,7 @@ def test_fused_quant_matches_reference_quantizer(spec, n, dtype):
     yref = hadamard_reference(x)  # the full reference path
     rs2, rz2 = quant_params(yref, spec)
     rc2 = quantize_to_int(to_groups(yref, spec), rs2, rz2, spec).reshape(x.shape)
-    assert (codes.int() - rc2).abs().max() <= 1
+    assert (codes.int() - rc2).abs().max() <= (1 if spec.symmetric else 2)
     assert (codes.int() != rc2).float().mean() < 0.01
     # the public API returns the same through the dispatch
     if ON_GPU:

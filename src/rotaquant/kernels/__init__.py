@@ -50,13 +50,19 @@ def unsupported_reason(x: torch.Tensor) -> str | None:
     """Why the Triton Hadamard kernel cannot run on ``x``, or None if it can."""
     if not x.is_cuda:
         return f"tensor is on {x.device.type}, the kernel needs CUDA"
-    if x.dtype not in KERNEL_DTYPES:
-        return f"dtype {x.dtype} (the kernel takes float16, bfloat16, float32)"
+    return _cuda_reason(x.shape[-1], x.dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cuda_reason(n: int, dtype: torch.dtype) -> str | None:
+    """:func:`unsupported_reason` for a CUDA tensor (cached: it runs on every transform call)."""
+    if dtype not in KERNEL_DTYPES:
+        return f"dtype {dtype} (the kernel takes float16, bfloat16, float32)"
     if not triton_available():
         return "Triton is not installed or CUDA is unusable"
     from rotaquant.rotation.hadamard import hadamard_factorization
 
-    m, k = hadamard_factorization(x.shape[-1])
+    m, k = hadamard_factorization(n)
     if k > MAX_SYLVESTER_BITS:
         return f"2**{k} Sylvester part is larger than 2**{MAX_SYLVESTER_BITS}"
     core = m << k if k < 4 else m  # Sylvester parts below 16 are folded into the core

@@ -40,7 +40,11 @@ from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, syl
 
 __all__ = ["Plan", "hadamard_autograd", "hadamard_fake_quant_autograd", "launch", "plan_for"]
 
-TILE = 8192  # padded elements per program: enough bytes in flight, few enough registers
+# Padded elements per program, 4 warps: the best of a (tile, warps) sweep on an H100 at 16384 rows
+# (benchmarks/results/hadamard_h100.json); with a core the larger tile wins (1536: 2.4x vs 3.5x copy)
+TILE = 4096
+TILE_CORE = 8192
+WARPS = 4
 MAX_BLOCK = 256  # largest core block applied by one dot (the B operand sits in shared memory)
 K_BLOCK = 64  # core contraction chunk
 # float32 operands are split into bfloat16 parts (float32 range); Triton's CPU interpreter has
@@ -246,15 +250,18 @@ class Plan:
 
 def _tuning() -> tuple[int, int, int]:
     """``(tile, warps, block)`` overrides from ``ROTAQUANT_HADAMARD_TILE`` / ``_WARPS`` / ``_BLOCK``
-    (0 = the default rule); for tuning sweeps, not for everyday use."""
+    (0 = the default rule), read at import; for tuning sweeps, not for everyday use."""
     env = os.environ
     return (int(env.get("ROTAQUANT_HADAMARD_TILE", 0)), int(env.get("ROTAQUANT_HADAMARD_WARPS", 0)),
             int(env.get("ROTAQUANT_HADAMARD_BLOCK", 0)))
 
 
+TUNING = _tuning()
+
+
 def plan_for(n: int) -> Plan:
     """The kernel shape for order ``n`` (one compiled variant per order, whatever the row count)."""
-    return _plan(n, *_tuning())
+    return _plan(n, *TUNING)
 
 
 @functools.lru_cache(maxsize=256)
@@ -276,9 +283,8 @@ def _plan(n: int, tile: int, warps: int, block: int) -> Plan:
         if F2 == 1 and H > 1:
             need = max(need, 16 // IB)
     per_row = (IB if MP > 1 else 1) * H
-    R = max(need, (tile or TILE) // per_row)
-    size = R * per_row
-    num_warps = warps or (4 if size <= 4096 else 8 if size <= 16384 else 16)
+    R = max(need, (tile or (TILE if MP == 1 else TILE_CORE)) // per_row)
+    num_warps = warps or WARPS
     return Plan(n, M, MP, IB, KB, H, F1, F2, R, num_warps)
 
 
@@ -310,9 +316,17 @@ def _launch_kernel(grid, args, num_warps, ptrs, key) -> None:
         if not _INTERPRET and hasattr(kernel, "packed_metadata"):
             _COMPILED[full_key] = kernel
         return
-    stream = torch.cuda.current_stream(ptrs[0].device).cuda_stream
+    stream = _raw_stream(ptrs[0].device.index)
     kernel.run(grid[0], grid[1], 1, stream, kernel.function, kernel.packed_metadata, None, None, None,
                *args)
+
+
+def _raw_stream(index: int) -> int:
+    """The current CUDA stream's handle (torch's cheap accessor, as Triton itself uses)."""
+    getter = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if getter is None:
+        return torch.cuda.current_stream(index).cuda_stream
+    return getter(index)
 
 
 def _hooked(hook) -> bool:
