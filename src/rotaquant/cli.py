@@ -19,6 +19,8 @@ EPILOG = """examples:
   rotaquant eval --model smollm2-135m --tasks piqa,arc_easy --limit 200 --no-ppl --json zs.json
   rotaquant rotate --model smollm2-135m --mode hadamard --output ./smollm2-rotated
   rotaquant ptq --model smollm2-135m --w-bits 4 --a-bits 4 --k-bits 4 --v-bits 4 --gptq
+  rotaquant ptq --model smollm2-135m --w-bits 4 --w-groupsize 128 --output ./smollm2-w4
+  rotaquant generate --model ./smollm2-w4 --prompt "The capital of France is" --max-new-tokens 32
   rotaquant optimize --model smollm2-135m --w-bits 16 --a-bits 4 --k-bits 4 --v-bits 4 --output R.safetensors
   rotaquant ptq --model smollm2-135m --w-bits 4 --a-bits 4 --k-bits 4 --v-bits 4 --gptq --rotation-path R.safetensors
   rotaquant analyze --model smollm2-135m --methods none,quarot,spinquant,smoothquant --output ./analysis
@@ -90,8 +92,29 @@ def cmd_ptq(args: argparse.Namespace) -> int:
     ev = result["eval"]
     print(f"{result['label']}: ppl={result['ppl']:.4f} windows={ev['windows']} seqlen={ev['seqlen']} "
           f"device={ev['device']} seconds={result['seconds']['total']:.1f}")
+    if result.get("zeroshot"):
+        print(result["zeroshot"]["summary"])
+    if result.get("export"):
+        ex = result["export"]
+        print(f"wrote {ex['output']}: compressed-tensors {ex['format']}, {ex['quantized_linears']} quantized linears, "
+              f"transforms {ex['transforms'] or 'none'}; reload with rotaquant generate/eval --model {ex['output']}")
+        for note in ex["notes"]:
+            print(f"  not in the compressed-tensors config (exact in rotaquant_stages.json): {note}")
     if args.json:  # after printing: a write error cannot lose the result
         atomic_write_json(args.json, result)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+    from .models.loading import load_model
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype or "float32", device=args.device or "auto",
+                                  kernel=args.kernel)
+    res = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, stream=True)
+    print(f"\n[{res['new_tokens']} tokens in {res['seconds']:.2f} s, {res['tokens_per_second']:.1f} tokens/s]",
+          file=sys.stderr)
     return 0
 
 
@@ -196,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ptq_args(p)
     p.set_defaults(func=cmd_ptq)
+
+    p = sub.add_parser("generate", help="stream text from a model (a quantized export runs on integer kernels)",
+                       description="Greedy (or sampled) continuation of --prompt with a KV cache. A folder "
+                       "written by `rotaquant ptq --output` reloads with packed weights, its online "
+                       "rotations and its activation/KV quantizers.")
+    add_model_args(p)
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--kernel", default="auto", choices=["auto", "reference", "int4mm", "int8mm"],
+                   help="quantized exports: the matmul kernel (default: auto = the fastest that applies)")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("optimize", help="learn R1/R2 (Cayley SGD through fake-quantized forwards) -> rotation file",
                        description="SpinQuant-style rotation learning: R1 and per-layer R2 are trained on "

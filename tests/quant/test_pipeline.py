@@ -156,3 +156,32 @@ def test_ptq_cli_writes_json_with_ppl(tmp_path, monkeypatch):
                  "--seqlen", "64", "--max-windows", "2", "--json", str(out), "-q"]) == 0
     blob = json.loads(out.read_text())
     assert blob["ppl"] > 1 and blob["recipe"]["w_bits"] == 4 and blob["rotation"]["online_stages"] == 4
+
+
+def test_ptq_runs_zero_shot_tasks_from_the_recipe(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import rotaquant.quant.job as job
+    from tests.conftest import tiny_model as build
+
+    class Tok(ByteTokenizer):  # also the plain-list form the zero-shot encoder asks for
+        def __call__(self, text, return_tensors=None, add_special_tokens=True):
+            if return_tensors == "pt":
+                return super().__call__(text)
+            return SimpleNamespace(input_ids=[b % self.vocab_size for b in text.encode()])
+
+    monkeypatch.setattr(job, "load_model", lambda *a, **k: (build("llama"), Tok()))
+    data = tmp_path / "t.txt"
+    data.write_text("rotations spread outliers\n" * 80)
+    out = tmp_path / "r.json"
+    zs = tmp_path / "zeroshot" / "piqa"
+    zs.mkdir(parents=True)
+    (zs / "valid.jsonl").write_text('{"goal": "open a jar", "sol1": "twist the lid", "sol2": "eat the lid"}\n' * 3)
+    (zs / "valid-labels.lst").write_text("0\n0\n0\n")
+    assert main(["ptq", "--preset", "none", "--a-bits", "8", "--data", str(data), "--data-dir", str(tmp_path),
+                 "--seqlen", "64", "--max-windows", "1", "--tasks", "piqa", "--task-limit", "2",
+                 "--json", str(out), "-q"]) == 0
+    blob = json.loads(out.read_text())
+    assert "piqa" in json.dumps(blob["zeroshot"]) and "piqa" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="unknown zero-shot"):
+        PTQRecipe.load({"tasks": "piqa,nope"})

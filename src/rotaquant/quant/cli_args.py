@@ -55,6 +55,17 @@ def add_ptq_args(parser: argparse.ArgumentParser) -> None:
                         "random Hadamard for the built-in ones; the quarot preset uses an exact R2)")
     r.add_argument("--rotation-path", default=None, help="load R1/R2 from a file (rotaquant or SpinQuant format)")
     r.add_argument("--rotation-config", default=None, help="auto, a built-in config name or a YAML path")
+    z = parser.add_argument_group("zero-shot tasks (after the perplexity)")
+    z.add_argument("--tasks", default=None, metavar="LIST",
+                   help="comma-separated lm-eval tasks or 'all' (piqa, arc_easy, arc_challenge, hellaswag, "
+                        "winogrande, boolq, lambada_openai, openbookqa)")
+    z.add_argument("--task-limit", type=int, default=None, metavar="N", help="first N items of each task")
+    o = parser.add_argument_group("export")
+    o.add_argument("--output", default=None, metavar="DIR",
+                   help="write the quantized model there as a compressed-tensors checkpoint (reload it with "
+                        "rotaquant generate/eval --model DIR)")
+    o.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing --output folder (only one rotaquant wrote)")
     c = parser.add_argument_group("calibration")
     c.add_argument("--nsamples", type=int, default=None, help="calibration windows for GPTQ (default: 128)")
     c.add_argument("--cal-seqlen", type=int, default=None,

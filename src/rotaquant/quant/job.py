@@ -26,6 +26,10 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
     """
     rec = load_recipe(recipe, **overrides)
     check_ptq(rec, json_path)  # settings, data and the JSON path before the model is loaded
+    if rec.output:
+        from ..io import check_writable_output
+
+        check_writable_output(rec.output, "dir", overwrite=rec.overwrite)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     if preloaded is None:
@@ -47,6 +51,14 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
     res = perplexity(model, tokenizer, rec.data, rec.split, seqlen=rec.seqlen, batch_size=rec.batch_size,
                      max_windows=rec.max_windows, data_dir=rec.data_dir, progress=progress)
     times["eval"] = res.seconds
+    zeroshot = None
+    if rec.tasks:
+        from ..eval.zeroshot import evaluate_tasks
+
+        zs = evaluate_tasks(model, tokenizer, rec.tasks, limit=rec.task_limit, data_dir=rec.data_dir,
+                            progress=progress)
+        times["zeroshot"] = zs.seconds
+        zeroshot = {**zs.to_dict(), "summary": zs.summary()}
     times["total"] = time.perf_counter() - t0
     result = {
         "label": rec.label(),
@@ -56,7 +68,15 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
         "rotation": rotation,
         "weights": qstate.weight_stats,
         "seconds": times,
+        "zeroshot": zeroshot,
     }
+    if rec.output:
+        from ..export.compressed import export_quantized
+
+        t = time.perf_counter()
+        result["export"] = export_quantized(model, tokenizer, rec.output, overwrite=rec.overwrite,
+                                            metadata={"recipe": rec.to_dict(), "ppl": res.ppl})
+        times["export"] = time.perf_counter() - t
     if json_path:
         atomic_write_json(json_path, result)
     return result

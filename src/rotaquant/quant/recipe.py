@@ -144,8 +144,13 @@ class PTQRecipe(QuantSettings):
     seqlen: int = Field(2048, ge=2)
     max_windows: int | None = Field(None, ge=1)
     batch_size: int = Field(1, ge=1)
+    tasks: str | None = None  # zero-shot tasks after the perplexity: "piqa,arc_easy" or "all"
+    task_limit: int | None = Field(None, ge=1)  # first N items of each task
     device: str = "auto"
     dtype: str = "float32"
+    # export: write the quantized model as a compressed-tensors checkpoint there (rotaquant.export)
+    output: str | None = None
+    overwrite: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -161,6 +166,19 @@ class PTQRecipe(QuantSettings):
         if value not in ("rtn", "gptq"):
             raise ValueError(f"w_method must be 'rtn' or 'gptq', not {value!r}")
         return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from ..eval.tasks import TASKS
+
+        names = [t.strip() for t in value.split(",") if t.strip()]
+        unknown = [t for t in names if t != "all" and t not in TASKS]
+        if unknown or not names:
+            raise ValueError(f"unknown zero-shot task(s) {unknown or value!r}; use 'all' or some of {', '.join(TASKS)}")
+        return ",".join(names)
 
     @field_validator("rotation_mode")
     @classmethod
