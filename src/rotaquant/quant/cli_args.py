@@ -46,6 +46,9 @@ def add_ptq_args(parser: argparse.ArgumentParser) -> None:
                         "or heads mixed by an online Hadamard first (quarot)")
     q.add_argument("--percdamp", dest="gptq_damp", type=float, default=None, help="GPTQ damping (default: 0.01)")
     q.add_argument("--act-order", dest="gptq_act_order", action="store_true", default=None, help="GPTQ act-order")
+    q.add_argument("--gptq-v2", dest="gptq_v2", action="store_true", default=None,
+                   help="GPTQv2 (GPTAQ, asymmetric calibration): fit the quantized layer on the quantized "
+                        "model's inputs to the FP layer's output on FP inputs")
     q.add_argument("--static-groups", dest="gptq_static_groups", action="store_true", default=None,
                    help="GPTQ groups computed up front")
     r = parser.add_argument_group("rotation")

@@ -125,12 +125,15 @@ class GPTQConfig:
             beyond float rounding.
         act_order: quantize columns in order of decreasing ``H`` diagonal.
         static_groups: compute all group parameters upfront from the original weight.
+        v2: GPTQv2 / GPTAQ asymmetric calibration in the layer-by-layer pipeline
+            (:mod:`rotaquant.quant.gptq_v2`): the target is the FP layer on FP inputs.
     """
 
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
     static_groups: bool = False
+    v2: bool = False  # GPTAQ: match the FP layer on FP inputs (see rotaquant.quant.gptq_v2)
 
     def __post_init__(self):
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not (

@@ -10,6 +10,7 @@ device, so models larger than the GPU can be quantized.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from ..models.architecture import ArchitectureSpec, decoder_layers
 from ..rotation.spec import pattern_matches
 from .gptq import GPTQConfig, HessianAccumulator, gptq_quantize_weight
+from .gptq_v2 import CrossAccumulator, gptaq_target
 from .quantizer import QuantSpec
 from .rtn import rtn_quantize_weight
 from .weights import attach_quantized_weight
@@ -141,34 +143,77 @@ def quantize_weights_layerwise(
     gptq = gptq or GPTQConfig()
     _move_outside_layers(model, layers_name, device)
     inputs, kwargs = capture_layer_inputs(model, layers, windows, device)
-    for i, layer in enumerate(tqdm(layers, desc="GPTQ", unit="layer", disable=not progress)):
+    fp_inputs = list(inputs) if gptq.v2 else None  # GPTAQ: what the FP model feeds each layer
+    for i, layer in enumerate(tqdm(layers, desc="GPTQv2" if gptq.v2 else "GPTQ", unit="layer", disable=not progress)):
         prefix = f"{layers_name}.{i}"
         layer.to(device)
+        fp_layer = copy.deepcopy(layer) if gptq.v2 else None
         linears = _selected_linears(layer, prefix, skip)
         for group in sequential_groups(linears, arch, prefix):
             accs = {n: HessianAccumulator(linears[n].in_features, device=device, name=f"{prefix}.{n}") for n in group}
-            handles = [linears[n].register_forward_hook(_collect(accs[n])) for n in group]
-            try:
-                _run_layer(layer, inputs, kwargs)
-            finally:
-                for h in handles:
-                    h.remove()
+            if fp_layer is None:
+                _collect_hessians(layer, linears, group, accs, inputs, kwargs)
+                crosses = {}
+            else:
+                crosses = {n: CrossAccumulator(linears[n].in_features, device=device, name=f"{prefix}.{n}")
+                           for n in group}
+                _collect_paired(layer, fp_layer, linears, group, accs, crosses, inputs, fp_inputs, kwargs)
             for n in group:
                 lin = linears[n]
-                wq, scale, zero = gptq_quantize_weight(lin.weight, accs[n].hessian, spec, gptq,
-                                                       clip_search=clip_search, return_params=True,
-                                                       name=f"{prefix}.{n}")
+                hess = accs[n].hessian
+                target = lin.weight if n not in crosses else gptaq_target(lin.weight, hess, crosses[n].cross, gptq.damp)
+                wq, scale, zero = gptq_quantize_weight(target, hess, spec, gptq, clip_search=clip_search,
+                                                       return_params=True, name=f"{prefix}.{n}")
                 lin.weight.copy_(wq)
-                attach_quantized_weight(lin, spec, scale, zero, "gptq")
+                attach_quantized_weight(lin, spec, scale, zero, "gptqv2" if n in crosses else "gptq")
                 stats["linears"] += 1
-            del accs
+            del accs, crosses
         inputs = _run_layer(layer, inputs, kwargs)
+        if fp_layer is not None:
+            fp_inputs = _run_layer(fp_layer, fp_inputs, kwargs)
+            del fp_layer
         layer.to(home)
     _move_outside_layers(model, layers_name, home)
     stats["seconds"] = time.perf_counter() - started
     if device.type == "cuda":
         stats["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
     return stats
+
+
+def _collect_hessians(layer, linears, group, accs, inputs, kwargs) -> None:
+    handles = [linears[n].register_forward_hook(_collect(accs[n])) for n in group]
+    try:
+        _run_layer(layer, inputs, kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _collect_paired(layer, fp_layer, linears, group, accs, crosses, inputs, fp_inputs, kwargs) -> None:
+    """Hessians of the quantized layer's inputs and the GPTAQ cross terms, window by window."""
+    fp_linears = dict(fp_layer.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+
+    def remember(name):
+        def hook(module, args, output):
+            seen[name] = args[0].detach()
+        return hook
+
+    def pair(name):
+        def hook(module, args, output):
+            accs[name].add(args[0])
+            crosses[name].add(seen.pop(name), args[0])
+        return hook
+
+    handles = [fp_linears[n].register_forward_hook(remember(n)) for n in group]
+    handles += [linears[n].register_forward_hook(pair(n)) for n in group]
+    try:
+        for x, x_fp in zip(inputs, fp_inputs, strict=True):
+            fp_layer(x_fp, **kwargs)
+            layer(x, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _collect(acc: HessianAccumulator):

@@ -113,7 +113,7 @@ def quantize(
                 tokenizer, rec.nsamples, rec.cal_seqlen, rec.cal_data, rec.cal_split, rec.seed, rec.data_dir,
                 allow_test=rec.allow_test_calibration)
         gcfg = GPTQConfig(damp=rec.gptq_damp, block_size=rec.gptq_block_size,
-                          act_order=rec.gptq_act_order, static_groups=rec.gptq_static_groups)
+                          act_order=rec.gptq_act_order, static_groups=rec.gptq_static_groups, v2=rec.gptq_v2)
         state.weight_stats = quantize_weights_layerwise(
             model, wspec, windows, arch, rec.w_method, gcfg, rec.w_clip, rec.skip_modules, device, progress)
     state.act_quantizers = add_activation_quantizers(model, aspec, arch, rec.skip_modules,

@@ -131,6 +131,7 @@ class PTQRecipe(QuantSettings):
     gptq_block_size: int = Field(128, ge=1)
     gptq_act_order: bool = False
     gptq_static_groups: bool = False
+    gptq_v2: bool = False  # GPTAQ: the quantized layer matches the FP layer on FP inputs
     # calibration (GPTQ)
     nsamples: int = Field(128, ge=1)
     cal_seqlen: int = Field(2048, ge=2)  # default: seqlen
