@@ -8,6 +8,7 @@ Public API (each verb takes one validated config or plain keyword arguments):
 * :func:`quantize` - fake-quantize weights (RTN/GPTQ), activations and KV cache (mutates).
 * :func:`optimize` - learn R1/R2 with Cayley SGD and write a rotation file.
 * :func:`export_hf` - write a rotated model as a standard Hugging Face folder.
+* :func:`export` - write a quantized model as a compressed-tensors checkpoint (``load_model`` reloads it).
 * :mod:`rotaquant.evaluate` - ``evaluate.perplexity(model, tokenizer, data, seqlen, ...)``.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from . import errors, evaluate
 from .errors import RotaquantError
+from . import export  # callable: rotaquant.export(model, tokenizer, output) (see export/__init__.py)
 from .export.hf import export_hf
 from .learn.job import optimize
 from .models.loading import load_model
@@ -28,6 +30,7 @@ __all__ = [
     "__version__",
     "errors",
     "evaluate",
+    "export",
     "export_hf",
     "load_model",
     "optimize",

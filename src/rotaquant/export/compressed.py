@@ -89,8 +89,10 @@ def _head_dim(config) -> int | None:
     return config.hidden_size // heads if heads else None
 
 
-def _state_dict(model: nn.Module, linears: dict, extra: dict) -> dict[str, torch.Tensor]:
+def _state_dict(model: nn.Module, linears: dict, extra: dict, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     state = {k: v for k, v in model.state_dict().items() if ".rq_" not in f".{k}" and not k.startswith("rq_")}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     for name, (lin, _) in linears.items():
         state.pop(f"{name}.weight")
         for local, tensor in compressed_weight_tensors(lin.rq_weight).items():
@@ -103,7 +105,7 @@ def _state_dict(model: nn.Module, linears: dict, extra: dict) -> dict[str, torch
 
 
 def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, overwrite: bool = False,
-                     metadata: dict | None = None) -> dict:
+                     metadata: dict | None = None, dtype: str | torch.dtype | None = None) -> dict:
     """Write a quantized (``rotaquant.quantize``-d) model as a compressed-tensors checkpoint.
 
     Args:
@@ -112,6 +114,8 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
         output: the folder to write (atomically: nothing appears unless everything succeeded).
         overwrite: replace an earlier rotaquant output there.
         metadata: extra JSON-able information stored in the side file under ``metadata``.
+        dtype: store the unquantized float tensors (embeddings, norms, head) in this dtype
+            (default: the model's; a reload then equals the model only in that dtype).
 
     Returns:
         ``{"output", "format", "config_groups", "transforms", "notes"}``; ``notes`` lists what
@@ -138,9 +142,12 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
     attention = {e["module"] for e in entries if e["site"] != "input"}
     tc, transform_weights, tnotes = transform_config(entries, stages, attention)
     notes += tnotes
-    state = _state_dict(model, linears, transform_weights)
+    from ..models.loading import resolve_dtype
+
+    dtype = None if dtype is None else resolve_dtype(dtype)
+    state = _state_dict(model, linears, transform_weights, dtype)
     record = model._modules.get("rq_rotation")
-    info = {"kind": EXPORT_KIND, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    info = {"kind": EXPORT_KIND, "dtype": str(dtype or next(model.parameters()).dtype).replace("torch.", ""),
             "rotation": getattr(record, "summary", None),
             "weights": {n: {"method": lin.rq_weight.method, "spec": lin.rq_weight.spec.to_dict()}
                         for n, (lin, _) in linears.items()},

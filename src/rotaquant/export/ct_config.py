@@ -140,8 +140,15 @@ def _sylvester(n: int) -> torch.Tensor:
 
 
 def transform_matrix(stage) -> torch.Tensor:
-    """compressed-tensors' weight of an OnlineHadamard: ``M`` with ``x R = x @ M / sqrt(n)``."""
-    return (stage.matrix(torch.float64) * math.sqrt(stage.n)).round()
+    """compressed-tensors' weight of an OnlineHadamard: ``M`` with ``x R = x @ M / sqrt(n)``.
+
+    Hadamard entries are +-1, exact in bfloat16 (half the bytes of float32, and what vLLM loads
+    them in); a matrix that is not +-1 stays float32."""
+    m = stage.matrix(torch.float64) * math.sqrt(stage.n)
+    pm1 = m.round()
+    if torch.equal(pm1.abs(), torch.ones_like(pm1)) and torch.allclose(m, pm1, atol=1e-9):
+        return pm1.to(torch.bfloat16)
+    return m.to(torch.float32)
 
 
 def transform_config(entries: list[dict], stages: dict, attention: set[str]):
@@ -159,7 +166,7 @@ def transform_config(entries: list[dict], stages: dict, attention: set[str]):
             continue
         stage = stages[(e["module"], e["site"], e["name"])]
         m = transform_matrix(stage)
-        key = (e["name"], stage.n, m.numpy().tobytes())
+        key = (e["name"], stage.n, m.float().numpy().tobytes())
         slot = shared.setdefault(key, {"stage": stage, "matrix": m, "input": [], "attn": set()})
         if e["site"] == "input":
             slot["input"].append(e["module"])
@@ -171,7 +178,7 @@ def transform_config(entries: list[dict], stages: dict, attention: set[str]):
     for (name, n, _), slot in shared.items():
         gname = name if counts[name] == 0 else f"{name}_{counts[name]}"
         counts[name] += 1
-        plain = slot["stage"].signs is None and _is_pow2(n) and torch.equal(slot["matrix"], _sylvester(n))
+        plain = slot["stage"].signs is None and _is_pow2(n) and torch.equal(slot["matrix"].double(), _sylvester(n))
         kind = "hadamard" if plain else "random-hadamard"
         apply, locations = [], []
         if slot["input"]:
@@ -190,7 +197,7 @@ def transform_config(entries: list[dict], stages: dict, attention: set[str]):
         groups[gname] = TransformScheme(type=kind, apply=apply, head_dim=n if attn else None,
                                         precision=torch.float32)
         for module, loc in locations:
-            weights[f"{module}.{gname}_{loc}.weight"] = slot["matrix"].to(torch.float32)
+            weights[f"{module}.{gname}_{loc}.weight"] = slot["matrix"]
         if not plain:
             why = "random signs" if slot["stage"].signs is not None else f"order {n} is not Sylvester's"
             notes.append(f"{gname} (n={n}, {why}): written as random-hadamard with its matrix stored per module "

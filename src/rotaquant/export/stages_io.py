@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from ..quant.quantizer import ActQuantizer, QuantSpec
 from ..rotation.online import OnlineHadamard
 from ..stages import add_attention_stage, add_input_stage, stage_map
@@ -27,7 +27,7 @@ STAGES_TENSORS = "rotaquant_stages.safetensors"
 SIDE_FORMAT = 1
 
 
-class ExportError(ValueError):
+class ExportError(ConfigError):
     """The model holds something a quantized export cannot write (an unknown stage type)."""
 
 

@@ -284,6 +284,7 @@ def load_model(
     device: str | torch.device | None = "cpu",
     cache_dir: str | os.PathLike | None = None,
     attn_implementation: str | None = "sdpa",
+    kernel: str = "auto",
 ):
     """Load a causal LM and its tokenizer from local files.
 
@@ -295,6 +296,8 @@ def load_model(
         cache_dir: where GGUF conversions are cached (default ``$ROTAQUANT_CACHE_DIR`` or
             ``~/.cache/rotaquant``).
         attn_implementation: transformers' attention implementation.
+        kernel: for a quantized export (``rotaquant ptq --output``): the matmul kernel of its
+            quantized linears, ``auto``/``reference``/``int4mm``/``int8mm`` (see rotaquant.quant.qlinear).
 
     Returns:
         ``(model, tokenizer)``, the model in eval mode on ``device``.
@@ -305,6 +308,13 @@ def load_model(
     source = resolve_source(name_or_path)
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     folder = str(gguf_cache_folder(source.path, cache_dir)) if source.kind == "gguf" else source.path
+    if source.kind == "folder":
+        from ..export.reload import is_quantized_export, load_quantized
+
+        if is_quantized_export(folder):
+            model, tokenizer = load_quantized(folder, dtype, device, kernel, attn_implementation)
+            model.config.name_or_path = source.name
+            return model, tokenizer
     model, tokenizer = _load_folder(folder, dtype, device, attn_implementation=attn_implementation)
     model.config.name_or_path = source.name
     return model, tokenizer
