@@ -74,3 +74,18 @@ def test_remove_takes_out_parametrizations_and_quantizers():
     with torch.no_grad():
         got = model(ids).logits  # folded norms and online R3/R4 remain: the same function
     assert (got - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+
+
+def test_learning_quantizes_o_proj_per_head():
+    from rotaquant.errors import ConfigError
+    from rotaquant.rotation.spec import load_spec
+
+    model = tiny_model("llama")
+    spec = load_spec("llama")
+    settings = QuantSettings(a_bits=4, a_asym=True, o_proj_input="per_head")
+    make_trainable(model, spec, RotationStore(spec, model.config), settings)
+    o_quant = model.model.layers[0].self_attn.o_proj.rq_input.stages["a_quant"]
+    assert o_quant.spec.group_size == 16 and not o_quant.spec.symmetric
+    with pytest.raises(ConfigError, match="mixed"):
+        make_trainable(tiny_model("llama"), spec, RotationStore(spec, model.config),
+                       QuantSettings(a_bits=4, o_proj_input="mixed"))

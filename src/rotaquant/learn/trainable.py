@@ -145,6 +145,9 @@ def make_trainable(model: nn.Module, spec: RotationSpec, store: RotationStore, s
             ``"scale"`` (also through the dynamic scales).
     """
     arch = spec.architecture
+    if settings.o_proj_input == "mixed":
+        raise ConfigError("rotation learning does not support o_proj_input 'mixed' (an online head-mixing "
+                          "Hadamard); learn with 'per_head' or 'per_token'")
     check_group_sizes(model, settings, arch)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -182,7 +185,8 @@ def make_trainable(model: nn.Module, spec: RotationSpec, store: RotationStore, s
         if r_out is not None and not is_emb and getattr(module, "bias", None) is not None:
             parametrize.register_parametrization(module, "bias", RotatedBias(ref, r_out), unsafe=True)
             state.parametrized.append((module, "bias"))
-    add_activation_quantizers(model, settings.act_spec, arch, settings.skip_modules, ste=ste)
+    add_activation_quantizers(model, settings.act_spec, arch, settings.skip_modules,
+                              per_head=settings.o_proj_input == "per_head", ste=ste)
     add_kv_quantizers(model, settings.key_spec, settings.value_spec, arch, ste=ste)
     logger.info("learning %d matrices (%s) through %d parametrized modules",
                 len(rotations.keys), ", ".join(sorted({k[0] for k in rotations.keys})), len(plan))

@@ -21,6 +21,9 @@ def add_quantizer_args(q) -> None:
         q.add_argument(f"--{what}-asym", action="store_true", default=None, help=f"asymmetric {key} quantization")
     for what in ("a", "k", "v"):
         q.add_argument(f"--{what}-clip-ratio", type=float, default=None, help="clip ratio in (0, 1] (default: 1.0)")
+    q.add_argument("--o-proj-input", default=None, choices=["per_token", "per_head", "mixed"],
+                   help="o_proj input activations: one scale per token, one per token and head (spinquant), "
+                        "or heads mixed by an online Hadamard first (quarot; not in rotation learning)")
 
 
 def add_ptq_args(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +44,6 @@ def add_ptq_args(parser: argparse.ArgumentParser) -> None:
                         help="round-to-nearest weights (the default of --preset none)")
     method.add_argument("--gptq", dest="w_method", action="store_const", const="gptq",
                         help="GPTQ weights, in the architecture's sequential groups (the presets' default)")
-    q.add_argument("--o-proj-input", default=None, choices=["per_token", "per_head", "mixed"],
-                   help="o_proj input activations: one scale per token, one per token and head (spinquant), "
-                        "or heads mixed by an online Hadamard first (quarot)")
     q.add_argument("--percdamp", dest="gptq_damp", type=float, default=None, help="GPTQ damping (default: 0.01)")
     q.add_argument("--act-order", dest="gptq_act_order", action="store_true", default=None, help="GPTQ act-order")
     q.add_argument("--gptq-v2", dest="gptq_v2", action="store_true", default=None,

@@ -49,6 +49,8 @@ class QuantSettings(StrictModel):
     v_groupsize: int | None = Field(None, ge=1)
     v_asym: bool = False
     v_clip_ratio: float = Field(1.0, gt=0, le=1)
+    # o_proj input: per token, per token and head (SpinQuant), or heads mixed online first (QuaRot)
+    o_proj_input: Literal["per_token", "per_head", "mixed"] = "per_token"
 
     @field_validator("w_bits", "a_bits", "k_bits", "v_bits")
     @classmethod
@@ -122,7 +124,6 @@ class PTQRecipe(QuantSettings):
     rotation_mode: str | dict[str, str] | None = None
     rotation_path: str | None = None
     online_rotations: bool = True
-    o_proj_input: Literal["per_token", "per_head", "mixed"] = "per_token"
     seed: int = 0
     # weights
     w_clip: bool = False
