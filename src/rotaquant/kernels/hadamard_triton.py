@@ -41,7 +41,7 @@ from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, syl
 __all__ = ["Plan", "hadamard_autograd", "hadamard_fake_quant_autograd", "launch", "plan_for"]
 
 # Padded elements per program, 4 warps: the best of a (tile, warps) sweep on an H100 at 16384 rows
-# (benchmarks/results/hadamard_h100.json); with a core the larger tile wins (1536: 2.4x vs 3.5x copy)
+# (benchmarks/results/hadamard_sweep_h100.json); with a core the larger tile wins (1536: 2.4x vs 3.5x copy)
 TILE = 4096
 TILE_CORE = 8192
 WARPS = 4
