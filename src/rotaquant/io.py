@@ -233,7 +233,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
                 os.replace(old, target)  # the swap failed half way: put the previous output back
 
 
-def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] = RotaquantError):
+def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] = RotaquantError) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, with any failure raised as ``error``
     naming ``what`` and the file. The message never suggests ``weights_only=False``: loading
     pickles that way can run arbitrary code, so rotaquant never does it."""
@@ -242,8 +242,19 @@ def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] =
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in first:
-            first = "it holds objects other than tensors and plain containers"
-        raise error(f"{what} {path} is unreadable ({type(exc).__name__}: {first}); it may be truncated or "
-                    "not a torch file") from None
+        raise error(f"{what} {path} is unreadable: {_torch_load_reason(exc)}") from None
+
+
+def _torch_load_reason(exc: Exception) -> str:
+    """A safe one-line reason: torch's advice to retry with ``weights_only=False`` is dropped."""
+    import pickle
+
+    text = str(exc)
+    lower = text.lower()
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in lower or "weights only" in lower:
+        if not any(word in lower for word in ("zip", "truncat", "eof", "central directory")):
+            return ("it holds objects other than tensors and plain containers, which rotaquant does not "
+                    "unpickle (that could run code from the file)")
+    first = text.split(". ")[0].split("\n")[0].strip() or type(exc).__name__
+    return (f"{first}; the file is truncated or corrupt (a run killed while writing it, or an incomplete copy): "
+            "delete it or copy it again")
