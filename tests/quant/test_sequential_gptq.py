@@ -66,3 +66,12 @@ def test_quantized_weights_keep_codes_that_reproduce_them():
     rec = lin.rq_weight
     assert rec.codes.dtype == torch.int8 and rec.codes.min() >= 0 and rec.codes.max() <= 15
     torch.testing.assert_close(rec.dequantize(lin.weight.dtype), lin.weight)
+
+
+def test_batched_calibration_equals_window_by_window():
+    a, b = tiny_model("llama", dtype=torch.float64), tiny_model("llama", dtype=torch.float64)
+    for model, batch in ((a, 1), (b, 3)):
+        quantize_weights_layerwise(model, QuantSpec(4), CALIB, ArchitectureSpec(), "gptq", progress=False,
+                                   calibration_batch=batch)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-9, msg=name)

@@ -90,6 +90,14 @@ def sequential_groups(linears: dict[str, nn.Linear], arch: ArchitectureSpec, whe
     return groups
 
 
+def batch_windows(inputs: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """Per-window hidden states ``[1, L, H]`` concatenated into batches of ``size`` windows (the
+    shared keyword inputs, RoPE tables and masks of batch 1, broadcast over the batch)."""
+    if size < 1:
+        raise ValueError(f"calibration_batch must be >= 1, got {size}")
+    return [torch.cat(inputs[i:i + size]) for i in range(0, len(inputs), size)]
+
+
 def _run_layer(layer: nn.Module, inputs: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
     outs = []
     for hidden in inputs:
@@ -110,6 +118,7 @@ def quantize_weights_layerwise(
     skip: list[str] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    calibration_batch: int = 8,
 ) -> dict:
     """Quantize every selected linear of every decoder layer IN PLACE; returns statistics.
 
@@ -119,7 +128,9 @@ def quantize_weights_layerwise(
     groups of the same layer are quantized, as in the GPTQ/QuaRot reference code. Each
     quantized linear keeps its integer codes, scales and zero points (``rq_weight``).
     Linears outside the decoder layers (``lm_head``) are not touched. ``device`` is where each
-    layer is processed (default: the device of the layers).
+    layer is processed (default: the device of the layers). The layer runs on
+    ``calibration_batch`` windows at a time (one forward pass each, fewer kernel launches; the
+    Hessians are the same sums in another order).
     """
     skip = skip or []
     layers_name, layers = decoder_layers(model, arch)
@@ -143,6 +154,7 @@ def quantize_weights_layerwise(
     gptq = gptq or GPTQConfig()
     _move_outside_layers(model, layers_name, device)
     inputs, kwargs = capture_layer_inputs(model, layers, windows, device)
+    inputs = batch_windows(inputs, calibration_batch)
     fp_inputs = list(inputs) if gptq.v2 else None  # GPTAQ: what the FP model feeds each layer
     for i, layer in enumerate(tqdm(layers, desc="GPTQv2" if gptq.v2 else "GPTQ", unit="layer", disable=not progress)):
         prefix = f"{layers_name}.{i}"
