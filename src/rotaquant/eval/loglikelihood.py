@@ -188,7 +188,6 @@ def score_requests(
             keep = width - first
             kwargs = {"logits_to_keep": keep} if keep_arg else {}
             logits = model(input_ids=batch.to(device), use_cache=False, **kwargs).logits
-            logprobs = logits[:, -keep:].float().log_softmax(dim=-1)
             rows_i, pos_i, tgt_i, owner = [], [], [], []
             for j, r in enumerate(chunk):
                 for q in served[r]:
@@ -199,8 +198,10 @@ def score_requests(
                     tgt_i += targets[q]
                     owner += [q] * n
             rows_t, pos_t, tgt_t = (torch.tensor(v, device=device) for v in (rows_i, pos_i, tgt_i))
-            token_lp = logprobs[rows_t, pos_t, tgt_t].double().cpu()
-            hit = (logprobs[rows_t, pos_t].argmax(dim=-1) == tgt_t).cpu()
+            # normalise only the positions that are scored: [tokens, vocab] instead of [B, keep, vocab]
+            picked = logits[:, -keep:][rows_t, pos_t].float().log_softmax(dim=-1)
+            token_lp = picked.gather(-1, tgt_t[:, None]).squeeze(-1).double().cpu()
+            hit = (picked.argmax(dim=-1) == tgt_t).cpu()
             totals: dict[int, float] = dict.fromkeys(owner, 0.0)
             greedy: dict[int, bool] = dict.fromkeys(owner, True)
             for q, lp, h in zip(owner, token_lp.tolist(), hit.tolist(), strict=True):
