@@ -70,14 +70,17 @@ def _verify(class_name: str, spec) -> None:
     if model is None:
         logger.debug("no tiny instance of %s could be built; skipping the function check", class_name)
         return
+    from ..rotation.structure import check_rotation_structure, format_gaps
     from ..rotation.verify import rotation_error
 
+    gaps = check_rotation_structure(model, spec)
     err = rotation_error(model, spec)
-    if not err <= 1e-6:
+    if gaps or not err <= 1e-6:
+        found = f" Gaps found:\n{format_gaps(gaps)}" if gaps else ""
         raise RegistrationCheckError(
             f"the config registered for {class_name} changes the model's function (relative logit error "
             f"{err:.2e} on a tiny float64 instance): a norm is not folded or a residual reader/writer is "
-            "not rotated; check norm_fuse_config and rotation_config against the model's module names"
+            f"not rotated; check norm_fuse_config and rotation_config against the model's module names.{found}"
         )
 
 
@@ -118,5 +121,7 @@ for _cls, _spec in {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "MistralForCausalLM": "mistral",
+    "Mamba2ForCausalLM": "mamba2",
+    "BambaForCausalLM": "bamba",
 }.items():
     register_model(_cls, _spec, verify=False)  # checked by tests/models/test_registry.py

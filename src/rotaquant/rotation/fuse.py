@@ -75,21 +75,21 @@ def _layers(model: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if regex.search(n)]
 
 
-def fuse_norms(model: nn.Module, config: NormFuseConfig, layers_pattern: str,
-               strict: bool = True, float64: bool = True, kind: str = "rms") -> int:
-    """Fold every configured norm into its linears; returns how many norms were folded.
+def norm_fusion_plan(model: nn.Module, config: NormFuseConfig, layers_pattern: str, strict: bool = True):
+    """The folds ``config`` asks for, without changing anything: a list of
+    ``(norm full name, norm, [(linear full name, linear), ...], config key)``.
 
     ``decoder_layer_fuse`` pairs are relative to each decoder layer (modules matching
     ``layers_pattern``); ``lm_head_fuse`` pairs are relative to the model. With ``strict``, a
     named module that does not exist is an error; otherwise the pair is skipped for that layer.
-    Mutates ``model``.
     """
-    jobs: list[tuple[str, nn.Module, list[nn.Module]]] = []
-    targets = [(prefix, layer, config.decoder_layer_fuse) for prefix, layer in _layers(model, layers_pattern)]
+    jobs = []
+    targets = [(prefix, layer, config.decoder_layer_fuse, "decoder_layer_fuse")
+               for prefix, layer in _layers(model, layers_pattern)]
     if config.decoder_layer_fuse and not targets:
         raise RotationConfigError(f"no decoder layer matches {layers_pattern!r}; cannot fold decoder norms")
-    targets.append(("", model, [(n, [lin]) for n, lin in config.lm_head_fuse]))
-    for prefix, root, pairs in targets:
+    targets.append(("", model, [(n, [lin]) for n, lin in config.lm_head_fuse], "lm_head_fuse"))
+    for prefix, root, pairs, key in targets:
         for norm_name, linear_names in pairs:
             names = [norm_name, *linear_names]
             missing = [n for n in names if not _has(root, n)]
@@ -99,11 +99,25 @@ def fuse_norms(model: nn.Module, config: NormFuseConfig, layers_pattern: str,
                     raise RotationConfigError(f"norm_fuse_config: {where} has no module {missing[0]!r}")
                 logger.debug("skipping norm fusion %s in %s (missing %s)", norm_name, where, missing)
                 continue
-            full = f"{prefix}.{norm_name}" if prefix else norm_name
-            jobs.append((full, root.get_submodule(norm_name), [root.get_submodule(n) for n in linear_names]))
-    for full, norm, linears in jobs:
-        fold_norm(norm, linears, full, float64, kind)
+            jobs.append((_join(prefix, norm_name), root.get_submodule(norm_name),
+                         [(_join(prefix, n), root.get_submodule(n)) for n in linear_names], key))
+    return jobs
+
+
+def fuse_norms(model: nn.Module, config: NormFuseConfig, layers_pattern: str,
+               strict: bool = True, float64: bool = True, kind: str = "rms") -> int:
+    """Fold every configured norm into its linears; returns how many norms were folded.
+
+    Which norms and linears: :func:`norm_fusion_plan`. Mutates ``model``.
+    """
+    jobs = norm_fusion_plan(model, config, layers_pattern, strict)
+    for full, norm, linears, _ in jobs:
+        fold_norm(norm, [lin for _, lin in linears], full, float64, kind)
     return len(jobs)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _has(root: nn.Module, name: str) -> bool:

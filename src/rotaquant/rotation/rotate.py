@@ -16,6 +16,8 @@ from .fuse import fuse_norms, untie_embeddings
 from .matrices import RotationStore
 from .online import apply_online_rotations
 from .spec import RotationSpec, load_spec
+from .structure import require_rotation_structure
+from .verify import FunctionChangedError, probe_ids, probe_logits, relative_change, verify_tolerance
 
 logger = logging.getLogger(__name__)
 RECORD_CHILD = "rq_rotation"
@@ -86,6 +88,8 @@ def rotate(
     online: bool = True,
     head_mixing: bool = False,
     progress: bool = True,
+    check: bool = True,
+    verify: bool = False,
 ) -> RotationState:
     """Rotate ``model`` IN PLACE so that it computes the same function with rotated weights.
 
@@ -110,9 +114,21 @@ def rotate(
         online: insert online rotations.
         head_mixing: also mix heads with an online Hadamard at each per-head-input linear.
         progress: show progress bars.
+        check: before anything changes, probe the model (one forward of a few tokens) for
+            residual-stream readers and writers the config leaves unrotated or unfolded
+            (:mod:`rotaquant.rotation.structure`); False skips it (e.g. a forward that needs
+            more than ``input_ids``).
+        verify: compare the logits of a few random tokens before and after (tolerance by
+            dtype: 1e-6 relative in float64, 1e-3 in float32, 5e-2 in half precision).
 
     Raises:
-        AlreadyRotatedError, AlreadyQuantizedError: see above.
+        AlreadyRotatedError, AlreadyQuantizedError: see above (model unchanged).
+        RotationStructureError: the config misses a reader/writer of the residual stream or a
+            norm; it lists them with the config keys to add. Raised before any change: the
+            model is untouched.
+        FunctionChangedError: ``verify`` found changed logits. Raised after rotating: the model
+            IS changed (its record says ``verified=failed``, so it cannot be rotated again);
+            discard it.
     """
     if rotation_record(model) is not None:
         raise AlreadyRotatedError("this model is already rotated; load a fresh copy to rotate it again")
@@ -130,6 +146,12 @@ def rotate(
     store = RotationStore(spec, model.config, seed=seed, mode=mode)
     if rotation_path is not None:
         store.load(rotation_path)
+    if check:
+        origin = f"rotation config {config!r}" if isinstance(config, str) else "the rotation config"
+        require_rotation_structure(model, spec, origin)  # before any change: a refusal leaves it untouched
+    if verify:
+        ids = probe_ids(model)
+        reference = probe_logits(model, ids)
     state = RotationState(spec, store, online)
     state.untied = untie_embeddings(model)
     if spec.norm_fuse_config is not None:
@@ -138,10 +160,21 @@ def rotate(
     state.fused_modules = apply_fused_rotations(model, spec, store, progress)
     if online:
         state.online_stages = apply_online_rotations(model, spec, store)
-    model.add_module(RECORD_CHILD, RotationRecord({
+    summary = {
         "mode": mode if mode is not None else "spec", "seed": seed, "online": online,
         "head_mixing": bool(online and head_mixing), "rotation_path": str(rotation_path) if rotation_path else None,
-    }))
+    }
+    if verify:
+        err, tol = relative_change(probe_logits(model, ids), reference), verify_tolerance(model)
+        summary["verified"] = "ok" if err <= tol else "failed"
+        if err > tol:
+            model.add_module(RECORD_CHILD, RotationRecord(summary))
+            raise FunctionChangedError(
+                f"rotating {type(model).__name__} changed its logits by {err:.2e} (relative, > {tol:.0e} for "
+                f"{next(model.parameters()).dtype}); the model is now rotated and wrong: discard it and load a fresh "
+                "copy. The config misses something the structural check cannot see (an R2 pair, a non-invariant "
+                "parameter-free op on the residual stream); check rotation_config and norm_fuse_config")
+    model.add_module(RECORD_CHILD, RotationRecord(summary))
     logger.info("rotated %s: %d norms folded, %d modules rotated, %d online rotations",
                 type(model).__name__, state.folded_norms, state.fused_modules, state.online_stages)
     return state

@@ -116,7 +116,10 @@ class RotationSpec(_Strict):
 
     def with_head_mixing(self) -> RotationSpec:
         """The same config plus QuaRot's online Hadamard at the input of each per-head-input
-        linear (``o_proj``): it mixes the heads before the activation quantizer."""
+        linear (``o_proj``): it mixes the heads before the activation quantizer. A family
+        without per-head inputs (Mamba2) is returned unchanged."""
+        if not self.architecture.per_head_inputs:
+            return self
         data = self.model_dump()
         data["rotation_matrices"]["rh"] = {"dim": "num_attention_heads*head_dim", "mode": "base_hadamard",
                                            "per_layer": False, "online": True}
