@@ -1,0 +1,38 @@
+"""A flag overrides only its own key: --seqlen never overrides a recipe's cal_seqlen, and a recipe's
+seqlen is the calibration length when cal_seqlen is not set."""
+
+from __future__ import annotations
+
+import pytest
+
+from rotaquant.cli import build_parser
+from rotaquant.quant.cli_args import recipe_overrides
+from rotaquant.quant.pipeline import load_recipe
+
+
+def _recipe(tmp_path, text, *flags):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    args = build_parser().parse_args(["ptq", "--recipe", str(path), *flags])
+    return load_recipe(args.recipe, **recipe_overrides(args))
+
+
+def test_seqlen_flag_keeps_the_recipes_cal_seqlen(tmp_path):
+    rec = _recipe(tmp_path, "cal_seqlen: 512\n", "--seqlen", "1024")
+    assert (rec.seqlen, rec.cal_seqlen) == (1024, 512)
+
+
+def test_recipe_seqlen_flows_to_cal_seqlen_when_unset(tmp_path):
+    rec = _recipe(tmp_path, "seqlen: 256\n")
+    assert (rec.seqlen, rec.cal_seqlen) == (256, 256)
+    rec = _recipe(tmp_path, "seqlen: 256\ncal_seqlen: 64\n")
+    assert (rec.seqlen, rec.cal_seqlen) == (256, 64)
+
+
+@pytest.mark.parametrize("flags,expected", [(["--seqlen", "128"], (128, 128)),
+                                            (["--seqlen", "128", "--cal-seqlen", "32"], (128, 32)),
+                                            (["--cal-seqlen", "32"], (2048, 32))])
+def test_flags_alone(flags, expected):
+    args = build_parser().parse_args(["ptq", *flags])
+    rec = load_recipe(None, **recipe_overrides(args))
+    assert (rec.seqlen, rec.cal_seqlen) == expected
