@@ -32,9 +32,13 @@ class StrictModel(BaseModel):
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
             try:
-                loaded = yaml.safe_load(path.read_text()) or {}
+                loaded = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); a config is a YAML text file") from None
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            except RecursionError:
+                raise ConfigError(f"{path} is nested too deeply to be a config") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path} must hold a mapping of settings, not {type(loaded).__name__}")
             data.update(loaded)

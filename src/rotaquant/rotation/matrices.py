@@ -214,7 +214,7 @@ def check_rotation(tensor: torch.Tensor, dim: int, where: str) -> torch.Tensor:
     mat = tensor.detach().to(torch.float64, copy=True)
     err = (mat @ mat.T - torch.eye(dim, dtype=torch.float64)).abs().max().item()
     tol = 1e-2 if tensor.dtype in (torch.float16, torch.bfloat16) else 1e-4
-    if err > tol:
+    if not err <= tol:  # NaN fails too
         raise RotationFileError(f"{where}: not orthogonal (max |R R^T - I| = {err:.2e} > {tol})")
     return mat
 
