@@ -23,7 +23,7 @@ from rotaquant.eval.zeroshot import (
     predictions,
     score_docs,
 )
-from tests.conftest import tiny_model
+from tests.conftest import requires_default_model, tiny_model
 
 V = 128
 
@@ -85,6 +85,18 @@ def test_continuation_tokens_take_the_trailing_context_spaces():
     whole = enc.encode("Question: is it?\nAnswer: no")
     ctx, cont = enc.encode_pair("Question: is it?\nAnswer:", " no")
     assert ctx + cont == whole and cont == whole[len(ctx):]
+
+
+@requires_default_model
+def test_continuation_split_with_the_real_tokenizer(default_model):
+    _, tok = default_model
+    enc = PairEncoder(tok)
+    ctx, cont = enc.encode_pair("Question: Is water wet?\nAnswer: ", "yes")
+    assert (ctx, cont) == enc.encode_pair("Question: Is water wet?\nAnswer:", " yes")
+    assert ctx + cont == tok("Question: Is water wet?\nAnswer: yes").input_ids
+    naive = tok("Question: Is water wet?\nAnswer: ").input_ids + tok("yes").input_ids
+    assert naive != ctx + cont  # tokenizing the parts apart would score a stray space token
+    assert cont == tok(" yes", add_special_tokens=False).input_ids
 
 
 def test_bos_policies():
@@ -198,3 +210,10 @@ def test_evaluate_tasks_end_to_end_on_files(tmp_path):
     assert task.n == 2 and task.requests == 4 and task.metrics["acc"] == 0.0  # equal ll: first option wins
     assert task.forward_rows == 2  # the identical requests of the repeated item were run once
     assert res.average == 0.0 and res.settings["bos"] == "tokenizer"
+
+
+def test_limit_must_be_positive(tmp_path):
+    from rotaquant.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="limit"):
+        evaluate_tasks(BigramLM(torch.zeros(V, V)), CharTokenizer(), "boolq", limit=0, data_dir=tmp_path)

@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..errors import ConfigError
 from .loglikelihood import PairEncoder, score_requests
-from .tasks import Doc, get_task, load_docs, parse_tasks, zeroshot_dir
+from .tasks import Doc, TaskDataError, get_task, load_docs, parse_tasks, zeroshot_dir
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +156,11 @@ def evaluate_task(model: torch.nn.Module, encoder: PairEncoder, task: str, *, li
     """Evaluate one task (see :func:`evaluate_tasks`)."""
     spec = get_task(task)
     started = time.perf_counter()
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 (or None for every item), got {limit}")
     docs = load_docs(spec.name, data_dir, limit)
     if not docs:
-        raise ValueError(f"{spec.name}: no items to evaluate (limit={limit})")
+        raise TaskDataError(f"{spec.name}: its file holds no items (looked in {zeroshot_dir(data_dir)})")
     encoded = [encoder.encode_pair(ctx, cont) for doc in docs for ctx, cont in doc.requests]
     scores, stats = score_requests(model, encoded, batch_size=batch_size, max_length=max_length,
                                    share_prefixes=share_prefixes, progress=progress, desc=spec.name)
