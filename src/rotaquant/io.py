@@ -248,13 +248,17 @@ def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] =
 def _torch_load_reason(exc: Exception) -> str:
     """A safe one-line reason: torch's advice to retry with ``weights_only=False`` is dropped."""
     import pickle
+    import re
 
     text = str(exc)
     lower = text.lower()
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in lower or "weights only" in lower:
-        if not any(word in lower for word in ("zip", "truncat", "eof", "central directory")):
-            return ("it holds objects other than tensors and plain containers, which rotaquant does not "
-                    "unpickle (that could run code from the file)")
+        # a truncated pickle and a foreign object both end here (torch names a garbled global)
+        found = re.search(r"GLOBAL \S* was not an allowed global|[^.\n]*truncated[^.\n]*", text)
+        detail = f" ({found.group(0).strip()})" if found else ""
+        return ("it is truncated or corrupt, or it holds objects other than tensors and plain containers"
+                f"{detail}; rotaquant reads tensors only and never unpickles other objects (that could run "
+                "code from the file). Delete or replace the file")
     first = text.split(". ")[0].split("\n")[0].strip() or type(exc).__name__
     return (f"{first}; the file is truncated or corrupt (a run killed while writing it, or an incomplete copy): "
             "delete it or copy it again")

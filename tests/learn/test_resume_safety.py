@@ -43,13 +43,39 @@ def test_resume_without_checkpoint_starts_from_scratch(tmp_path, text_file, capl
     assert "no checkpoint" in caplog.text and summary["resumed_from"] == 0 and out.is_file()
 
 
-def test_truncated_checkpoint_never_suggests_weights_only_false(tmp_path, text_file):
-    out = tmp_path / "R.safetensors"
+def _truncated_pickle_in_an_intact_zip(path):
+    """The probe's case: a cut pickle in an intact zip, which torch answers with advice to retry
+    with weights_only=False (the cut is chosen so that torch's own message holds that advice)."""
+    import zipfile
+
     buf = io.BytesIO()
     torch.save({"format": "rotaquant-learn-checkpoint-v1", "step": 1, "x": torch.ones(1000)}, buf)
+    src = zipfile.ZipFile(buf)
+    pickle_name = next(n for n in src.namelist() if n.endswith("data.pkl"))
+    for cut in range(len(src.read(pickle_name)) - 1, 0, -1):
+        with zipfile.ZipFile(path, "w") as dst:
+            for name in src.namelist():
+                data = src.read(name)
+                dst.writestr(name, data[:cut] if name == pickle_name else data)
+        try:
+            torch.load(str(path), weights_only=True)
+        except Exception as exc:
+            if "weights_only` set to `False" in str(exc):
+                return
+    raise AssertionError("no cut of the pickle gives torch's weights_only advice")
+
+
+@pytest.mark.parametrize("damage", ["half-file", "truncated-pickle"])
+def test_truncated_checkpoint_never_suggests_weights_only_false(tmp_path, text_file, damage):
+    out = tmp_path / "R.safetensors"
     ckpt = tmp_path / "R.safetensors.ckpt"
-    ckpt.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    with pytest.raises(ConfigError, match="truncated") as info:
+    if damage == "half-file":
+        buf = io.BytesIO()
+        torch.save({"format": "rotaquant-learn-checkpoint-v1", "step": 1, "x": torch.ones(1000)}, buf)
+        ckpt.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    else:
+        _truncated_pickle_in_an_intact_zip(ckpt)
+    with pytest.raises(ConfigError, match="is truncated or corrupt") as info:
         _optimize(out, text_file, resume=True)
     assert "weights_only" not in str(info.value) and "weights only" not in str(info.value).lower()
 
@@ -58,6 +84,6 @@ def test_checkpoint_with_arbitrary_objects_is_refused_without_unsafe_advice(tmp_
     out = tmp_path / "R.safetensors"
     ckpt = tmp_path / "R.safetensors.ckpt"
     torch.save({"format": "rotaquant-learn-checkpoint-v1", "obj": ValueError("x")}, ckpt)
-    with pytest.raises(ConfigError, match="does not unpickle") as info:
+    with pytest.raises(ConfigError, match="never unpickles") as info:
         _optimize(out, text_file, resume=True)
     assert "weights_only" not in str(info.value)
