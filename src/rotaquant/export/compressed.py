@@ -46,7 +46,10 @@ def compressed_weight_tensors(rec) -> dict[str, torch.Tensor]:
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     spec, off = rec.spec, ct_offset(rec.spec)
-    codes = (rec.codes.to(torch.int32) - off).to(torch.int8).cpu()
+    codes = rec.codes.to(torch.int32)
+    if not spec.symmetric:  # asymmetric codes are >= 0: undo an int8 wrap of 8-bit codes >= 128
+        codes = codes % 256
+    codes = (codes - off).to(torch.int8).cpu()
     out = {"weight_scale": rec.scale.detach().to(torch.float32).cpu().contiguous()}
     if spec.bits < 8:
         out["weight_packed"] = pack_to_int32(codes, spec.bits)

@@ -38,6 +38,21 @@ def is_quantized_export(folder: str | Path) -> bool:
     return qc.get("quant_method") == "compressed-tensors" and (folder / STAGES_JSON).is_file()
 
 
+def check_not_stripped(folder: str | Path) -> None:
+    """A compressed-tensors folder that declares online transforms but lacks rotaquant's side file
+    would load (through transformers) without them, silently wrong: refuse it by name."""
+    folder = Path(folder)
+    try:
+        qc = json.loads((folder / "config.json").read_text()).get("quantization_config") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    groups = ((qc.get("transform_config") or {}).get("config_groups") or {}) if isinstance(qc, dict) else {}
+    if qc.get("quant_method") == "compressed-tensors" and groups and not (folder / STAGES_JSON).is_file():
+        raise ModelLoadError(f"{folder} declares online transforms ({', '.join(sorted(groups))}) but has no "
+                             f"{STAGES_JSON}; transformers would load it without them (a different model). "
+                             "Copy the whole export folder, or export it again")
+
+
 def _matches(target: str, name: str, module: nn.Module) -> bool:
     if target.startswith("re:"):
         return re.match(target[3:], name) is not None
@@ -90,7 +105,7 @@ def _codes(tensors, name: str, spec: QuantSpec, folder: Path):
     if tuple(scale.shape) != (shape[0], groups):
         raise ModelLoadError(f"{folder}: {name}.weight_scale has shape {tuple(scale.shape)}, expected "
                              f"{(shape[0], groups)} for {spec}; the config does not match the weights")
-    codes = (codes.to(torch.int32) + off).to(torch.int8) if off else codes.to(torch.int8)
+    codes = codes.to(torch.int32) + off  # rotaquant's convention (0..2^b-1 when asymmetric)
     if spec.symmetric:
         zero = torch.zeros_like(scale)
     else:

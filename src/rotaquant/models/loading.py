@@ -309,8 +309,9 @@ def load_model(
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     folder = str(gguf_cache_folder(source.path, cache_dir)) if source.kind == "gguf" else source.path
     if source.kind == "folder":
-        from ..export.reload import is_quantized_export, load_quantized
+        from ..export.reload import check_not_stripped, is_quantized_export, load_quantized
 
+        check_not_stripped(folder)
         if is_quantized_export(folder):
             model, tokenizer = load_quantized(folder, dtype, device, kernel, attn_implementation)
             model.config.name_or_path = source.name

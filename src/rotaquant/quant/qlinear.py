@@ -47,8 +47,12 @@ def _unpack_nibbles(packed: torch.Tensor, signed: bool) -> torch.Tensor:
 class QuantLinear(nn.Module):
     """``y = x W^T + b`` with ``W`` stored as integer codes.
 
+    Codes are stored signed (asymmetric grids shifted by ``2^(b-1)``, their zero points too, as
+    compressed-tensors stores them), so 8-bit asymmetric codes fit int8; ``(codes - zero)`` is
+    unchanged by the shift.
+
     Args:
-        codes: int8 ``[out, in]`` codes on ``spec``'s grid.
+        codes: integer ``[out, in]`` codes on ``spec``'s grid (rotaquant's convention).
         scale, zero: float32 ``[out, G]`` (``zero`` integer-valued; zeros for symmetric specs).
         spec: the weight's QuantSpec.
         bias: optional bias.
@@ -61,18 +65,20 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = codes.shape
         self.spec, self.act_spec = spec, act_spec if act_spec is not None and act_spec.enabled else None
         self.nibbles = spec.bits <= 4 and self.in_features % 2 == 0
-        self.register_buffer("codes", _pack_nibbles(codes) if self.nibbles else codes.to(torch.int8))
+        off = 0 if spec.symmetric else 2 ** (spec.bits - 1)
+        signed = (codes.to(torch.int32) - off).to(torch.int8)
+        self.register_buffer("codes", _pack_nibbles(signed) if self.nibbles else signed)
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
-        self.register_buffer("zero", zero.to(torch.float32).contiguous())
+        self.register_buffer("zero", (zero.to(torch.float32) - off).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.kernel = "reference"
         self._packed: dict[str, torch.Tensor] = {}
 
     # -- weights ------------------------------------------------------------------------------
     def int_codes(self) -> torch.Tensor:
-        """The codes as int8 ``[out, in]``."""
+        """The signed codes as int8 ``[out, in]`` (``zero`` is shifted alike)."""
         if self.nibbles:
-            return _unpack_nibbles(self.codes, signed=self.spec.symmetric)
+            return _unpack_nibbles(self.codes, signed=True)
         return self.codes
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
@@ -137,12 +143,11 @@ class QuantLinear(nn.Module):
 
     def _prepare_int4(self) -> None:
         g = self._int4_group()
-        codes = self.int_codes().to(torch.int32)
-        u = codes + 8 if self.spec.symmetric else codes  # unsigned nibble, w = (u - 8) * s + z
+        u = self.int_codes().to(torch.int32) + 8  # unsigned nibble: w = (u - 8 - zero) * s = (u - 8) * s + z
         reps = g // self.spec.group_size if self.spec.group_size else self.in_features // g
         scale = self.scale if self.spec.group_size == g else self.scale.repeat_interleave(reps, dim=1)
         zero = self.zero if self.spec.group_size == g else self.zero.repeat_interleave(reps, dim=1)
-        zf = (8 - zero) * scale if not self.spec.symmetric else torch.zeros_like(scale)
+        zf = -zero * scale
         sz = torch.stack([scale.t(), zf.t()], dim=-1).contiguous()  # [G, out, 2]
         if u.is_cuda:
             packed_u8 = ((u[:, 0::2] << 4) | u[:, 1::2]).to(torch.uint8)
@@ -154,12 +159,9 @@ class QuantLinear(nn.Module):
                             "sz": sz, "g": g}
 
     def _prepare_int8(self) -> None:
-        codes = self.int_codes().to(torch.int32)
-        off = 0 if self.spec.symmetric else 2 ** (self.spec.bits - 1)
-        q = (codes - off)  # signed, fits int8 for up to 8 bits
-        zw = (self.zero[:, 0] - off) if not self.spec.symmetric else torch.zeros_like(self.zero[:, 0])
-        self._packed = {"w": q.to(torch.int8).contiguous(), "zw": zw, "sw": self.scale[:, 0],
-                        "qsum": q.sum(1).to(torch.float32)}
+        q = self.int_codes()
+        self._packed = {"w": q.contiguous(), "zw": self.zero[:, 0], "sw": self.scale[:, 0],
+                        "qsum": q.to(torch.float32).sum(1)}
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

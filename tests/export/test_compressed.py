@@ -1,0 +1,190 @@
+"""compressed-tensors export -> reload: same logits, compressed-tensors reads the same weights,
+atomic writes, named errors."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import rotaquant
+from rotaquant.errors import ConfigError, ModelLoadError
+from rotaquant.export.compressed import export_quantized
+from rotaquant.export.reload import is_quantized_export, load_quantized
+from rotaquant.models.loading import load_model
+from rotaquant.quant.qlinear import QuantLinear
+from rotaquant.stages import stage_map
+from tests.conftest import tiny_model
+
+pytest.importorskip("compressed_tensors")
+
+WIDE = {"hidden_size": 128, "intermediate_size": 256, "head_dim": 32}  # room for groups of 128
+SETTINGS = {
+    "w4a16_g32": ({"w_bits": 4, "w_groupsize": 32}, {}),
+    "w4a16_g128_asym": ({"w_bits": 4, "w_groupsize": 128, "w_asym": True}, WIDE),
+    "w4a16_channel": ({"w_bits": 4}, {}),
+    "w8a8": ({"w_bits": 8, "a_bits": 8}, {}),
+    "w8a8_asym": ({"w_bits": 8, "a_bits": 8, "w_asym": True, "a_asym": True}, {}),
+    # R1-R4 (random R1/R2 fused, R3 on queries/keys, R4 on down_proj), SpinQuant's grids
+    "w4a4kv4_spinquant": ({"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4, "preset": "spinquant",
+                           "w_method": "rtn", "rotation_mode": "hadamard"}, WIDE),
+    # QuaRot's: heads mixed before o_proj (rh), symmetric activations clipped at 0.9
+    "w4a4kv4_quarot": ({"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4, "preset": "quarot",
+                        "w_method": "rtn"}, {}),
+}
+
+
+def quantized(name, seed=0, dtype=torch.float32):
+    recipe, shape = SETTINGS[name]
+    model = tiny_model(seed=seed, dtype=dtype, **shape)
+    rotaquant.quantize(model, {"preset": "none", **recipe}, progress=False)
+    return model
+
+
+def ids_for(model, seed=1):
+    return torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_round_trip_logits(tmp_path, name):
+    model = quantized(name)
+    out = tmp_path / "q"
+    summary = rotaquant.export(model, None, out)
+    assert is_quantized_export(out) and (out / "rotaquant-output.json").is_file()
+    ids = ids_for(model)
+    with torch.no_grad():
+        ref = model(ids).logits
+        exact, _ = load_quantized(out, kernel="reference")
+        assert torch.equal(exact(ids).logits, ref), "the reference kernel is the fake-quantized model bit for bit"
+        fast, _ = load_model(out, kernel="auto")
+        got = fast(ids).logits
+    # integer kernels accumulate in another order: a rare activation code on a rounding tie flips
+    assert (got - ref).abs().max() <= 1e-3 * ref.abs().max()
+    assert (got - ref).abs().mean() <= 1e-5 * ref.abs().max()
+    kernels = {m.kernel for m in fast.modules() if isinstance(m, QuantLinear)}
+    if name.startswith("w4a16"):
+        assert kernels == {"int4mm"}
+    if name.startswith("w8a8"):
+        assert kernels == {"int8mm"}
+    # every stage is back, except the input quantizers, which the QuantLinears now own
+    want = {k: [s for s in v if not (k.endswith(":input") and s == "a_quant")] for k, v in stage_map(model).items()}
+    assert stage_map(fast) == {k: v for k, v in want.items() if v}
+    assert summary["quantized_linears"] == sum(isinstance(m, QuantLinear) for m in fast.modules())
+
+
+def test_format_and_config(tmp_path):
+    model = quantized("w4a4kv4_spinquant")
+    rotaquant.export(model, None, tmp_path / "q")
+    qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
+    assert qc["ignore"] == ["lm_head"]
+    kinds = {g["input_activations"]["strategy"] for g in qc["config_groups"].values()}
+    assert kinds == {"token", "group"}  # per token, and per head at o_proj
+    assert qc["kv_cache_scheme"]["dynamic"] is True and qc["kv_cache_scheme"]["group_size"] == model.config.head_dim
+    tc = qc["transform_config"]["config_groups"]
+    locations = {a["location"] for g in tc.values() for a in g["apply"]}
+    assert {"input", "weight_input", "q_attn", "k_cache"} <= locations
+    side = json.loads((tmp_path / "q" / "rotaquant_stages.json").read_text())
+    assert side["not_expressed_by_compressed_tensors"]  # random signs etc. are said
+
+
+@pytest.mark.parametrize("name", ["w4a16_g32", "w4a16_g128_asym", "w4a16_channel", "w8a8_asym", "w4a4kv4_spinquant"])
+def test_compressed_tensors_loader_reads_same_weights(tmp_path, name):
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    model = quantized(name)
+    rotaquant.export(model, None, tmp_path / "q")
+    ct = AutoModelForCausalLM.from_pretrained(tmp_path / "q", dtype=torch.float32,
+                                              quantization_config=CompressedTensorsConfig(dequantize=True))
+    theirs = dict(ct.named_modules())
+    count = 0
+    for name_, module in model.named_modules():
+        if hasattr(module, "rq_weight"):
+            assert torch.equal(theirs[name_].weight.detach(), module.weight.detach()), name_
+            count += 1
+    assert count > 0
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+    import rotaquant.export.compressed as compressed
+
+    model = quantized("w4a16_g32")
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compressed, "write_side_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        export_quantized(model, None, tmp_path / "q")
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary left behind
+
+
+def test_not_an_export_and_plain_folders(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "plain")
+    assert not is_quantized_export(tmp_path / "plain")
+    with pytest.raises(ModelLoadError, match="not a rotaquant quantized export"):
+        load_quantized(tmp_path / "plain")
+    with pytest.raises(ConfigError, match="no quantized weights"):
+        export_quantized(model, None, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def _tamper(folder, edit):
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    edit(cfg["quantization_config"])
+    path.write_text(json.dumps(cfg))
+
+
+def test_tampered_configs_are_named(tmp_path):
+    model = quantized("w4a16_g32")
+    src = tmp_path / "q"
+    rotaquant.export(model, None, src)
+
+    bad = tmp_path / "group"
+    shutil.copytree(src, bad)
+    _tamper(bad, lambda qc: qc["config_groups"]["group_0"]["weights"].update(group_size=16))
+    with pytest.raises(ModelLoadError, match="config"):
+        load_model(bad)
+
+    bad = tmp_path / "invalid"
+    shutil.copytree(src, bad)
+    _tamper(bad, lambda qc: qc["config_groups"]["group_0"]["weights"].update(num_bits="four"))
+    with pytest.raises(ModelLoadError, match="not a valid compressed-tensors config"):
+        load_model(bad)
+
+    bad = tmp_path / "fewer"
+    shutil.copytree(src, bad)
+    _tamper(bad, lambda qc: qc["ignore"].append("model.layers.0.mlp.down_proj"))
+    with pytest.raises(ModelLoadError, match="side file"):
+        load_model(bad)
+
+    bad = tmp_path / "stripped"
+    shutil.copytree(src, bad)
+    (bad / "rotaquant_stages.json").unlink()
+    with pytest.raises(ModelLoadError, match="declares online transforms"):
+        load_model(bad)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = quantized("w4a16_g32")
+    rotaquant.export(model, None, tmp_path / "q")
+    path = tmp_path / "q" / "model.safetensors"
+    state = load_file(path)
+    del state["model.layers.1.mlp.up_proj.weight_scale"]
+    save_file(state, path)
+    with pytest.raises(ModelLoadError, match="up_proj"):
+        load_model(tmp_path / "q")
+
+
+def test_bf16_export_reloads_in_bf16(tmp_path):
+    model = quantized("w4a4kv4_quarot", dtype=torch.bfloat16)
+    rotaquant.export(model, None, tmp_path / "q")
+    ids = ids_for(model)
+    with torch.no_grad():
+        ref = model(ids).logits
+        again, _ = load_model(tmp_path / "q", dtype="bf16", kernel="reference")
+        assert torch.equal(again(ids).logits, ref)
