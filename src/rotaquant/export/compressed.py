@@ -49,16 +49,17 @@ def compressed_weight_tensors(rec) -> dict[str, torch.Tensor]:
     codes = rec.codes.to(torch.int32)
     if not spec.symmetric:  # asymmetric codes are >= 0: undo an int8 wrap of 8-bit codes >= 128
         codes = codes % 256
-    codes = (codes - off).to(torch.int8).cpu()
+    codes = (codes - off).to(torch.int8)  # packed where the codes are (GPU: fast), stored from CPU
     out = {"weight_scale": rec.scale.detach().to(torch.float32).cpu().contiguous()}
     if spec.bits < 8:
-        out["weight_packed"] = pack_to_int32(codes, spec.bits)
+        out["weight_packed"] = pack_to_int32(codes, spec.bits).cpu()
         out["weight_shape"] = torch.tensor(list(codes.shape), dtype=torch.int64)
     else:
-        out["weight"] = codes.contiguous()
+        out["weight"] = codes.cpu().contiguous()
     if not spec.symmetric:
-        zp = (rec.zero.detach().round().to(torch.int32) - off).to(torch.int8).cpu()
-        out["weight_zero_point"] = pack_to_int32(zp, spec.bits, packed_dim=0) if spec.bits < 8 else zp.contiguous()
+        zp = (rec.zero.detach().round().to(torch.int32) - off).to(torch.int8)
+        zp = pack_to_int32(zp, spec.bits, packed_dim=0) if spec.bits < 8 else zp
+        out["weight_zero_point"] = zp.cpu().contiguous()
     return out
 
 

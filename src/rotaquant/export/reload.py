@@ -84,19 +84,19 @@ def _schemes(qc: dict, model: nn.Module, folder: Path) -> dict[str, QuantSpec]:
     return found
 
 
-def _codes(tensors, name: str, spec: QuantSpec, folder: Path):
+def _codes(tensors, name: str, spec: QuantSpec, folder: Path, device: torch.device):
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 
     def get(key):
         try:
-            return tensors.get_tensor(f"{name}.{key}")
+            return tensors.get_tensor(f"{name}.{key}").to(device)  # unpacked there (GPU: fast)
         except Exception:  # safetensors raises its own error type for a missing key
             raise ModelLoadError(f"{folder}: the checkpoint lacks {name}.{key} that its config implies; "
                                  "the export is incomplete or its config was edited") from None
 
     off, scale = ct_offset(spec), get("weight_scale").to(torch.float32)
     if spec.bits < 8:
-        shape = torch.Size(get("weight_shape").tolist())
+        shape = torch.Size(get("weight_shape").cpu().tolist())
         codes = unpack_from_int32(get("weight_packed"), spec.bits, shape)
     else:
         codes = get("weight")
@@ -115,7 +115,7 @@ def _codes(tensors, name: str, spec: QuantSpec, folder: Path):
     return codes, scale, zero
 
 
-def _empty_model(folder: Path, dtype: torch.dtype, attn_implementation: str | None):
+def _empty_model(folder: Path, dtype: torch.dtype, attn_implementation: str | None, device: torch.device):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
@@ -125,7 +125,7 @@ def _empty_model(folder: Path, dtype: torch.dtype, attn_implementation: str | No
         from transformers.initialization import no_init_weights
     except ImportError:  # older transformers
         from transformers.modeling_utils import no_init_weights
-    with no_init_weights():
+    with torch.device(device), no_init_weights():  # allocated where it runs, never initialised
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     return model
 
@@ -157,7 +157,8 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, devic
     if side.get("kind") != EXPORT_KIND:
         raise ModelLoadError(f"{folder}/{STAGES_JSON} is not a {EXPORT_KIND} side file (kind {side.get('kind')!r})")
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
-    model = _empty_model(folder, dtype, attn_implementation)
+    device = torch.device(device)
+    model = _empty_model(folder, dtype, attn_implementation, device)
     specs = _schemes(qc, model, folder)
     recorded = set(side.get("weights", {}))
     if set(specs) != recorded:
@@ -181,7 +182,7 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, devic
                 if f"{name}.weight_scale" not in keys:
                     continue
                 old = model.get_submodule(name)
-                codes, scale, zero = _codes(tensors, name, spec, folder)
+                codes, scale, zero = _codes(tensors, name, spec, folder, device)
                 bias = tensors.get_tensor(f"{name}.bias").to(dtype) if f"{name}.bias" in keys else None
                 model.set_submodule(name, QuantLinear(codes, scale, zero, spec, bias, acts.get(name)))
                 del old
