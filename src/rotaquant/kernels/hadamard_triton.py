@@ -365,8 +365,13 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
                 plan.M, plan.MP, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R,
                 1 if half else 3, 2 if half else 3, mode, sym, qmin, qmax, gp, _SPLIT_TL, not _INTERPRET)
         key = (plan, x2.dtype, mode, sym, qmin, qmax, gp, groups, rows >= 2**31, x2.stride(0) >= 2**31)
-        _launch_kernel((triton.cdiv(rows, plan.R), plan.blocks), args, plan.num_warps,
-                       (x2, out, core, codes, scale, zero), key)
+        grid = (triton.cdiv(rows, plan.R), plan.blocks)
+        ptrs = (x2, out, core, codes, scale, zero)
+        if _INTERPRET or x2.device.index == torch.cuda.current_device():
+            _launch_kernel(grid, args, plan.num_warps, ptrs, key)
+        else:  # Triton loads and launches kernels on the current device
+            with torch.cuda.device(x2.device):
+                _launch_kernel(grid, args, plan.num_warps, ptrs, key)
     if mode == 1:
         return codes, scale, zero
     return (out,)
