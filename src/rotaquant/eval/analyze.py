@@ -3,9 +3,10 @@
 For each method a fresh copy of the full-precision model is processed (``none``: nothing;
 ``quarot``: random Hadamard R1-R4; ``spinquant``: R1/R2 from ``rotation_path`` (else random
 Hadamard) with R3/R4, and asymmetric activations and KV cache; ``smoothquant``: SmoothQuant
-scales) and a second copy is processed the same way and quantized. The processed copy is the
-reference (same basis, same function as the FP model; see :mod:`rotaquant.eval.layerwise`); the
-quantized one is compared with it on the calibration windows. The statistics of the processed
+scales) and a second copy is processed the same way (a copy of the first where the processing
+leaves no online transforms) and quantized. The processed copy is the reference (same basis,
+same function as the FP model; see :mod:`rotaquant.eval.layerwise`); the quantized one is
+compared with it on the calibration windows. The statistics of the processed
 model's linear inputs (kurtosis, outlier share, per-channel max) are captured before quantizing.
 :func:`run_analyze` loads the model, runs :func:`analyze` and writes the CSV, the summary, the
 side-by-side table and the PNGs into one folder, atomically.
@@ -19,7 +20,6 @@ import math
 import os
 import platform
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,58 +217,6 @@ def analyze(model: nn.Module, windows: torch.Tensor, config: AnalyzeConfig | dic
     return result
 
 
-def _per_layer(rows: list[Row], mode: str, metric: str, modules: list[str]) -> dict:
-    out: dict[str, dict[str, dict[int, float]]] = {m: defaultdict(dict) for m in modules}
-    for r in rows:
-        if r.mode == mode and r.metric == metric and r.module in out:
-            out[r.module][r.method][r.layer] = r.value
-    return out
-
-
-def plot_layers(result: AnalysisResult, cfg: AnalyzeConfig) -> list[int]:
-    """The layers whose channel magnitudes are plotted: configured, else the middle layer and
-    the layer where ``none``'s first input site has the largest max |x|."""
-    if cfg.plot_layers is not None:
-        return [i for i in cfg.plot_layers if 0 <= i < result.layers]
-    picks = [result.layers // 2]
-    first = [r for r in result.rows if r.method == cfg.methods[0] and r.metric == "max_abs"
-             and r.module == result.sites[0]]
-    if first:
-        picks.append(max(first, key=lambda r: r.value).layer)
-    return sorted(set(picks))
-
-
-def write_plots(result: AnalysisResult, cfg: AnalyzeConfig, folder: os.PathLike) -> list[str]:
-    """The PNGs of one analysis into ``folder``; returns the file names."""
-    from .plots import plot_channel_magnitude, plot_per_layer
-
-    names = []
-    label = bits_label(cfg)
-    for layer in plot_layers(result, cfg):
-        series = {}
-        for method, per in result.absmax.items():
-            series[method] = {s: v for n, v in per.items() for s in result.sites if n.endswith(f".{layer}.{s}")}
-        name = f"channel_magnitude_layer{layer}.png"
-        plot_channel_magnitude(series, os.path.join(folder, name),
-                               f"{cfg.model}: per-channel max |x| of decoder layer {layer}'s linear inputs "
-                               "(full precision, after each method's processing)")
-        names.append(name)
-    kurt = _per_layer(result.rows, "activation", "kurtosis", result.sites)
-    plot_per_layer({f"input of {k}": v for k, v in kurt.items()}, os.path.join(folder, "kurtosis.png"),
-                   "kurtosis", f"{cfg.model}: kurtosis of the linear inputs per layer", log=True, ncols=2)
-    names.append("kurtosis.png")
-    modules = list(dict.fromkeys(r.module for r in result.rows if r.mode in cfg.modes and r.layer < result.layers
-                                 and "." not in r.module and r.module != LAYER)) + [LAYER]
-    panels = {}
-    for mode in cfg.modes:
-        for module, per in _per_layer(result.rows, mode, "cosine", modules).items():
-            panels[f"{module} output, {mode}"] = per
-    plot_per_layer(panels, os.path.join(folder, "cosine.png"), "cosine vs FP",
-                   f"{cfg.model} {label}: output cosine per layer", ncols=len(modules))
-    names.append("cosine.png")
-    return names
-
-
 def machine() -> dict:
     """Where the analysis ran (for the results' README and JSON)."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
@@ -318,7 +266,12 @@ def write_analysis(result: AnalysisResult, cfg: AnalyzeConfig, output: str | os.
         for name, text in texts.items():
             atomic_write_text(tmp / name, text)
         atomic_write_json(tmp / "analysis.json", meta)
-        pngs = write_plots(result, cfg, tmp) if cfg.plots else []
+        if cfg.plots:
+            from .analysis_plots import write_plots
+
+            pngs = write_plots(result, cfg, tmp)
+        else:
+            pngs = []
     return {"summary": texts["summary.txt"], "files": sorted([*texts, "analysis.json", *pngs]),
             "layers_table": side_by_side(result.rows, cfg.methods, modules=[LAYER, LOGITS])}
 

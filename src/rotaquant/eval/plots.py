@@ -91,6 +91,8 @@ def plot_per_layer(values: Mapping[str, Mapping[str, Mapping[int, float]]], path
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.0 * nrows), squeeze=False)
     methods = list(dict.fromkeys(m for p in panels for m in values[p]))
+    # methods that coincide (e.g. two with the same rotation) must stay visible: thinner, dashed
+    styles = [("-", 2.2, 4.5), ("--", 1.6, 3.5), ("-.", 1.3, 2.5), (":", 1.1, 2.0)]
     for k, panel in enumerate(panels):
         ax = axes[k // ncols][k % ncols]
         for j, method in enumerate(methods):
@@ -98,8 +100,9 @@ def plot_per_layer(values: Mapping[str, Mapping[str, Mapping[int, float]]], path
             if not series:
                 continue
             layers = sorted(series)
-            ax.plot(layers, [series[i] for i in layers], marker="o", markersize=2.5, linewidth=1.2,
-                    color=f"C{j}", label=method)
+            style, width, marker = styles[j % len(styles)]
+            ax.plot(layers, [series[i] for i in layers], linestyle=style, marker="o", markersize=marker,
+                    linewidth=width, color=f"C{j}", label=method)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("decoder layer", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
