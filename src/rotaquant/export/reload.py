@@ -124,7 +124,10 @@ def _empty_model(folder: Path, dtype: torch.dtype, attn_implementation: str | No
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # older transformers
-        from transformers.modeling_utils import no_init_weights
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:  # then the weights are initialised (slower, same result)
+            from contextlib import nullcontext as no_init_weights
     with torch.device(device), no_init_weights():  # allocated where it runs, never initialised
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     return model
