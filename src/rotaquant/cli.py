@@ -74,7 +74,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     from .rotation.job import run_rotate
 
     keys = ("model", "config", "mode", "seed", "rotation_path", "output", "device", "dtype", "overwrite",
-            "allow_partial_rotation")
+            "allow_partial_rotation", "verify")
     out = run_rotate({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None},
                      progress=not args.quiet)
     print(f"wrote {out}: R1/R2 fused; it reloads with AutoModelForCausalLM.from_pretrained. "
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--config", default=None,
                    help="auto (the registry's config for the model class), a built-in name "
-                   "(llama, qwen2, qwen3, mistral, transformer_universal) or a YAML path (default: auto)")
+                   "(llama, qwen2, qwen3, mistral, mamba2, bamba, transformer_universal) or a YAML path (default: auto)")
     p.add_argument("--mode", default=None, choices=["hadamard", "base_hadamard", "orthogonal"],
                    help="override every fused matrix's mode (default: the config's, random Hadamard)")
     p.add_argument("--seed", type=int, default=None, help="seed of the random matrices (default: 0)")
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-partial-rotation", action="store_true", default=None,
                    help="accept a --rotation-path file that lacks some matrices (they are generated) or has "
                    "extra layers (skipped); a warning names them")
+    p.add_argument("--no-verify", dest="verify", action="store_false", default=None,
+                   help="skip comparing the logits of a few tokens before and after rotating (default: compare)")
     p.set_defaults(func=cmd_rotate)
 
     p = sub.add_parser("ptq", help="rotate, quantize (RTN/GPTQ, activations, KV cache) and evaluate",

@@ -121,6 +121,7 @@ class RotateConfig(StrictModel):
     dtype: str = "float32"
     overwrite: bool = False
     allow_partial_rotation: bool = False  # a rotation file may lack matrices (random ones fill in)
+    verify: bool = True  # compare a few tokens' logits before/after rotating; refuse a changed model
 
     @field_validator("mode")
     @classmethod

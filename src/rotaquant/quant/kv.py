@@ -25,7 +25,8 @@ STAGES = ("k_quant", "v_quant")
 
 def add_kv_quantizers(model: nn.Module, key_spec: QuantSpec, value_spec: QuantSpec, arch: ArchitectureSpec,
                       ste: bool | str = False) -> int:
-    """Quantize keys and values in every attention module; returns how many got quantizers.
+    """Quantize keys and values in every attention module; returns how many got quantizers
+    (0, with a warning, for a model without attention such as Mamba2).
 
     Mutates ``model`` (stages on its attention modules; attention routed through rotaquant's
     function for the model's base implementation).
@@ -38,8 +39,10 @@ def add_kv_quantizers(model: nn.Module, key_spec: QuantSpec, value_spec: QuantSp
             raise ConfigError(f"{what}_groupsize {spec.group_size} does not divide head_dim {head_dim}")
     modules = attention_modules(model, arch)
     if not modules:
-        raise ConfigError(f"{type(model).__name__} has no attention module ({arch.layers}.N.{arch.attention}) "
-                          "to quantize K/V in")
+        # a pure state-space model (Mamba2) has no KV cache; its SSM state is not quantized
+        logger.warning("%s has no attention module (%s.N.%s): KV-cache quantization does not apply, skipped",
+                       type(model).__name__, arch.layers, arch.attention)
+        return 0
     for _, module in modules:
         dev = next(module.parameters()).device
         if key_spec.enabled:

@@ -57,11 +57,14 @@ def check_group_sizes(model: nn.Module, rec, arch: ArchitectureSpec) -> None:
             raise ConfigError(f"{what} {group} does not divide head_dim {head_dim}")
 
 
-def rotate_for_recipe(model: nn.Module, rec: PTQRecipe, progress: bool = True):
-    """Rotate ``model`` IN PLACE as the recipe's rotation keys say; returns the RotationState."""
+def rotate_for_recipe(model: nn.Module, rec: PTQRecipe, progress: bool = True, verify: bool = True):
+    """Rotate ``model`` IN PLACE as the recipe's rotation keys say; returns the RotationState.
+
+    ``verify`` compares a few tokens' logits before and after (see :func:`rotaquant.rotate`):
+    on by default here, so ``ptq`` and ``quantize`` never go on with a changed model."""
     return rotate(model, rec.rotation_config, mode=rec.rotation_mode, seed=rec.seed,
                   rotation_path=rec.rotation_path, online=rec.online_rotations,
-                  head_mixing=rec.o_proj_input == "mixed", progress=progress)
+                  head_mixing=rec.o_proj_input == "mixed", progress=progress, verify=verify)
 
 
 def quantize(

@@ -35,7 +35,7 @@ def run_rotate(config: RotateConfig | dict, progress: bool = True) -> Path:
     started = time.perf_counter()
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     state = rotate(model, cfg.config, mode=cfg.mode, seed=cfg.seed,
-                   rotation_path=rotation_path, online=False, progress=progress)
+                   rotation_path=rotation_path, online=False, progress=progress, verify=cfg.verify)
     meta = {"rotaquant": cfg.to_dict(), "fused_modules": state.fused_modules,
             "folded_norms": state.folded_norms, "untied_embeddings": state.untied,
             "online_rotations": "not included (R3/R4 are online; see rotaquant ptq)"}

@@ -240,32 +240,43 @@ class _Checker:
             return self.plan.r1 in (rin, rout)
         return isinstance(c.module, nn.Linear) and rout == self.plan.r1
 
+    def _missing_writer(self, c: _Call, layer):
+        r1, kind = self.plan.r1, type(c.module).__name__
+        if c.name in self.reported:
+            return
+        if isinstance(c.module, (nn.Linear, nn.Embedding)):
+            slot = f"[{r1}, null]" if isinstance(c.module, nn.Embedding) else f"[null, {r1}]"
+            self.add("writer_without_r1", c.name, f"{kind} writes to the residual stream but gets no {r1} on its "
+                     "output", f'rotation_config: "*{_rel(c.name, layer)}": {slot}')
+        else:
+            self.add("unknown_writer", c.name, f"{kind} writes to the residual stream; only a linear or an "
+                     f"embedding can carry {r1} on its output", "fold it into a linear, or register a config without R1")
+
     def writers(self, calls, base, target, layer) -> list[torch.Tensor]:
         """Fit the residual update; report unrotated writers; return the running states."""
-        r1 = self.plan.r1
         cands = [c for c in calls if c.out is not None]
         chosen = [c for c in cands if self.writes_r1(c)]
         basis = [base] if base is not None else []
-        err, coef = _fit(target, basis + [c.out for c in chosen])
+        err, _ = _fit(target, basis + [c.out for c in chosen])
         others = [c for c in cands if c not in chosen and not (c.inp is not None and _scaled_err(c.out, c.inp) <= self.tol)]
-        while err > self.tol and others:
-            best = min(others, key=lambda c: _fit(target, basis + [x.out for x in chosen + [c]])[0])
-            new_err = _fit(target, basis + [x.out for x in chosen + [best]])[0]
-            if new_err > 0.5 * err:
+        added = []
+        while err > self.tol and others:  # forward selection, then drop what is not needed
+            best = min(others, key=lambda c: _fit(target, basis + [x.out for x in chosen + added + [c]])[0])
+            new_err = _fit(target, basis + [x.out for x in chosen + added + [best]])[0]
+            if new_err >= err * (1 - 1e-3):
                 break
             others.remove(best)
-            chosen.append(best)
+            added.append(best)
             err = new_err
-            kind = type(best.module).__name__
-            if best.name in self.reported:
-                continue
-            if isinstance(best.module, (nn.Linear, nn.Embedding)):
-                slot = f"[{r1}, null]" if isinstance(best.module, nn.Embedding) else f"[null, {r1}]"
-                self.add("writer_without_r1", best.name, f"{kind} writes to the residual stream but gets no {r1} on its "
-                         "output", f'rotation_config: "*{_rel(best.name, layer)}": {slot}')
-            else:
-                self.add("unknown_writer", best.name, f"{kind} writes to the residual stream; only a linear or an "
-                         f"embedding can carry {r1} on its output", "fold it into a linear, or register a config without R1")
+        if err <= self.tol:
+            for c in list(added):
+                rest = [x for x in added if x is not c]
+                if _fit(target, basis + [x.out for x in chosen + rest])[0] <= self.tol:
+                    added = rest
+            err = _fit(target, basis + [x.out for x in chosen + added])[0]
+            for c in added:
+                self._missing_writer(c, layer)
+            chosen += added
         if err > self.tol:
             self.add("unknown_writer", layer or "(model)", f"the residual update is not explained by module outputs "
                      f"(relative remainder {err:.1e}): something unhooked or non-scalar writes to the stream",

@@ -10,9 +10,10 @@ from torch import nn
 from .spec import RotationConfigError
 
 # relative max logit change allowed by rotate(verify=True), by the model's dtype: rounding of
-# the fused weights alone moves half-precision logits by about a percent
+# the fused weights alone moves half-precision logits by a percent or more; the structural
+# check is the guard that does not depend on precision
 VERIFY_TOL = {torch.float64: 1e-6, torch.float32: 1e-3}
-HALF_VERIFY_TOL = 5e-2
+HALF_VERIFY_TOL = 1e-1
 
 
 class FunctionChangedError(RotationConfigError):
