@@ -90,6 +90,15 @@ def test_unwritable_json_fails_before_loading(command, tmp_path, capsys, no_load
     _error(capsys, main([command, "-q", "--json", str(blocker / "r.json")]), "not a folder")
 
 
+def test_demo_unwritable_json_fails_before_running(tmp_path, capsys, monkeypatch):
+    import rotaquant.demo as demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda **k: pytest.fail("the demo ran"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _error(capsys, main(["demo", "-q", "--json", str(blocker / "r.json")]), "not a folder")
+
+
 def test_ptq_prints_the_result_even_if_the_json_write_fails(tmp_path, capsys, monkeypatch, text):
     import rotaquant.quant.job as job
 

@@ -147,6 +147,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.json:
+        check_writable_output(args.json, "file", overwrite=True)
     run_demo(max_windows=args.max_windows, device=args.device, json_path=args.json,
              progress=not args.quiet, weights=args.weights)
     return 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 from torch import nn
 
-from ..io import atomic_directory
+from ..io import atomic_directory, to_json
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +36,6 @@ def export_hf(model: nn.Module, tokenizer, output: str | os.PathLike, metadata: 
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if metadata is not None:
-            (tmp / "rotaquant.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+            (tmp / "rotaquant.json").write_text(to_json(metadata) + "\n")
     logger.info("wrote %s", output)
     return Path(output)

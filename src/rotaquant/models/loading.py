@@ -18,7 +18,6 @@ import copy
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import os
 import struct
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, ModelLoadError, ModelNotFoundError, OfflineError
-from ..io import atomic_directory, check_writable_output, sweep_stale_temps
+from ..io import atomic_directory, check_writable_output, sweep_stale_temps, to_json
 from .aliases import ALIASES, ModelAlias
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -202,7 +201,7 @@ def _convert_gguf(path: Path, target: Path) -> None:
         _save_dequantized(model, tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "rotaquant-source.json").write_text(
-            json.dumps({"gguf": str(path), "format": CACHE_FORMAT}, indent=1)
+            to_json({"gguf": str(path), "format": CACHE_FORMAT}, indent=1)
         )
     logger.info("converted %s in %.1f s, cached at %s", path.name, time.perf_counter() - started, target)
 
