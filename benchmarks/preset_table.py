@@ -36,11 +36,13 @@ ROWS = {
     "spinquant-rtn": {**W4A4KV4, "preset": "spinquant", "w_method": "rtn"},
     "spinquant-gptq": {**W4A4KV4, "preset": "spinquant"},
     "spinquant-gptq-norot": {**W4A4KV4, "preset": "spinquant", "rotate": False},
+    "spinquant-gptqv2": {**W4A4KV4, "preset": "spinquant", "gptq_v2": True},
 }
 LEARNED = {
     "quarot-gptq-learned": {**W4A4KV4, "preset": "quarot"},
     "spinquant-rtn-learned": {**W4A4KV4, "preset": "spinquant", "w_method": "rtn"},
     "spinquant-gptq-learned": {**W4A4KV4, "preset": "spinquant"},
+    "spinquant-gptqv2-learned": {**W4A4KV4, "preset": "spinquant", "gptq_v2": True},
 }
 
 
@@ -92,7 +94,7 @@ def main() -> None:
               f"{res['seconds_per_step']:.3f} s/step, {res['wall_seconds']:.0f} s", flush=True)
         del model
         save()
-    keys = list(args.rows) + ([k for k in LEARNED if k not in args.rows] if path else [])
+    keys = list(args.rows) + ([k for k in LEARNED if k not in args.rows] if path and args.learn else [])
     for key in keys:
         overrides = {**ROWS.get(key, {}), **LEARNED.get(key, {})}
         if key in LEARNED:

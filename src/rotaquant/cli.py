@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: FP vs W4A4KV4 without and with rotation",
                        description="Runs the quick start job on smollm2-135m and WikiText-2: FP, "
                        "W4A4KV4 without rotation and W4A4KV4 with R1-R4 rotation, with the default "
-                       "recipe (the spinquant preset: GPTQ + clip search, asymmetric activations and KV, "
+                       "recipe (the spinquant preset with GPTQv2: GPTQ + clip search, asymmetric activations and KV, "
                        "o_proj per head), as a table (on GPU: GPTQ on 128 calibration windows, the whole test "
                        "split; on CPU: RTN + clip search instead of GPTQ and the first 8 test windows).")
     p.add_argument("--max-windows", type=int, default=None,

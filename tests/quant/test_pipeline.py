@@ -185,3 +185,16 @@ def test_ptq_runs_zero_shot_tasks_from_the_recipe(tmp_path, monkeypatch, capsys)
     assert "piqa" in json.dumps(blob["zeroshot"]) and "piqa" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="unknown zero-shot"):
         PTQRecipe.load({"tasks": "piqa,nope"})
+
+
+def test_presets_fill_only_what_is_not_given():
+    auto = PTQRecipe.load({"w_bits": 4, "a_bits": 4})
+    assert auto.preset == "auto" and auto.w_method == "gptq" and auto.gptq_v2 and auto.a_asym
+    assert auto.o_proj_input == "per_head" and auto.w_clip
+    assert PTQRecipe.load({}).w_method == "rtn"  # nothing quantized: no preset values
+    quarot = PTQRecipe.load({"preset": "quarot", "w_bits": 4, "a_bits": 4, "a_clip_ratio": 0.8})
+    assert quarot.a_clip_ratio == 0.8 and quarot.k_clip_ratio == 0.95 and quarot.o_proj_input == "mixed"
+    assert quarot.rotation_mode == {"r1": "hadamard", "r2": "base_hadamard"} and not quarot.gptq_v2
+    plain = PTQRecipe.load({"preset": "none", "w_bits": 4})
+    assert plain.w_method == "rtn" and not plain.a_asym and not plain.w_clip
+    assert PTQRecipe.load(plain.to_dict()) == plain  # a saved recipe reloads as it was

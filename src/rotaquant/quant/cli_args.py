@@ -35,7 +35,8 @@ def add_ptq_args(parser: argparse.ArgumentParser) -> None:
              "symmetric activations clipped at 0.9, heads mixed by an online Hadamard before o_proj, "
              "asymmetric KV per head clipped at 0.95, random R1 + exact R2. spinquant: GPTQ + clip search, "
              "asymmetric activations, o_proj input quantized per head, asymmetric KV per head. "
-             "auto (default): spinquant when anything is below 16 bits; none: RTN, symmetric, no clipping")
+             "auto (default): spinquant with GPTQv2 weights when anything is below 16 bits (the best "
+             "measured); none: RTN, symmetric, no clipping")
     q = parser.add_argument_group("quantization (bits 2..8, or 16 = off)")
     add_quantizer_args(q)
     q.add_argument("--w-clip", action="store_true", default=None, help="search the weight clipping range (per channel)")
