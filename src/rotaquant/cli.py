@@ -78,7 +78,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     out = run_rotate({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None},
                      progress=not args.quiet)
     print(f"wrote {out}: R1/R2 fused; it reloads with AutoModelForCausalLM.from_pretrained. "
-          "Online R3/R4 are not part of this export (they live in the quantized exports of `rotaquant ptq`).")
+          "Online R3/R4 are not part of this export: a plain folder cannot run them; `rotaquant ptq ... "
+          "--output DIR` writes a quantized checkpoint that carries them.")
     return 0
 
 
