@@ -12,6 +12,12 @@ Two modes (both print a table and write JSON):
 
     python benchmarks/export_bench.py --device cuda --shape 7b --layers 4 --json out.json
     python benchmarks/export_bench.py --ppl --model smollm2-135m --max-windows 4 --seqlen 512
+
+On the GPU machine (it lacks compressed-tensors and pydantic: carry their wheels, e.g. `.carry/export/whl`):
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/export/whl/*.whl
+    PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/export_bench.py --device cuda --shape 7b --layers 4 \
+        --settings w4a16_g128,w8a8,w4a4 --json $OUT/export_7b.json
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from rotaquant.evaluate import perplexity
 
 SETTINGS = {  # name -> PTQ recipe keys (RTN, no rotation unless --rotate)
     "w4a16_g128": {"w_bits": 4, "w_groupsize": 128},
+    "w4a16_g64": {"w_bits": 4, "w_groupsize": 64},  # SmolLM2's 576 = 4.5 * 128
     "w4a16_channel": {"w_bits": 4},
     "w8a8": {"w_bits": 8, "a_bits": 8},
     "w4a4": {"w_bits": 4, "a_bits": 4},

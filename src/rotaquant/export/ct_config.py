@@ -29,7 +29,6 @@ from torch import nn
 from ..quant.quantizer import QuantSpec
 
 
-
 def weight_args(spec: QuantSpec, method: str) -> dict:
     """compressed-tensors ``QuantizationArgs`` (as a dict) of a weight spec."""
     args = {"num_bits": spec.bits, "type": "int", "symmetric": spec.symmetric, "dynamic": False,
@@ -80,7 +79,11 @@ def targets_for(names: list[str], all_linears: list[str]) -> list[str]:
 def quantization_config(linears: dict[str, tuple[nn.Module, QuantSpec | None]], all_linears: list[str],
                         kv: tuple[QuantSpec | None, QuantSpec | None], head_dim: int | None):
     """``(QuantizationConfig, notes)`` for ``linears`` = ``{name: (linear with rq_weight, act spec)}``."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+    )
 
     notes = []
     groups: dict[tuple, list[str]] = defaultdict(list)
@@ -90,7 +93,7 @@ def quantization_config(linears: dict[str, tuple[nn.Module, QuantSpec | None]], 
                None if act is None else (act.bits, act.symmetric, act.group_size, act.clip_ratio))
         groups[key].append(name)
     config_groups, formats = {}, set()
-    for i, (key, names) in enumerate(sorted(groups.items(), key=lambda kv_: kv_[1][0])):
+    for i, names in enumerate(sorted(groups.values(), key=lambda members: members[0])):
         lin, act = linears[names[0]]
         fmt = weight_format(lin.rq_weight.spec, act)
         formats.add(fmt)
@@ -203,4 +206,7 @@ def transform_config(entries: list[dict], stages: dict, attention: set[str]):
             notes.append(f"{gname} (n={n}, {why}): written as random-hadamard with its matrix stored per module "
                          f"(<module>.{gname}_<location>.weight); a reader that regenerates random-hadamard "
                          "matrices from a seed instead of loading them computes a different model")
+    notes.append("transformers' compressed-tensors loader (checked with transformers 5.24, compressed-tensors "
+                 "0.20) reads the weights but skips the online transforms (their weights load as unexpected "
+                 "keys), so it computes a different model; rotaquant.load_model applies them")
     return TransformConfig(config_groups=groups), weights, notes
