@@ -165,6 +165,7 @@ def test_rotate_overwrite_replaces_its_own_output(tmp_path, capsys, tiny_load):
     out = tmp_path / "rotated"
     assert main(["rotate", "-q", "--output", str(out)]) == 0
     assert (out / OUTPUT_MARKER).is_file() and (out / "config.json").is_file()
+    assert (out / "rotaquant_rotations.safetensors").is_file()  # written inside the atomic folder
     first = (out / "model.safetensors").stat().st_mtime_ns
     assert main(["rotate", "-q", "--output", str(out), "--overwrite", "--seed", "1"]) == 0
     assert (out / "model.safetensors").stat().st_mtime_ns != first
@@ -202,7 +203,7 @@ SIGTERM_SCRIPT = textwrap.dedent("""
     from rotaquant.cli import main
     from tests.conftest import tiny_model
 
-    def slow_export(model, tokenizer, output, metadata=None, overwrite=False):
+    def slow_export(model, tokenizer, output, metadata=None, overwrite=False, **kwargs):
         from rotaquant.io import atomic_directory
         with atomic_directory(output, overwrite=overwrite) as tmp:
             (tmp / "model.safetensors").write_bytes(b"x" * 1000)

@@ -14,14 +14,16 @@ logger = logging.getLogger(__name__)
 
 
 def export_hf(model: nn.Module, tokenizer, output: str | os.PathLike, metadata: dict | None = None,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, files: dict[str, bytes] | None = None) -> Path:
     """Write ``model`` (safetensors + config.json) and ``tokenizer`` to ``output``, atomically.
 
     Stages (online rotations, activation/KV quantizers) cannot be expressed in a plain folder,
     so a model that has any is refused: export a model rotated with ``online=False``. Weights
     are written as they are (fake-quantized weights dequantized); rotaquant's records
     (``rq_weight`` codes) are left out. ``metadata`` is written to ``rotaquant.json`` beside
-    the weights. Nothing is written if anything fails.
+    the weights, and ``files`` (name -> bytes) into the folder as well. Nothing is written if
+    anything fails; an existing ``output`` is replaced only with ``overwrite`` and only if
+    rotaquant wrote it.
     """
     from ..stages import stage_map
 
@@ -37,5 +39,7 @@ def export_hf(model: nn.Module, tokenizer, output: str | os.PathLike, metadata: 
             tokenizer.save_pretrained(tmp)
         if metadata is not None:
             (tmp / "rotaquant.json").write_text(to_json(metadata) + "\n")
+        for name, data in (files or {}).items():
+            (tmp / name).write_bytes(data)
     logger.info("wrote %s", output)
     return Path(output)

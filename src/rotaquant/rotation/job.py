@@ -10,7 +10,7 @@ from ..config import RotateConfig
 from ..export.hf import export_hf
 from ..io import check_writable_output
 from ..models.loading import load_model
-from .matrices import RotationFile, RotationFileError
+from .matrices import RotationFile, RotationFileError, rotation_file_bytes
 from .rotate import rotate
 
 logger = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ def run_rotate(config: RotateConfig | dict, progress: bool = True) -> Path:
     meta = {"rotaquant": cfg.to_dict(), "fused_modules": state.fused_modules,
             "folded_norms": state.folded_norms, "untied_embeddings": state.untied,
             "online_rotations": "not included (R3/R4 are online; see rotaquant ptq)"}
-    out = export_hf(model, tokenizer, cfg.output, metadata=meta, overwrite=cfg.overwrite)
-    if state.store is not None:
-        state.store.save(out / ROTATIONS_FILE)
+    # the matrices go into the same atomic folder: no output without them
+    files = {ROTATIONS_FILE: rotation_file_bytes(state.store.state_dict())} if state.store is not None else None
+    out = export_hf(model, tokenizer, cfg.output, metadata=meta, overwrite=cfg.overwrite, files=files)
     logger.info("rotate finished in %.1f s", time.perf_counter() - started)
     return out

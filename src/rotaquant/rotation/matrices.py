@@ -199,10 +199,15 @@ FILE_FORMAT = "rotaquant-rotations-v1"
 def write_rotation_file(path: str | os.PathLike, matrices: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> Path:
     """Matrices keyed ``name`` / ``name@group`` as a rotaquant safetensors file (atomically)."""
+    return atomic_write_bytes(path, rotation_file_bytes(matrices, metadata))
+
+
+def rotation_file_bytes(matrices: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """The bytes of a rotaquant safetensors file of ``matrices`` (keys ``name`` / ``name@group``)."""
     from safetensors.torch import save
 
     meta = {"format": FILE_FORMAT, **(metadata or {})}
-    return atomic_write_bytes(path, save({k: v.contiguous() for k, v in matrices.items()}, metadata=meta))
+    return save({k: v.contiguous() for k, v in matrices.items()}, metadata=meta)
 
 
 def check_rotation(tensor: torch.Tensor, dim: int, where: str) -> torch.Tensor:
