@@ -83,14 +83,20 @@ def decoder_layers(model: nn.Module, arch: ArchitectureSpec) -> tuple[str, nn.Mo
 
 
 def attention_modules(model: nn.Module, arch: ArchitectureSpec) -> list[tuple[str, nn.Module]]:
-    """``(full name, attention module)`` of every decoder layer that has one."""
+    """``(full name, attention module)`` of every decoder layer that has one.
+
+    A layer has attention when it has a module at ``attention`` with a ``q_proj`` child: a
+    Mamba layer of a hybrid has none (Bamba), or has a mixer at the same path (NemotronH's
+    ``mixer`` is attention, Mamba2 or an MLP depending on the layer)."""
     prefix, layers = decoder_layers(model, arch)
     out = []
     for i, layer in enumerate(layers):
         try:
-            out.append((f"{prefix}.{i}.{arch.attention}", layer.get_submodule(arch.attention)))
+            module = layer.get_submodule(arch.attention)
+            module.get_submodule(arch.q_proj)
         except AttributeError:
             continue  # a layer without attention (e.g. a Mamba layer of a hybrid)
+        out.append((f"{prefix}.{i}.{arch.attention}", module))
     return out
 
 

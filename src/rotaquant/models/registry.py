@@ -123,5 +123,6 @@ for _cls, _spec in {
     "MistralForCausalLM": "mistral",
     "Mamba2ForCausalLM": "mamba2",
     "BambaForCausalLM": "bamba",
+    "NemotronHForCausalLM": "nemotron_h",
 }.items():
     register_model(_cls, _spec, verify=False)  # checked by tests/models/test_registry.py

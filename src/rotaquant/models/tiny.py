@@ -18,6 +18,9 @@ TINY_OVERRIDES = {
                               chunk_size=16),
     "BambaForCausalLM": dict(attn_layer_indices=[1], mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=1,
                              mamba_d_state=16, mamba_expand=2, mamba_chunk_size=16),
+    "NemotronHForCausalLM": dict(num_hidden_layers=4, layers_block_type=["mamba", "attention", "mamba", "mlp"],
+                                 mamba_num_heads=8, mamba_head_dim=16, n_groups=1, ssm_state_size=16, expand=2,
+                                 chunk_size=16),
 }
 
 

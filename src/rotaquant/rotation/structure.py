@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .probe import Call, fit, flat, norm_like, own_params, probe_calls, scaled_err
 from .spec import RotationConfigError, RotationSpec
 
 logger = logging.getLogger(__name__)
@@ -65,16 +66,6 @@ class Gap:
 
 
 @dataclass
-class _Call:
-    name: str
-    module: nn.Module
-    start: int
-    leaf: bool
-    inp: torch.Tensor | None = None
-    out: torch.Tensor | None = None
-
-
-@dataclass
 class _Plan:
     """What the config would do: rotations per module and norm folds."""
 
@@ -87,59 +78,6 @@ class _Plan:
 
 def _tol(dtype: torch.dtype) -> float:
     return DTYPE_TOL.get(dtype, HALF_TOL)
-
-
-def _first_tensor(x):
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
-        return x[0]
-    return None
-
-
-def _is_leaf(module: nn.Module) -> bool:
-    return all(k.startswith("rq_") for k in module._modules)
-
-
-def _own_params(module: nn.Module) -> list[torch.Tensor]:
-    return [p for _, p in module.named_parameters(recurse=False)]
-
-
-def _norm_like(module: nn.Module, hidden: int) -> bool:
-    w = getattr(module, "weight", None)
-    return isinstance(w, torch.Tensor) and w.dim() == 1 and w.numel() == hidden and not isinstance(module, nn.Embedding)
-
-
-def _hidden(x, hidden: int) -> bool:
-    return isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() > 0 and x.shape[-1] == hidden
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1).double()
-
-
-def _scaled_err(x: torch.Tensor, s: torch.Tensor) -> float:
-    """Relative error of ``x`` against its best scalar multiple of ``s``."""
-    if x.numel() != s.numel():
-        return float("inf")
-    x, s = _flat(x), _flat(s)
-    nx = x.norm()
-    if nx == 0:
-        return 0.0 if s.norm() == 0 else float("inf")
-    ss = (s @ s)
-    c = (x @ s) / ss if ss > 0 else 0.0
-    return float((x - c * s).norm() / nx)
-
-
-def _fit(target: torch.Tensor, cols: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
-    """Least-squares fit of ``target`` by scalar multiples of ``cols``: (relative residual, coefs)."""
-    t = _flat(target)
-    if not cols:
-        return (0.0 if t.norm() == 0 else 1.0), torch.zeros(0, dtype=torch.float64)
-    a = torch.stack([_flat(c) for c in cols], dim=1)
-    coef = torch.linalg.lstsq(a, t[:, None]).solution[:, 0]
-    resid = (t - a @ coef).norm() / max(float(t.norm()), 1e-300)
-    return float(resid), coef
 
 
 def plan_from_spec(model: nn.Module, spec: RotationSpec) -> _Plan:
@@ -170,51 +108,6 @@ def plan_from_spec(model: nn.Module, spec: RotationSpec) -> _Plan:
     return plan
 
 
-@torch.no_grad()
-def probe_calls(model: nn.Module, ids: torch.Tensor, hidden: int, layer_names: set[str]) -> list[_Call]:
-    """Run ``model`` on ``ids`` once; every module call with its hidden-sized input/output."""
-    calls: list[_Call] = []
-    open_calls: dict[int, list[_Call]] = {}
-    handles, counter = [], [0]
-
-    def pre(name, keep):
-        def hook(module, args, kwargs):  # prepended: sees the input before any stage changes it
-            counter[0] += 1
-            call = _Call(name, module, counter[0], _is_leaf(module))
-            x = _first_tensor(args) if args else kwargs.get("hidden_states")
-            if (keep or call.leaf) and _hidden(x, hidden):
-                call.inp = x.detach().clone()
-            open_calls.setdefault(id(module), []).append(call)
-        return hook
-
-    def post(name, keep):
-        def hook(module, args, kwargs, output):
-            call = open_calls[id(module)].pop()
-            y = _first_tensor(output)
-            if (keep or call.leaf) and _hidden(y, hidden):
-                call.out = y.detach().clone()
-            calls.append(call)
-        return hook
-
-    for name, module in model.named_modules():
-        if not name or ".rq_" in f".{name}":
-            continue
-        keep = name in layer_names
-        handles.append(module.register_forward_pre_hook(pre(name, keep), with_kwargs=True, prepend=True))
-        handles.append(module.register_forward_hook(post(name, keep), with_kwargs=True))
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in flags.items():
-            m.training = flag
-    calls.sort(key=lambda c: c.start)
-    return calls
-
-
 def _rel(name: str, layer: str | None) -> str:
     return name[len(layer) + 1:] if layer else name
 
@@ -234,13 +127,13 @@ class _Checker:
     def _rot(self, name):
         return self.plan.rot.get(name, (None, None))
 
-    def writes_r1(self, c: _Call) -> bool:
+    def writes_r1(self, c: Call) -> bool:
         rin, rout = self._rot(c.name)
         if isinstance(c.module, nn.Embedding):
             return self.plan.r1 in (rin, rout)
         return isinstance(c.module, nn.Linear) and rout == self.plan.r1
 
-    def _missing_writer(self, c: _Call, layer):
+    def _missing_writer(self, c: Call, layer):
         r1, kind = self.plan.r1, type(c.module).__name__
         if c.name in self.reported:
             return
@@ -257,12 +150,12 @@ class _Checker:
         cands = [c for c in calls if c.out is not None]
         chosen = [c for c in cands if self.writes_r1(c)]
         basis = [base] if base is not None else []
-        err, _ = _fit(target, basis + [c.out for c in chosen])
-        others = [c for c in cands if c not in chosen and not (c.inp is not None and _scaled_err(c.out, c.inp) <= self.tol)]
+        err, _ = fit(target, basis + [c.out for c in chosen])
+        others = [c for c in cands if c not in chosen and not (c.inp is not None and scaled_err(c.out, c.inp) <= self.tol)]
         added = []
         while err > self.tol and others:  # forward selection, then drop what is not needed
-            best = min(others, key=lambda c: _fit(target, basis + [x.out for x in chosen + added + [c]])[0])
-            new_err = _fit(target, basis + [x.out for x in chosen + added + [best]])[0]
+            best = min(others, key=lambda c: fit(target, basis + [x.out for x in chosen + added + [c]])[0])
+            new_err = fit(target, basis + [x.out for x in chosen + added + [best]])[0]
             if new_err >= err * (1 - 1e-3):
                 break
             others.remove(best)
@@ -271,9 +164,9 @@ class _Checker:
         if err <= self.tol:
             for c in list(added):
                 rest = [x for x in added if x is not c]
-                if _fit(target, basis + [x.out for x in chosen + rest])[0] <= self.tol:
+                if fit(target, basis + [x.out for x in chosen + rest])[0] <= self.tol:
                     added = rest
-            err = _fit(target, basis + [x.out for x in chosen + added])[0]
+            err = fit(target, basis + [x.out for x in chosen + added])[0]
             for c in added:
                 self._missing_writer(c, layer)
             chosen += added
@@ -281,26 +174,26 @@ class _Checker:
             self.add("unknown_writer", layer or "(model)", f"the residual update is not explained by module outputs "
                      f"(relative remainder {err:.1e}): something unhooked or non-scalar writes to the stream",
                      "a model this probe cannot read: skip R1 for it")
-        _, coef = _fit(target, basis + [c.out for c in chosen])
+        _, coef = fit(target, basis + [c.out for c in chosen])
         states = []
-        running = coef[0] * _flat(base) if base is not None else None
+        running = coef[0] * flat(base) if base is not None else None
         if running is not None:
             states.append(base)
         order = sorted(range(len(chosen)), key=lambda i: chosen[i].start)
         off = len(basis)
         for i in order:
-            term = coef[off + i] * _flat(chosen[i].out)
+            term = coef[off + i] * flat(chosen[i].out)
             running = term if running is None else running + term
             states.append(running)
         return states
 
     def readers_of(self, calls, states, layer):
         for c in calls:
-            if c.inp is None or not any(_scaled_err(c.inp, s) <= self.tol for s in states):
+            if c.inp is None or not any(scaled_err(c.inp, s) <= self.tol for s in states):
                 continue
             self.reader(c, calls, layer)
 
-    def reader(self, c: _Call, calls, layer):
+    def reader(self, c: Call, calls, layer):
         r1, mod = self.plan.r1, c.module
         kind = type(mod).__name__
         if isinstance(mod, nn.Linear):
@@ -308,9 +201,9 @@ class _Checker:
             if self._rot(c.name)[0] != r1:
                 self.add("reader_without_r1", c.name, f"reads the residual stream but gets no {r1} on its input",
                          f'rotation_config: "*{_rel(c.name, layer)}": [{r1}, null]')
-        elif _norm_like(mod, self.hidden):
+        elif norm_like(mod, self.hidden):
             consumers = [x for x in calls if x.start > c.start and x.inp is not None and c.out is not None
-                         and _scaled_err(x.inp, c.out) <= self.tol and _own_params(x.module)]
+                         and scaled_err(x.inp, c.out) <= self.tol and own_params(x.module)]
             linears = [x.name for x in consumers if isinstance(x.module, nn.Linear)]
             if c.name not in self.plan.folds:
                 where = "decoder_layer_fuse" if layer else "lm_head_fuse"
@@ -338,7 +231,7 @@ class _Checker:
                 if self._rot(x.name)[0] != r1:
                     self.add("reader_without_r1", x.name, f"reads the folded norm {c.name} but gets no {r1} on its input",
                              f'rotation_config: "*{_rel(x.name, layer)}": [{r1}, null]')
-        elif _own_params(mod) and not isinstance(mod, nn.Embedding):
+        elif own_params(mod) and not isinstance(mod, nn.Embedding):
             self.add("unknown_reader", c.name, f"{kind} (neither a linear nor an RMS norm) reads the residual stream",
                      "rotaquant cannot rotate through it: register a config without R1 for this model")
 
@@ -384,7 +277,7 @@ def check_rotation_structure(model: nn.Module, spec: RotationSpec, tokens: int =
         states = chk.writers(prologue, None, first.inp, None)
         chk.readers_of(prologue, states, None)
         for prev, nxt in zip(layer_calls, layer_calls[1:], strict=False):
-            if _scaled_err(nxt.inp, prev.out) > chk.tol:
+            if scaled_err(nxt.inp, prev.out) > chk.tol:
                 chk.add("unknown_writer", nxt.name, f"its input is not the output of {prev.name}",
                         "a model this probe cannot read: skip R1 for it")
         for lc in layer_calls:
