@@ -69,3 +69,18 @@ def test_rotate_cli_refuses_a_partial_file_unless_allowed(tmp_path, monkeypatch,
     assert "r2@layers.1" in err and "--allow-partial-rotation" in err and not out.exists()
     assert main(["rotate", "-q", "--rotation-path", str(path), "--output", str(out), "--allow-partial-rotation"]) == 0
     assert (out / "config.json").is_file()
+
+
+def test_ptq_cli_refuses_a_partial_file_unless_allowed(tmp_path, monkeypatch, capsys):
+    import rotaquant.quant.job as job
+    from tests.conftest import ByteTokenizer
+
+    monkeypatch.setattr(job, "load_model", lambda *a, **k: (tiny_model("llama"), ByteTokenizer()))
+    path = spinquant_file(tmp_path / "R.bin", layers=(0,))
+    data = tmp_path / "t.txt"
+    data.write_text("rotations spread outliers\n" * 40)
+    argv = ["ptq", "-q", "--a-bits", "8", "--rotation-path", str(path), "--data", str(data), "--seqlen", "32",
+            "--max-windows", "1"]
+    assert main(argv) == 2
+    assert "r2@layers.1" in capsys.readouterr().err
+    assert main([*argv, "--allow-partial-rotation"]) == 0

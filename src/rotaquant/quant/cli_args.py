@@ -58,6 +58,8 @@ def add_ptq_args(parser: argparse.ArgumentParser) -> None:
                    help="mode of every fused matrix (default: each matrix's own mode in the rotation config, "
                         "random Hadamard for the built-in ones; the quarot preset uses an exact R2)")
     r.add_argument("--rotation-path", default=None, help="load R1/R2 from a file (rotaquant or SpinQuant format)")
+    r.add_argument("--allow-partial-rotation", action="store_true", default=None,
+                   help="accept a --rotation-path file that lacks some matrices (generated) or has extra ones (skipped)")
     r.add_argument("--rotation-config", default=None, help="auto, a built-in config name or a YAML path")
     z = parser.add_argument_group("zero-shot tasks (after the perplexity)")
     z.add_argument("--tasks", default=None, metavar="LIST",

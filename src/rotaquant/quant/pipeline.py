@@ -12,6 +12,7 @@ from torch import nn
 from ..data import calibration_windows
 from ..errors import ConfigError
 from ..models.architecture import ArchitectureSpec
+from ..rotation.matrices import RotationFile
 from ..rotation.rotate import resolve_spec, rotate, rotation_record
 from ..stages import has_stage
 from .activations import add_activation_quantizers, layer_linears
@@ -62,8 +63,9 @@ def rotate_for_recipe(model: nn.Module, rec: PTQRecipe, progress: bool = True, v
 
     ``verify`` compares a few tokens' logits before and after (see :func:`rotaquant.rotate`):
     on by default here, so ``ptq`` and ``quantize`` never go on with a changed model."""
+    path = RotationFile(rec.rotation_path, rec.allow_partial_rotation) if rec.rotation_path else None
     return rotate(model, rec.rotation_config, mode=rec.rotation_mode, seed=rec.seed,
-                  rotation_path=rec.rotation_path, online=rec.online_rotations,
+                  rotation_path=path, online=rec.online_rotations,
                   head_mixing=rec.o_proj_input == "mixed", progress=progress, verify=verify)
 
 

@@ -128,6 +128,7 @@ class PTQRecipe(QuantSettings):
     rotation_config: str = "auto"
     rotation_mode: str | dict[str, str] | None = None
     rotation_path: str | None = None
+    allow_partial_rotation: bool = False  # rotation_path may lack matrices (generated) or have extra ones (skipped)
     online_rotations: bool = True
     seed: int = 0
     # weights
