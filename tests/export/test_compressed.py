@@ -31,12 +31,15 @@ SETTINGS = {
     # QuaRot's: heads mixed before o_proj (rh), symmetric activations clipped at 0.9
     "w4a4kv4_quarot": ({"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4, "preset": "quarot",
                         "w_method": "rtn"}, {}),
+    # biases on q/k/v (Qwen2), asymmetric int4 weights through the int8 kernel
+    "qwen2_w4a8kv4": ({"w_bits": 4, "a_bits": 8, "k_bits": 4, "v_bits": 4, "w_asym": True}, {"family": "qwen2"}),
 }
 
 
 def quantized(name, seed=0, dtype=torch.float32):
     recipe, shape = SETTINGS[name]
-    model = tiny_model(seed=seed, dtype=dtype, **shape)
+    shape = dict(shape)
+    model = tiny_model(shape.pop("family", "llama"), seed=seed, dtype=dtype, **shape)
     rotaquant.quantize(model, {"preset": "none", **recipe}, progress=False)
     return model
 
