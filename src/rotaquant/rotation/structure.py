@@ -24,7 +24,10 @@ Limits: values are compared with a tolerance set by the model's dtype (1e-5 in f
 half precision), so in half precision a writer contributing under ~3% of a layer's update could
 go unnoticed; a parameter-free function of the residual that is not rotation invariant (a
 LayerNorm without affine weights, an activation applied to the stream) is not detected; and R2
-(V/O per head) is not checked. ``rotate(..., verify=True)`` compares logits and catches these.
+(V/O per head) is not checked. Only what a plain ``model(input_ids=...)`` runs is seen (a forward
+that needs more, e.g. images, must pass ``rotate(check=False)``), and a module shared by several
+layers is judged by its first call. ``rotate(..., verify=True)`` compares logits and catches what
+this check cannot see. Cost: one forward of 6 tokens; only hidden-sized tensors are kept.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -67,13 +70,11 @@ class Gap:
 
 @dataclass
 class _Plan:
-    """What the config would do: rotations per module and norm folds."""
+    """What the config would do: rotations per module, norm folds, the residual matrix."""
 
     rot: dict[str, tuple[str | None, str | None]]
     folds: dict[str, list[str]]           # norm full name -> linear full names
-    fold_keys: dict[str, str]             # norm full name -> the config key that folds it
     r1: str | None = None
-    used_readers: set = field(default_factory=set)
 
 
 def _tol(dtype: torch.dtype) -> float:
@@ -85,19 +86,19 @@ def plan_from_spec(model: nn.Module, spec: RotationSpec) -> _Plan:
     from .apply import match_modules
     from .fuse import norm_fusion_plan
 
-    rot = {n: spec.rotation_config[p] for n, m, p in match_modules(model, spec.rotation_config, False, "rotation_config")
-           if isinstance(getattr(m, "weight", None), torch.Tensor)}
-    folds, keys = {}, {}
+    hits = match_modules(model, spec.rotation_config, False, "rotation_config")
+    rot = {n: spec.rotation_config[p] for n, m, p in hits if isinstance(getattr(m, "weight", None), torch.Tensor)}
+    folds = {}
     if spec.norm_fuse_config is not None:
-        for norm_name, _, linears, key in norm_fusion_plan(model, spec.norm_fuse_config, spec.layers_pattern, strict=False):
-            folds[norm_name] = [n for n, _ in linears]
-            keys[norm_name] = key
-    plan = _Plan(rot, folds, keys)
+        for norm_name, _, linears, _ in norm_fusion_plan(model, spec.norm_fuse_config, spec.layers_pattern,
+                                                         strict=False):
+            folds.setdefault(norm_name, []).extend(n for n, _ in linears)
+    plan = _Plan(rot, folds)
     emb = model.get_input_embeddings()
     emb_name = next((n for n, m in model.named_modules() if m is emb), None)
     if emb_name in rot:
-        plan.r1 = next(r for r in rot[emb_name] if r is not None)
-    else:
+        plan.r1 = next((r for r in rot[emb_name] if r is not None), None)
+    if plan.r1 is None:  # the embedding is not rotated: the residual matrix is the writers' one
         outs = Counter(r[1] for n, r in rot.items() if r[1] is not None)
         hidden = emb.embedding_dim if emb is not None else None
         from .matrices import config_dim
