@@ -160,12 +160,18 @@ def test_malformed_optimize_config(case, content, tmp_path, monkeypatch, capsys)
 def test_malformed_rotation_file(case, suffix, content, tmp_path, monkeypatch, capsys):
     import rotaquant.rotation.job as job
 
-    monkeypatch.setattr(job, "load_model", lambda *a, **k: (tiny_model("llama"), None))
+    loaded = []
+    monkeypatch.setattr(job, "load_model", lambda *a, **k: loaded.append(1) or (tiny_model("llama"), None))
     rotation = tmp_path / f"R{suffix}"
     rotation.write_bytes(content)
     out = tmp_path / "rotated"
     code = main(["rotate", "-q", "--rotation-path", str(rotation), "--output", str(out)])
     _assert_named_error(capsys, code, [out], tmp_path)
+    # an unreadable or foreign file fails before the model is loaded; one that reads but does not
+    # fit (shape, orthogonality, missing or extra layers) needs the model's sizes
+    fits_only_with_a_model = {"wrong-shape", "integer", "not-orthogonal", "nan", "unknown-name", "extra-layer",
+                              "r1-only-st", "r1-only-pt", "non-tensor-pt"}
+    assert bool(loaded) == (case in fits_only_with_a_model)
 
 
 @pytest.mark.parametrize("case,name,content", bad_data_files(), ids=[c for c, _, _ in bad_data_files()])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from fnmatch import fnmatch
-from pathlib import Path
 
 from torch import nn
 
@@ -30,11 +29,20 @@ def check_ptq(rec, json_path: str | os.PathLike | None = None) -> None:
     check_device_dtype(rec.device, rec.dtype)
     if json_path:
         check_writable_output(json_path, "file", overwrite=True)
-    if rec.rotate and rec.rotation_path and not Path(rec.rotation_path).is_file():
-        raise ConfigError(f"rotation_path {rec.rotation_path} does not exist")
+    if rec.rotate and rec.rotation_path:
+        check_rotation_file(rec.rotation_path)
     if rec.w_bits < 16 and rec.w_method == "gptq":
         check_calibration_source(rec.cal_data, rec.cal_split, rec.data_dir,
                                  getattr(rec, "allow_test_calibration", False))
+
+
+def check_rotation_file(path: str | os.PathLike) -> None:
+    """Read a rotation file once before the model is loaded: a missing, unreadable or foreign file
+    fails now (:class:`~rotaquant.rotation.matrices.RotationFileError`); whether its matrices fit the
+    model is checked when they are loaded."""
+    from .rotation.matrices import read_rotation_file
+
+    read_rotation_file(path)
 
 
 def check_group_sizes_early(model: nn.Module, rec) -> None:

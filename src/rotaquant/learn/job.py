@@ -13,6 +13,7 @@ from ..data import calibration_windows, check_calibration_source
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json, check_writable_output
 from ..models.loading import load_model
+from ..preflight import check_rotation_file
 from ..rotation.matrices import RotationStore, write_rotation_file
 from ..rotation.rotate import resolve_spec
 from ..rotation.spec import RotationSpec
@@ -101,8 +102,8 @@ def optimize(
     # (a finished output, whose checkpoint is gone) is replaced only with overwrite
     _check_outputs(output, spinquant_output, json_path, checkpoint, overwrite or resuming)
     check_calibration_source(cfg.data, cfg.split, cfg.data_dir, cfg.allow_test_calibration)
-    if cfg.init_path and not Path(cfg.init_path).is_file():
-        raise ConfigError(f"init_path {cfg.init_path} does not exist")
+    if cfg.init_path:
+        check_rotation_file(cfg.init_path)
     ctx = init_distributed()
     try:
         t0 = time.perf_counter()

@@ -10,7 +10,8 @@ from ..config import RotateConfig
 from ..export.hf import export_hf
 from ..io import check_writable_output
 from ..models.loading import load_model
-from .matrices import RotationFile, RotationFileError, rotation_file_bytes
+from ..preflight import check_rotation_file
+from .matrices import RotationFile, rotation_file_bytes
 from .rotate import rotate
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,7 @@ def run_rotate(config: RotateConfig | dict, progress: bool = True) -> Path:
     check_writable_output(cfg.output, "dir", cfg.overwrite)
     rotation_path = None
     if cfg.rotation_path is not None:
-        if not Path(cfg.rotation_path).is_file():
-            raise RotationFileError(f"rotation file {cfg.rotation_path} does not exist")
+        check_rotation_file(cfg.rotation_path)
         rotation_path = RotationFile(cfg.rotation_path, allow_partial=cfg.allow_partial_rotation)
     started = time.perf_counter()
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
