@@ -11,8 +11,14 @@ import pytest
 
 from rotaquant import io
 from rotaquant.errors import NonFiniteError, OutputError, RotaquantError
-from rotaquant.io import (OUTPUT_MARKER, atomic_directory, atomic_write_bytes, atomic_write_json,
-                          check_writable_output, sweep_stale_temps)
+from rotaquant.io import (
+    OUTPUT_MARKER,
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_writable_output,
+    sweep_stale_temps,
+)
 
 
 def _write(target, name="w.txt", text="new", **kw):
