@@ -170,6 +170,19 @@ def test_tampered_configs_are_named(tmp_path):
         load_model(bad)
 
 
+def test_without_transform_weights(tmp_path):
+    from safetensors import safe_open
+
+    model = quantized("w4a4kv4_quarot")
+    rotaquant.export(model, None, tmp_path / "q", transform_weights=False)
+    with safe_open(str(tmp_path / "q" / "model.safetensors"), framework="pt") as f:
+        assert not [k for k in f.keys() if k.endswith(("_input.weight", "_q_attn.weight", "_k_cache.weight"))]
+    ids = ids_for(model)
+    with torch.no_grad():
+        again, _ = load_model(tmp_path / "q", kernel="reference")
+        assert torch.equal(again(ids).logits, model(ids).logits)
+
+
 def test_missing_tensor_is_named(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -15,11 +15,12 @@ import types
 
 class _ExportModule(types.ModuleType):
     def __call__(self, model, tokenizer, output, overwrite: bool = False, metadata: dict | None = None,
-                 dtype=None) -> dict:
+                 dtype=None, transform_weights: bool = True) -> dict:
         """Write a quantized model as a compressed-tensors checkpoint; see ``export_quantized``."""
         from .compressed import export_quantized
 
-        return export_quantized(model, tokenizer, output, overwrite=overwrite, metadata=metadata, dtype=dtype)
+        return export_quantized(model, tokenizer, output, overwrite=overwrite, metadata=metadata, dtype=dtype,
+                                transform_weights=transform_weights)
 
 
 sys.modules[__name__].__class__ = _ExportModule

@@ -109,7 +109,8 @@ def _state_dict(model: nn.Module, linears: dict, extra: dict, dtype: torch.dtype
 
 
 def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, overwrite: bool = False,
-                     metadata: dict | None = None, dtype: str | torch.dtype | None = None) -> dict:
+                     metadata: dict | None = None, dtype: str | torch.dtype | None = None,
+                     transform_weights: bool = True) -> dict:
     """Write a quantized (``rotaquant.quantize``-d) model as a compressed-tensors checkpoint.
 
     Args:
@@ -120,6 +121,10 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
         metadata: extra JSON-able information stored in the side file under ``metadata``.
         dtype: store the unquantized float tensors (embeddings, norms, head) in this dtype
             (default: the model's; a reload then equals the model only in that dtype).
+        transform_weights: store each online Hadamard's matrix per module, as compressed-tensors
+            lays them out (what its readers load for ``random-hadamard``). They cost ``n^2`` bf16
+            values per module (R4 of a 7B model: 11008^2 * 2 bytes = 242 MB a layer); False leaves
+            them out: rotaquant still reloads exactly (side file), other readers cannot apply them.
 
     Returns:
         ``{"output", "format", "config_groups", "transforms", "notes"}``; ``notes`` lists what
@@ -144,12 +149,16 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
         pipe = owner.rq_input if e["site"] == "input" else getattr(owner.rq_attention, e["site"])
         stages[(e["module"], e["site"], e["name"])] = pipe.stages[e["name"]]
     attention = {e["module"] for e in entries if e["site"] != "input"}
-    tc, transform_weights, tnotes = transform_config(entries, stages, attention)
+    tc, matrices, tnotes = transform_config(entries, stages, attention)
     notes += tnotes
+    if not transform_weights and matrices:
+        matrices = {}
+        notes.append("transform matrices left out (transform_weights=False): only rotaquant can apply the "
+                      "random-hadamard transforms of this checkpoint")
     from ..models.loading import resolve_dtype
 
     dtype = None if dtype is None else resolve_dtype(dtype)
-    state = _state_dict(model, linears, transform_weights, dtype)
+    state = _state_dict(model, linears, matrices, dtype)
     record = model._modules.get("rq_rotation")
     info = {"kind": EXPORT_KIND, "dtype": str(dtype or next(model.parameters()).dtype).replace("torch.", ""),
             "rotation": getattr(record, "summary", None),
