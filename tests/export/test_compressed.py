@@ -204,3 +204,16 @@ def test_bf16_export_reloads_in_bf16(tmp_path):
         ref = model(ids).logits
         again, _ = load_model(tmp_path / "q", dtype="bf16", kernel="reference")
         assert torch.equal(again(ids).logits, ref)
+
+
+def test_missing_package_is_named(tmp_path, monkeypatch):
+    import importlib.util
+
+    model = quantized("w4a16_g32")
+    rotaquant.export(model, None, tmp_path / "q")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "compressed_tensors" else real(name, *a))
+    with pytest.raises(ConfigError, match="rotaquant\\[export\\]"):
+        export_quantized(model, None, tmp_path / "again")
+    with pytest.raises(ModelLoadError, match="compressed-tensors"):
+        load_model(tmp_path / "q")

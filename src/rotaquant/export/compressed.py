@@ -29,7 +29,7 @@ from ..io import atomic_directory, to_json
 from ..quant.quantizer import QuantSpec
 from ..quant.weights import WEIGHT_CHILD
 from .ct_config import quantization_config, transform_config
-from .stages_io import ExportError, describe_stages, write_side_file
+from .stages_io import ExportError, describe_stages, require_compressed_tensors, write_side_file
 
 logger = logging.getLogger(__name__)
 EXPORT_KIND = "rotaquant-compressed-tensors"
@@ -133,6 +133,7 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
     Raises:
         ExportError: no quantized weights, or a stage an export cannot write.
     """
+    require_compressed_tensors("a quantized export", ExportError)
     from compressed_tensors.compressors.model_compressors.model_compressor import ModelCompressor
     from safetensors.torch import save_file
 

@@ -23,7 +23,7 @@ from ..errors import ModelLoadError
 from ..quant.qlinear import QuantLinear, set_kernels
 from ..quant.quantizer import QuantSpec
 from .compressed import EXPORT_KIND, ct_offset
-from .stages_io import STAGES_JSON, attach_stage, read_side_file, rebuild_stage
+from .stages_io import STAGES_JSON, attach_stage, read_side_file, rebuild_stage, require_compressed_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, devic
         raise ModelLoadError(f"{folder} is not a rotaquant quantized export (it needs config.json with a "
                              f"compressed-tensors quantization_config and {STAGES_JSON}); write one with "
                              "rotaquant ptq --output or rotaquant.export")
+    require_compressed_tensors(f"loading the quantized export {folder}", ModelLoadError)
     side, side_tensors = read_side_file(folder)
     if side.get("kind") != EXPORT_KIND:
         raise ModelLoadError(f"{folder}/{STAGES_JSON} is not a {EXPORT_KIND} side file (kind {side.get('kind')!r})")

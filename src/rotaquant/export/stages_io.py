@@ -31,6 +31,15 @@ class ExportError(ConfigError):
     """The model holds something a quantized export cannot write (an unknown stage type)."""
 
 
+def require_compressed_tensors(what: str, error=ConfigError) -> None:
+    """Raise ``error`` saying how to install compressed-tensors if it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("compressed_tensors") is None:
+        raise error(f"{what} needs the compressed-tensors package: pip install 'rotaquant[export]' "
+                    "(compressed-tensors==0.20.0)")
+
+
 def _pipeline(model: nn.Module, module_name: str, site: str):
     owner = model.get_submodule(module_name)
     if site == "input":
