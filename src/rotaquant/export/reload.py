@@ -23,7 +23,13 @@ from ..errors import ModelLoadError
 from ..quant.qlinear import QuantLinear, set_kernels
 from ..quant.quantizer import QuantSpec
 from .compressed import EXPORT_KIND, ct_offset
-from .stages_io import STAGES_JSON, attach_stage, read_side_file, rebuild_stage, require_compressed_tensors
+from .stages_io import (
+    STAGES_JSON,
+    attach_stage,
+    read_side_file,
+    rebuild_stage,
+    require_compressed_tensors,
+)
 
 logger = logging.getLogger(__name__)
 
