@@ -90,6 +90,15 @@ def test_unwritable_json_fails_before_loading(command, tmp_path, capsys, no_load
     _error(capsys, main([command, "-q", "--json", str(blocker / "r.json")]), "not a folder")
 
 
+def test_zero_shot_eval_unwritable_json_fails_before_loading(tmp_path, capsys, monkeypatch):
+    import rotaquant.eval.cli_args as eval_cli
+
+    monkeypatch.setattr(eval_cli, "cmd_eval_tasks", lambda *a, **k: pytest.fail("the tasks ran"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _error(capsys, main(["eval", "-q", "--tasks", "piqa", "--json", str(blocker / "r.json")]), "not a folder")
+
+
 def test_demo_unwritable_json_fails_before_running(tmp_path, capsys, monkeypatch):
     import rotaquant.demo as demo
 

@@ -55,14 +55,14 @@ def eval_overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.json:  # before any work, for perplexity and zero-shot runs alike
+        check_writable_output(args.json, "file", overwrite=True)
     if args.tasks:
         from .eval.cli_args import cmd_eval_tasks
 
         return cmd_eval_tasks(args, eval_overrides(args))
     from .evaluate import run
 
-    if args.json:
-        check_writable_output(args.json, "file", overwrite=True)
     result = run(None, progress=not args.quiet, **eval_overrides(args))
     print(f"{result.extra.get('model')}: {result.summary()}")
     if args.json:
