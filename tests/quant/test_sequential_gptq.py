@@ -64,7 +64,7 @@ def test_quantized_weights_keep_codes_that_reproduce_them():
                                "gptq", progress=False)
     lin = model.model.layers[1].mlp.down_proj
     rec = lin.rq_weight
-    assert rec.codes.dtype == torch.int8 and rec.codes.min() >= 0 and rec.codes.max() <= 15
+    assert rec.codes.dtype == torch.uint8 and rec.codes.max() <= 15
     torch.testing.assert_close(rec.dequantize(lin.weight.dtype), lin.weight)
 
 
@@ -75,3 +75,11 @@ def test_batched_calibration_equals_window_by_window():
                                    calibration_batch=batch)
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_eight_bit_asymmetric_codes_do_not_wrap():
+    model = tiny_model("llama")
+    quantize_weights_layerwise(model, QuantSpec(8, symmetric=False), CALIB, ArchitectureSpec(), "rtn", progress=False)
+    lin = model.model.layers[0].mlp.up_proj
+    assert int(lin.rq_weight.codes.max()) > 127  # the top of the 0..255 grid is used and kept
+    torch.testing.assert_close(lin.rq_weight.dequantize(lin.weight.dtype), lin.weight)
