@@ -1,4 +1,5 @@
 import csv
+import importlib.util
 import io
 
 import pytest
@@ -30,7 +31,8 @@ def test_config_refuses_unknown_methods_and_recipe_keys():
 def test_analysis_rows_files_and_fp_agreement(tmp_path):
     model = tiny_model("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = _cfg()
+    plots = importlib.util.find_spec("matplotlib") is not None  # the `plot` extra
+    cfg = _cfg(plots=plots)
     res = analyze(model, _windows(), cfg, progress=False)
     for k, v in model.state_dict().items():  # the input model is not mutated
         assert torch.equal(v, before[k]), k
@@ -50,13 +52,13 @@ def test_analysis_rows_files_and_fp_agreement(tmp_path):
 
     out = write_analysis(res, cfg, tmp_path / "out")
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert out["files"] == sorted(["analysis.csv", "analysis.json", "summary.txt", "side_by_side.md",
-                                   "channel_magnitude_layer1.png", "kurtosis.png", "cosine.png"])
+    pngs = ["channel_magnitude_layer1.png", "kurtosis.png", "cosine.png"] if plots else []
+    assert out["files"] == sorted(["analysis.csv", "analysis.json", "summary.txt", "side_by_side.md", *pngs])
     assert set(out["files"]) <= set(files)
     table = list(csv.DictReader(io.StringIO((tmp_path / "out" / "analysis.csv").read_text())))
     assert list(table[0]) == ["method", "layer", "module", "mode", "metric", "value"]
     assert len(table) == len(res.rows)
-    for png in ("kurtosis.png", "cosine.png", "channel_magnitude_layer1.png"):
+    for png in pngs:
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert "quarot" in summary and "cosine < 0.95" in summary
