@@ -198,3 +198,18 @@ def test_presets_fill_only_what_is_not_given():
     plain = PTQRecipe.load({"preset": "none", "w_bits": 4})
     assert plain.w_method == "rtn" and not plain.a_asym and not plain.w_clip
     assert PTQRecipe.load(plain.to_dict()) == plain  # a saved recipe reloads as it was
+
+
+def test_smoothquant_in_the_recipe():
+    calib = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(4))
+    model = tiny_model("llama")
+    norm_before = model.model.layers[0].input_layernorm.weight.clone()
+    ref = logits(model, IDS)
+    state = quantize(model, a_bits=8, preset="none", rotate=False, smoothquant_alpha=0.5, calibration=calib,
+                     progress=False)
+    assert state.smoothing and not torch.equal(model.model.layers[0].input_layernorm.weight, norm_before)
+    assert (logits(model, IDS) - ref).abs().max() < 0.5  # smoothed + A8: close to the original
+    with pytest.raises(ConfigError, match="rotate"):
+        PTQRecipe.load({"smoothquant_alpha": 0.5})  # rotate defaults to true
+    with pytest.raises(ConfigError):
+        PTQRecipe.load({"smoothquant_alpha": 1.5, "rotate": False})

@@ -50,6 +50,8 @@ def add_ptq_args(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--gptq-v2", dest="gptq_v2", action="store_true", default=None,
                    help="GPTQv2 (GPTAQ, asymmetric calibration): fit the quantized layer on the quantized "
                         "model's inputs to the FP layer's output on FP inputs")
+    q.add_argument("--smoothquant-alpha", type=float, default=None, metavar="A",
+                   help="SmoothQuant with migration strength A in [0, 1] before quantizing (with --no-rotate)")
     q.add_argument("--static-groups", dest="gptq_static_groups", action="store_true", default=None,
                    help="GPTQ groups computed up front")
     r = parser.add_argument_group("rotation")

@@ -33,6 +33,7 @@ class QuantState:
     act_quantizers: int = 0
     kv_modules: int = 0
     rotated_here: bool = False
+    smoothing: dict | None = None
 
 
 def load_recipe(recipe: PTQRecipe | dict | str | os.PathLike | None = None, **overrides) -> PTQRecipe:
@@ -81,7 +82,8 @@ def quantize(
     """Fake-quantize ``model`` IN PLACE as ``recipe`` says; returns a :class:`QuantState`.
 
     If the recipe says ``rotate`` and the model is not rotated yet, it is rotated first
-    (:func:`rotaquant.rotate` with the recipe's rotation keys). Then: weights (RTN or GPTQ in
+    (:func:`rotaquant.rotate` with the recipe's rotation keys); with ``smoothquant_alpha`` (and
+    no rotation) SmoothQuant's scales are folded in first. Then: weights (RTN or GPTQ in
     the architecture's sequential groups; GPTQ Hessians see the rotated inputs, online R4
     included, and no activation quantization), then per-token activation quantizer stages at
     every decoder-layer linear's input (except ``skip_modules``; per head at ``o_proj`` when
@@ -109,14 +111,21 @@ def quantize(
     if rec.o_proj_input == "mixed" and not has_stage(model, "rh"):
         raise ConfigError("o_proj_input 'mixed' needs the heads mixed online: rotate(model, ..., head_mixing=True) "
                           "first, or use o_proj_input 'per_head' / 'per_token'")
+    windows = calibration
+    needs_data = rec.smoothquant_alpha is not None or (wspec.enabled and rec.w_method == "gptq")
+    if needs_data and windows is None:
+        if tokenizer is None:
+            raise ConfigError("GPTQ and SmoothQuant need calibration data: pass tokenizer= (or calibration= windows)")
+        windows = calibration_windows(tokenizer, rec.nsamples, rec.cal_seqlen, rec.cal_data, rec.cal_split,
+                                      rec.seed, rec.data_dir, allow_test=rec.allow_test_calibration)
+    if rec.smoothquant_alpha is not None:
+        from .smoothquant import smooth
+
+        if rotation_record(model) is not None:
+            raise ConfigError("SmoothQuant on a rotated model: its scales would be folded back by the rotation's "
+                              "norm folding; use smoothquant_alpha with rotate: false")
+        state.smoothing = smooth(model, windows, alpha=rec.smoothquant_alpha, config=rec.rotation_config)
     if wspec.enabled:
-        windows = None
-        if rec.w_method == "gptq":
-            if calibration is None and tokenizer is None:
-                raise ConfigError("GPTQ needs calibration data: pass tokenizer= (or calibration= token windows)")
-            windows = calibration if calibration is not None else calibration_windows(
-                tokenizer, rec.nsamples, rec.cal_seqlen, rec.cal_data, rec.cal_split, rec.seed, rec.data_dir,
-                allow_test=rec.allow_test_calibration)
         gcfg = GPTQConfig(damp=rec.gptq_damp, block_size=rec.gptq_block_size,
                           act_order=rec.gptq_act_order, static_groups=rec.gptq_static_groups, v2=rec.gptq_v2)
         state.weight_stats = quantize_weights_layerwise(

@@ -139,6 +139,7 @@ class PTQRecipe(QuantSettings):
     gptq_act_order: bool = False
     gptq_static_groups: bool = False
     gptq_v2: bool = False  # GPTAQ: the quantized layer matches the FP layer on FP inputs
+    smoothquant_alpha: float | None = Field(None, ge=0, le=1)  # SmoothQuant migration strength (no rotation)
     # calibration (GPTQ)
     nsamples: int = Field(128, ge=1)
     cal_seqlen: int = Field(2048, ge=2)  # default: seqlen
@@ -206,6 +207,9 @@ class PTQRecipe(QuantSettings):
     def _consistent(self) -> PTQRecipe:
         if self.rotation_path and not self.rotate:
             raise ValueError("rotation_path is given but rotate is false")
+        if self.smoothquant_alpha is not None and self.rotate:
+            raise ValueError("smoothquant_alpha is a processing method of its own: set rotate to false (a rotation's "
+                             "norm folding would undo SmoothQuant's scales)")
         if self.o_proj_input == "mixed" and not (self.rotate and self.online_rotations):
             raise ValueError("o_proj_input 'mixed' is an online rotation: it needs rotate and online_rotations")
         return self
