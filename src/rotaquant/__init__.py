@@ -14,9 +14,12 @@ Public API (each verb takes one validated config or plain keyword arguments):
 
 from __future__ import annotations
 
-from . import errors, evaluate
+from . import (
+    errors,
+    evaluate,
+    export,  # callable: rotaquant.export(model, tokenizer, output) (see export/__init__.py)
+)
 from .errors import RotaquantError
-from . import export  # callable: rotaquant.export(model, tokenizer, output) (see export/__init__.py)
 from .export.hf import export_hf
 from .learn.job import optimize
 from .models.loading import load_model
