@@ -80,7 +80,26 @@ def check_device_dtype(device: str | None, dtype: str | None) -> None:
         resolve_device(device)
 
 
-class EvalConfig(StrictModel):
+class DeviceSettings(StrictModel):
+    """``device`` and ``dtype`` of a job, checked when the config is built (before any load)."""
+
+    device: str = "auto"
+    dtype: str = "float32"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        check_device_dtype(value, None)
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        check_device_dtype(None, value)
+        return value
+
+
+class EvalConfig(DeviceSettings):
     """Settings of ``rotaquant eval``: which model, which data, how to cut windows."""
 
     version: int = 1
@@ -91,23 +110,9 @@ class EvalConfig(StrictModel):
     seqlen: int = Field(2048, ge=2)
     max_windows: int | None = Field(None, ge=1)
     batch_size: int = Field(1, ge=1)
-    device: str = "auto"
-    dtype: str = "float32"
-
-    @field_validator("dtype")
-    @classmethod
-    def _known_dtype(cls, value: str) -> str:
-        check_device_dtype(None, value)
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        check_device_dtype(value, None)
-        return value
 
 
-class RotateConfig(StrictModel):
+class RotateConfig(DeviceSettings):
     """Settings of ``rotaquant rotate``: which model, which rotation config, where to write."""
 
     version: int = 1
@@ -117,8 +122,6 @@ class RotateConfig(StrictModel):
     seed: int = 0
     rotation_path: str | None = None
     output: str
-    device: str = "auto"
-    dtype: str = "float32"
     overwrite: bool = False
     allow_partial_rotation: bool = False  # a rotation file may lack matrices (random ones fill in)
     verify: bool = True  # compare a few tokens' logits before/after rotating; refuse a changed model
@@ -127,15 +130,3 @@ class RotateConfig(StrictModel):
     @classmethod
     def _known_mode(cls, value: str | None) -> str | None:
         return check_rotation_mode(value)
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        check_device_dtype(value, None)
-        return value
-
-    @field_validator("dtype")
-    @classmethod
-    def _known_dtype(cls, value: str) -> str:
-        check_device_dtype(None, value)
-        return value

@@ -11,11 +11,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import check_device_dtype, check_rotation_mode
+from ..config import DeviceSettings, check_rotation_mode
 from ..quant.recipe import QuantSettings
 
 
-class OptimizeConfig(QuantSettings):
+class OptimizeConfig(QuantSettings, DeviceSettings):
     """Everything that defines one rotation-learning run."""
 
     version: int = 1
@@ -43,8 +43,6 @@ class OptimizeConfig(QuantSettings):
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     ste: Literal["identity", "scale"] = "identity"  # straight through, or also through the scales
     # precision and memory
-    device: str = "auto"
-    dtype: str = "float32"
     autocast: Literal["auto", "none", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = True
     # checkpoints
@@ -54,18 +52,6 @@ class OptimizeConfig(QuantSettings):
     @classmethod
     def _mode(cls, value: str) -> str:
         return check_rotation_mode(value, "init_mode")
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        check_device_dtype(value, None)
-        return value
-
-    @field_validator("dtype")
-    @classmethod
-    def _known_dtype(cls, value: str) -> str:
-        check_device_dtype(None, value)
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> OptimizeConfig:
