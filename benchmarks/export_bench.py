@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 import rotaquant
-from rotaquant.evaluate import perplexity
+from rotaquant.eval.perplexity import perplexity
 
 SETTINGS = {  # name -> PTQ recipe keys (RTN, no rotation unless --rotate)
     "w4a16_g128": {"w_bits": 4, "w_groupsize": 128},

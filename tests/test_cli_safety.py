@@ -27,7 +27,7 @@ def _no_load(*args, **kwargs):
 @pytest.fixture
 def no_load(monkeypatch):
     """Every job's load_model fails the test: errors must come before loading."""
-    import rotaquant.evaluate as ev
+    import rotaquant.eval.job as ev
     import rotaquant.learn.job as learn_job
     import rotaquant.models.loading as loading
     import rotaquant.quant.job as ptq_job
@@ -40,7 +40,7 @@ def no_load(monkeypatch):
 
 @pytest.fixture
 def tiny_load(monkeypatch):
-    import rotaquant.evaluate as ev
+    import rotaquant.eval.job as ev
     import rotaquant.quant.job as ptq_job
     import rotaquant.rotation.job as rotate_job
 
@@ -195,7 +195,7 @@ def test_unwritable_cache_is_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_unexpected_oserror_is_exit_2(tmp_path, capsys, monkeypatch):
-    import rotaquant.evaluate as ev
+    import rotaquant.eval.job as ev
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device", str(tmp_path / "x"))
@@ -249,7 +249,7 @@ def test_sigterm_removes_temporary_folders(tmp_path):
 
 
 def test_json_outputs_are_strict(tmp_path, capsys, monkeypatch, text):
-    import rotaquant.evaluate as ev
+    import rotaquant.eval.job as ev
 
     model = tiny_model("llama")
     monkeypatch.setattr(ev, "load_model", lambda *a, **k: (model, ByteTokenizer()))

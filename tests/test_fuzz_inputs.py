@@ -176,7 +176,7 @@ def test_malformed_rotation_file(case, suffix, content, tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("case,name,content", bad_data_files(), ids=[c for c, _, _ in bad_data_files()])
 def test_malformed_data_file(case, name, content, tmp_path, monkeypatch, capsys):
-    import rotaquant.evaluate as ev
+    import rotaquant.eval.job as ev
 
     monkeypatch.setattr(ev, "load_model", lambda *a, **k: (tiny_model("llama"), ByteTokenizer()))
     data = tmp_path / name

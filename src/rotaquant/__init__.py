@@ -9,17 +9,17 @@ Public API (each verb takes one validated config or plain keyword arguments):
 * :func:`optimize` - learn R1/R2 with Cayley SGD and write a rotation file.
 * :func:`export_hf` - write a rotated model as a standard Hugging Face folder.
 * :func:`export` - write a quantized model as a compressed-tensors checkpoint (``load_model`` reloads it).
-* :mod:`rotaquant.evaluate` - ``evaluate.perplexity(model, tokenizer, data, seqlen, ...)``.
+* :func:`evaluate` - perplexity and zero-shot accuracy of a model in memory.
 """
 
 from __future__ import annotations
 
 from . import (
     errors,
-    evaluate,
     export,  # callable: rotaquant.export(model, tokenizer, output) (see export/__init__.py)
 )
 from .errors import RotaquantError
+from .eval.api import evaluate
 from .export.hf import export_hf
 from .learn.job import optimize
 from .models.loading import load_model

@@ -61,9 +61,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .eval.cli_args import cmd_eval_tasks
 
         return cmd_eval_tasks(args, eval_overrides(args))
-    from .evaluate import run
+    from .eval.job import run_eval
 
-    result = run(None, progress=not args.quiet, **eval_overrides(args))
+    result = run_eval(None, progress=not args.quiet, **eval_overrides(args))
     print(f"{result.extra.get('model')}: {result.summary()}")
     if args.json:
         atomic_write_json(args.json, result.to_dict())

@@ -63,3 +63,13 @@ def test_real_model_matches_plain_transformers(default_model):
         losses = [model(w[None], labels=w[None]).loss.item() for w in ids]
     ref = math.exp(sum(losses) / len(losses))
     assert res.ppl == pytest.approx(ref, rel=1e-3)
+
+
+def test_public_evaluate_verb(tmp_path):
+    import rotaquant
+    from tests.conftest import ByteTokenizer, tiny_model
+
+    data = tmp_path / "t.txt"
+    data.write_text("rotations spread outliers\n" * 80)
+    out = rotaquant.evaluate(tiny_model("llama"), ByteTokenizer(), str(data), seqlen=64, max_windows=2, progress=False)
+    assert out["perplexity"]["ppl"] > 1 and out["zeroshot"] is None

@@ -1,4 +1,5 @@
-"""The ``rotaquant eval --tasks`` job: load once, zero-shot tasks and (optionally) perplexity, one dict."""
+"""The ``rotaquant eval`` jobs: perplexity (:func:`run_eval`) and, with ``--tasks``, zero-shot tasks
+and (optionally) perplexity on one load (:func:`run_eval_tasks`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ import time
 from ..config import EvalConfig
 from ..io import atomic_write_json
 from ..models.loading import load_model
-from .perplexity import perplexity
+from .perplexity import PerplexityResult, perplexity
 from .zeroshot import evaluate_tasks
 
 logger = logging.getLogger(__name__)
+
+
+def run_eval(config: EvalConfig | dict | None = None, progress: bool = True, **overrides) -> PerplexityResult:
+    """Load ``config.model`` and evaluate its perplexity on ``config.data``/``config.split``."""
+    cfg = config if isinstance(config, EvalConfig) else EvalConfig.load(config, **overrides)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    result = perplexity(model, tokenizer, data=cfg.data, split=cfg.split, seqlen=cfg.seqlen,
+                        batch_size=cfg.batch_size, max_windows=cfg.max_windows, data_dir=cfg.data_dir,
+                        progress=progress)
+    result.extra.update(model=cfg.model, config=cfg.to_dict())
+    return result
 
 
 def run_eval_tasks(
