@@ -68,3 +68,13 @@ def test_optimize_refuses_the_test_split_before_loading(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "test split" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_import_changes_no_environment_variable():
+    import subprocess
+    import sys
+
+    code = ("import os; before = dict(os.environ); import rotaquant, rotaquant.models.loading, rotaquant.data; "
+            "assert dict(os.environ) == before, set(os.environ) ^ set(before)")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("HF_")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

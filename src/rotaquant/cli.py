@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -288,6 +289,7 @@ def _raise_terminated(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``rotaquant`` command; returns the exit status (2: a named error, 130/143: interrupted)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the command line never reaches the hub
     if threading.current_thread() is not threading.main_thread():
         return _main(argv)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -93,22 +93,6 @@ def _read_rows(path: Path) -> list[str]:
     return rows
 
 
-def _from_hub(name: str, split: str) -> list[str]:
-    try:
-        import datasets  # noqa: F401 (optional dependency)
-    except ImportError:
-        raise DataError(
-            f"no local copy of {name}/{split} was found; set --data-dir or $ROTAQUANT_DATA_DIR to "
-            "a folder with wikitext-2-raw/wiki.test.raw and wikitext-2/valid.txt, or pass a "
-            ".txt/.jsonl path"
-        ) from None
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise DataError(f"{name}/{split} is not available locally and the hub is offline")
-    from datasets import load_dataset
-
-    return list(load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"])
-
-
 def load_text(
     source: str | os.PathLike = "wikitext2",
     split: str = "test",
@@ -133,7 +117,11 @@ def load_text(
                 return TextData(name.lower(), split, _read_rows(path), str(path))
             if data_dir:
                 raise DataError(f"{path} not found: --data-dir must hold {files[split]}")
-        return TextData(name.lower(), split, _from_hub(name, split), "hub:wikitext-2-raw-v1")
+        raise DataError(
+            f"no local copy of {name}/{split} was found (rotaquant never downloads data); set --data-dir or "
+            "$ROTAQUANT_DATA_DIR to a folder with wikitext-2-raw/wiki.test.raw and wikitext-2/valid.txt, "
+            "or pass a .txt/.jsonl path"
+        )
     path = Path(name).expanduser()
     if path.suffix.lower() in (".txt", ".raw", ".jsonl", ".tokens") or path.exists():
         return TextData(path.name, split, _read_rows(path), str(path))

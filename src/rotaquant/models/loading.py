@@ -8,7 +8,8 @@ Accepted sources, in the order they are tried:
 * a local Hugging Face folder (``config.json`` + safetensors);
 * a hub id that is already in the local Hugging Face cache.
 
-Nothing is ever downloaded: ``HF_HUB_OFFLINE`` is set to 1 unless the caller set it.
+Nothing is ever downloaded: every ``from_pretrained`` call passes ``local_files_only=True``
+(importing rotaquant changes no environment variable; the CLI sets ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from ..errors import ConfigError, ModelLoadError, ModelNotFoundError, OfflineErr
 from ..io import atomic_directory, check_writable_output, sweep_stale_temps, to_json
 from .aliases import ALIASES, ModelAlias
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logger = logging.getLogger(__name__)
 
 _DTYPES = {
@@ -191,9 +191,9 @@ def _convert_gguf(path: Path, target: Path) -> None:
     check_gguf_complete(path)
     started = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, local_files_only=True
         )
     except (ValueError, KeyError, OSError, RuntimeError, IndexError, struct.error) as exc:
         raise ModelLoadError(f"transformers could not read the GGUF file {path}: {exc}") from exc
