@@ -15,7 +15,8 @@ from rotaquant.rotation.hadamard import (
     hadamard_matrix,
     nearest_constructible_orders,
 )
-from rotaquant.rotation.transform import HadamardTransform, hadamard_transform
+from rotaquant.rotation.online import OnlineHadamard
+from rotaquant.rotation.transform import hadamard_transform
 
 POW2 = [2**k for k in range(16)]
 MODEL_ORDERS = [576, 1536, 896, 4864, 5120, 8960, 11008, 13824, 14336, 18944, 29568, 64, 80, 96]
@@ -162,7 +163,7 @@ def test_unavailable(n):
         info.value
     )
     with pytest.raises(HadamardUnavailableError):
-        HadamardTransform(n)
+        OnlineHadamard(n)
 
 
 def test_bad_inputs():
@@ -172,14 +173,14 @@ def test_bad_inputs():
         hadamard_transform([1.0, 2.0])
 
 
-def test_module():
-    mod = HadamardTransform(80)
-    assert mod.n == 80 and mod.normalize and list(mod.parameters()) == []
-    assert "n=80" in repr(mod) and "m=20" in repr(mod)
+def test_online_stage():
+    mod = OnlineHadamard(80)
+    assert mod.n == 80 and list(mod.parameters()) == []
+    assert "n=80" in repr(mod)
     x = torch.randn(5, 80)
     assert torch.equal(mod(x), hadamard_transform(x))
-    raw = HadamardTransform(80, normalize=False)
-    assert torch.equal(raw(x), hadamard_transform(x, normalize=False))
+    signs = torch.randint(0, 2, (80,)).double() * 2 - 1
+    torch.testing.assert_close(OnlineHadamard(80, signs)(x), hadamard_transform(x * signs.float()))
     with pytest.raises(ConfigError):
         mod(torch.randn(5, 64))
     seq = torch.nn.Sequential(torch.nn.Linear(80, 80), mod)

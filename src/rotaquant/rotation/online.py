@@ -49,6 +49,8 @@ class OnlineHadamard(Stage):
         self.register_buffer("signs", None if signs is None else signs.to(torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.n:
+            raise RotationConfigError(f"online Hadamard of size {self.n} got a last dimension of {x.shape[-1]}")
         if self.signs is not None:
             x = x * self.signs.to(x.dtype)
         return hadamard_transform(x)

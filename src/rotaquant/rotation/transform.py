@@ -30,7 +30,7 @@ import torch
 from rotaquant.errors import ConfigError
 from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, sylvester
 
-__all__ = ["BACKENDS", "HadamardTransform", "hadamard_reference", "hadamard_transform"]
+__all__ = ["BACKENDS", "hadamard_reference", "hadamard_transform"]
 
 BACKENDS = ("auto", "reference", "triton")
 BACKEND_ENV = "ROTAQUANT_HADAMARD_BACKEND"
@@ -137,25 +137,3 @@ def hadamard_transform(x: torch.Tensor, normalize: bool = True, *, backend: str 
 
         return triton_transform(x, normalize)
     return hadamard_reference(x, normalize)
-
-
-class HadamardTransform(torch.nn.Module):
-    """Module applying :func:`hadamard_transform` along the last dim (an online rotation).
-
-    Has no parameters; the order ``n`` is validated when the module is built.
-    """
-
-    def __init__(self, n: int, normalize: bool = True):
-        super().__init__()
-        self.m, self.k = hadamard_factorization(n)
-        self.n = int(n)
-        self.normalize = bool(normalize)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` (last dim must equal ``n``)."""
-        if x.shape[-1] != self.n:
-            raise ConfigError(f"HadamardTransform({self.n}) got last dimension {x.shape[-1]}")
-        return hadamard_transform(x, self.normalize)
-
-    def extra_repr(self) -> str:
-        return f"n={self.n}, m={self.m}, k={self.k}, normalize={self.normalize}"
