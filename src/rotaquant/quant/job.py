@@ -9,8 +9,9 @@ import time
 from ..eval.perplexity import perplexity
 from ..io import atomic_write_json
 from ..models.loading import load_model
-from ..preflight import check_group_sizes_early, check_ptq
-from .pipeline import load_recipe, quantize, rotate_for_recipe
+from ..preflight import check_ptq
+from ..rotation.rotate import resolve_spec
+from .pipeline import check_group_sizes, load_recipe, quantize, rotate_for_recipe
 from .recipe import PTQRecipe
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
     else:
         model, tokenizer = preloaded
     times["load"] = time.perf_counter() - t0
-    check_group_sizes_early(model, rec)  # before the model is rotated
+    check_group_sizes(model, rec, resolve_spec(model, rec.rotation_config).architecture)  # before rotating
     rotation = None
     if rec.rotate:
         t = time.perf_counter()
