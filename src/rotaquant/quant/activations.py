@@ -18,8 +18,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.architecture import ArchitectureSpec, decoder_layers, per_head_input_linears
 from ..rotation.matrices import config_dim
-from ..rotation.spec import pattern_matches
 from ..stages import add_input_stage
+from .layerwise import selected_linears
 from .quantizer import ActQuantizer, QuantSpec
 
 logger = logging.getLogger(__name__)
@@ -29,13 +29,8 @@ STAGE = "a_quant"
 def layer_linears(model: nn.Module, arch: ArchitectureSpec, skip: list[str]) -> list[tuple[str, nn.Linear]]:
     """The linears of the decoder layers whose full names match none of the ``skip`` globs."""
     prefix, layers = decoder_layers(model, arch)
-    out = []
-    for i, layer in enumerate(layers):
-        for name, module in layer.named_modules():
-            full = f"{prefix}.{i}.{name}"
-            if isinstance(module, nn.Linear) and not any(pattern_matches(p, full) for p in skip):
-                out.append((full, module))
-    return out
+    return [(f"{prefix}.{i}.{name}", module) for i, layer in enumerate(layers)
+            for name, module in selected_linears(layer, f"{prefix}.{i}", skip).items()]
 
 
 def head_spec(spec: QuantSpec, head_dim: int) -> QuantSpec:

@@ -70,7 +70,9 @@ def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, windows: torch
     return inputs, shared
 
 
-def _selected_linears(layer: nn.Module, prefix: str, skip: list[str]) -> dict[str, nn.Linear]:
+def selected_linears(layer: nn.Module, prefix: str, skip: list[str]) -> dict[str, nn.Linear]:
+    """``{name relative to the layer: linear}`` for the layer's linears whose full name
+    (``prefix.name``) matches none of the ``skip`` globs."""
     return {n: m for n, m in layer.named_modules()
             if isinstance(m, nn.Linear) and not any(pattern_matches(p, f"{prefix}.{n}") for p in skip)}
 
@@ -142,7 +144,7 @@ def quantize_weights_layerwise(
         torch.cuda.reset_peak_memory_stats(device)
     if method == "rtn":
         for i, layer in enumerate(tqdm(layers, desc="RTN", unit="layer", disable=not progress)):
-            for lin in _selected_linears(layer, f"{layers_name}.{i}", skip).values():
+            for lin in selected_linears(layer, f"{layers_name}.{i}", skip).values():
                 wq, scale, zero = rtn_quantize_weight(lin.weight, spec, clip_search=clip_search, return_params=True)
                 lin.weight.copy_(wq)
                 attach_quantized_weight(lin, spec, scale, zero, "rtn")
@@ -160,7 +162,7 @@ def quantize_weights_layerwise(
         prefix = f"{layers_name}.{i}"
         layer.to(device)
         fp_layer = copy.deepcopy(layer) if gptq.v2 else None
-        linears = _selected_linears(layer, prefix, skip)
+        linears = selected_linears(layer, prefix, skip)
         for group in sequential_groups(linears, arch, prefix):
             accs = {n: HessianAccumulator(linears[n].in_features, device=device, name=f"{prefix}.{n}") for n in group}
             if fp_layer is None:

@@ -109,8 +109,8 @@ def apply_preset(data: dict[str, Any]) -> dict[str, Any]:
     name = data.get("preset", "auto")
     values = PRESETS.get(name, {})
     if name == "auto":
-        quantized = any(int(data.get(k, 16)) < 16 for k in ("w_bits", "a_bits", "k_bits", "v_bits")
-                        if isinstance(data.get(k, 16), int))
+        bits = (data.get(k, 16) for k in ("w_bits", "a_bits", "k_bits", "v_bits"))
+        quantized = any(isinstance(b, int) and b < 16 for b in bits)
         values = AUTO if quantized else {}
     if not values:
         return data
