@@ -177,9 +177,27 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float, where: str) -> torch.T
                     "(relative to its mean diagonal); check the calibration activations")
 
 
+def _kernel_backend(W: torch.Tensor, block_size: int, backend: str | None) -> bool:
+    """Whether the block loop runs in the Triton kernel (see ``backend`` of gptq_quantize_weight)."""
+    if backend not in (None, "torch", "triton"):
+        raise ConfigError(f"unknown GPTQ backend {backend!r}; use 'torch', 'triton' or None (automatic)")
+    if backend == "torch":
+        return False
+    from ..kernels import triton_available
+
+    fits = W.dtype == torch.float32 and block_size <= 256
+    if backend == "triton":
+        if not fits:
+            raise ConfigError(f"the GPTQ kernel needs a float32 weight and block_size <= 256, got {W.dtype} "
+                              f"and {block_size}; use backend='torch' or None")
+        return True
+    return fits and W.is_cuda and triton_available()
+
+
 @torch.no_grad()
 def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, cfg: GPTQConfig | None = None,
-                         clip_search: bool = False, *, return_params: bool = False, name: str | None = None):
+                         clip_search: bool = False, *, return_params: bool = False, name: str | None = None,
+                         backend: str | None = None):
     """GPTQ fake quantization of a linear weight ``w`` ``[out, in]`` given its Hessian ``[in, in]``.
 
     Args:
@@ -193,6 +211,10 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec
         return_params: also return ``(scale, zero)``, shaped ``[out, G, 1]`` with groups in
             original column order, so that ``fake_quantize(wq, spec, scale, zero) == wq``.
         name: layer name for log and error messages.
+        backend: ``"torch"`` (the column loop, the reference), ``"triton"`` (one kernel launch per
+            block, :mod:`rotaquant.kernels.gptq_triton`; bit-identical results) or ``None``: the
+            kernel where it can run (a CUDA float32 weight, blocks of at most 256 columns, Triton
+            installed), else the loop.
 
     Returns:
         The quantized weight, same shape and dtype as ``w`` (or ``(wq, scale, zero)``). A
@@ -250,27 +272,49 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec
     del H
 
     Q = torch.empty_like(W)
+    use_kernel = _kernel_backend(W, cfg.block_size, backend)
+    gidx = torch.tensor(group_of, dtype=torch.int32, device=W.device) if use_kernel else None
+    if use_kernel:
+        U = U.contiguous()  # the factor can come back transposed; the kernel reads rows of it
+    flat_scale = scale.view(rows, ngroups) if use_kernel else None
+    flat_zero = zero.view(rows, ngroups) if use_kernel else None
     for i1 in range(0, cols, cfg.block_size):
         i2 = min(i1 + cfg.block_size, cols)
         W1 = W[:, i1:i2].clone()
         U1 = U[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
-        for i in range(i2 - i1):
+        # a block is cut where a dynamic group starts: its parameters need the columns' current values
+        starts, seen = [], set()
+        for i in range(i2 - i1) if dynamic else ():
             g = group_of[i1 + i]
+            if not ready[g] and g not in seen:
+                starts.append(i)
+                seen.add(g)
+        for s0, s1 in zip([0, *starts], [*starts, i2 - i1], strict=True):
+            if s0 == s1:
+                continue
+            g = group_of[i1 + s0]
             if dynamic and not ready[g]:
                 # current values of the group's columns (all still unquantized): the block-start
                 # values minus the error feedback of this block's columns so far
                 idx = members[g]
-                current = W[:, idx] - Err1[:, :i] @ U[i1:i1 + i, idx]
+                current = W[:, idx] - Err1[:, :s0] @ U[i1:i1 + s0, idx]
                 s, z = weight_quant_params(current, spec, clip_search)
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
                 ready[g] = True
-            x = W1[:, i:i + 1]
-            q = quantize_dequantize(x, scale[:, g], zero[:, g], spec)
-            Q[:, i1 + i:i1 + i + 1] = q
-            err = (x - q) / U1[i, i]
-            W1[:, i:] -= err @ U1[i:i + 1, i:]
-            Err1[:, i:i + 1] = err
+            if use_kernel:
+                from ..kernels.gptq_triton import gptq_segment
+
+                gptq_segment(W1, Q, Err1, U, i1, flat_scale, flat_zero, gidx, s0, s1, spec.qmin, spec.qmax)
+                continue
+            for i in range(s0, s1):
+                g = group_of[i1 + i]
+                x = W1[:, i:i + 1]
+                q = quantize_dequantize(x, scale[:, g], zero[:, g], spec)
+                Q[:, i1 + i:i1 + i + 1] = q
+                err = (x - q) / U1[i, i]
+                W1[:, i:] -= err @ U1[i:i + 1, i:]
+                Err1[:, i:i + 1] = err
         if i2 < cols:
             W[:, i2:] -= Err1 @ U[i1:i2, i2:]
 
