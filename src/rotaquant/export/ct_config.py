@@ -52,6 +52,17 @@ def dynamic_args(spec: QuantSpec) -> dict:
     return args
 
 
+# compressed-tensors computes a dynamic symmetric scale as amax / ((2^b - 1) / 2), rotaquant's
+# ``sym_grid: full``; weights are exact either way (their codes and scales are stored)
+_RESTRICTED_NOTE = ("the {what} quantizer is symmetric on the restricted grid (amax / (2^(b-1) - 1)); "
+                    "compressed-tensors' dynamic quantizer uses amax / ((2^b - 1) / 2) (sym_grid 'full'), so "
+                    "other readers quantize these tensors on a 7% finer int4 step (exact in the side file)")
+
+
+def _restricted(spec: QuantSpec) -> bool:
+    return spec.enabled and spec.symmetric and spec.sym_grid == "restricted"
+
+
 def weight_format(spec: QuantSpec, act: QuantSpec | None) -> str:
     """The compressed-tensors storage format of a quantized weight."""
     if spec.bits < 8:
@@ -90,7 +101,7 @@ def quantization_config(linears: dict[str, tuple[nn.Module, QuantSpec | None]], 
     for name, (lin, act) in linears.items():
         rec = lin.rq_weight
         key = (rec.spec.bits, rec.spec.symmetric, rec.spec.group_size, rec.method,
-               None if act is None else (act.bits, act.symmetric, act.group_size, act.clip_ratio))
+               None if act is None else (act.bits, act.symmetric, act.group_size, act.clip_ratio, act.sym_grid))
         groups[key].append(name)
     config_groups, formats = {}, set()
     for i, names in enumerate(sorted(groups.values(), key=lambda members: members[0])):
@@ -105,6 +116,8 @@ def quantization_config(linears: dict[str, tuple[nn.Module, QuantSpec | None]], 
             if act.clip_ratio < 1:
                 notes.append(f"group_{i}: activations are clipped at {act.clip_ratio:g} of their range, which "
                              "compressed-tensors cannot express (in the side file)")
+            if _restricted(act):
+                notes.append(f"group_{i}: {_RESTRICTED_NOTE.format(what='activation')}")
         config_groups[f"group_{i}"] = QuantizationScheme(**scheme)
     kv_scheme = None
     key_spec, value_spec = kv
@@ -124,6 +137,8 @@ def quantization_config(linears: dict[str, tuple[nn.Module, QuantSpec | None]], 
                      "static KV scales will not honour it")
         if any(s.clip_ratio < 1 for s in specs):
             notes.append("KV clip ratios are not expressible (in the side file)")
+        if any(_restricted(s) for s in specs):
+            notes.append(_RESTRICTED_NOTE.format(what="KV-cache"))
     ignore = [n for n in all_linears if n not in linears]
     fmt = formats.pop() if len(formats) == 1 else "mixed-precision"
     qc = QuantizationConfig(config_groups=config_groups, kv_cache_scheme=kv_scheme, format=fmt,

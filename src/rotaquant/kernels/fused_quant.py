@@ -33,8 +33,9 @@ def _use_kernel(x: torch.Tensor, spec: QuantSpec, backend: str | None) -> bool:
 
     ok = fused_supported(x.shape[-1], spec)
     if backend == "triton" and not ok:
-        raise ConfigError(f"the fused kernel cannot compute {spec} groups for order {x.shape[-1]}; "
-                          "use a power-of-two group size, or backend='auto'")
+        raise ConfigError(f"the fused kernel cannot compute {spec} groups for order {x.shape[-1]}; it needs a "
+                          "power-of-two group size and an asymmetric or restricted symmetric grid; "
+                          "or use backend='auto'")
     return ok
 
 

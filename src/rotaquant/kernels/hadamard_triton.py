@@ -379,6 +379,8 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
 
 def fused_supported(n: int, spec) -> bool:
     """Whether the fused kernel computes ``spec``'s groups for order ``n`` in one pass."""
+    if spec.symmetric and getattr(spec, "sym_grid", "restricted") != "restricted":
+        return False  # the kernel divides by qmax (the restricted grid); the torch reference does the rest
     plan = plan_for(n)
     g = spec.group_size
     if g is None or g == n:  # one group per row: the whole row must be in one block

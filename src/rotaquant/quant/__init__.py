@@ -2,7 +2,8 @@
 
 The building blocks re-exported here share one grid definition
 (:mod:`rotaquant.quant.quantizer`): symmetric codes in ``[-2^(b-1), 2^(b-1) - 1]`` with
-``scale = clip * max|x| / (2^(b-1) - 1)``, asymmetric codes in ``[0, 2^b - 1]`` with an integer
+``scale = clip * max|x| / (2^(b-1) - 1)`` (``sym_grid`` restricted) or ``/ ((2^b - 1) / 2)``
+(full, compressed-tensors'), asymmetric codes in ``[0, 2^b - 1]`` with an integer
 zero point, per row of the last dim or per group of ``group_size`` elements of it.
 """
 

@@ -21,6 +21,12 @@ def add_quantizer_args(q) -> None:
         q.add_argument(f"--{what}-asym", action="store_true", default=None, help=f"asymmetric {key} quantization")
     for what in ("a", "k", "v"):
         q.add_argument(f"--{what}-clip-ratio", type=float, default=None, help="clip ratio in (0, 1] (default: 1.0)")
+    grids = ["restricted", "full"]
+    q.add_argument("--sym-grid", default=None, choices=grids,
+                   help="scale of every symmetric grid: restricted = amax/(2^(b-1)-1), QuaRot's (default); "
+                        "full = amax/((2^b-1)/2), compressed-tensors' (int4: amax/7.5, codes -8..7)")
+    for what in ("w", "a", "k", "v"):
+        q.add_argument(f"--{what}-sym-grid", default=None, choices=grids, help=f"--sym-grid for the {what.upper()} quantizer only")
     q.add_argument("--o-proj-input", default=None, choices=["per_token", "per_head", "mixed"],
                    help="o_proj input activations: one scale per token, one per token and head (spinquant), "
                         "or heads mixed by an online Hadamard first (quarot; not in rotation learning)")

@@ -3,10 +3,17 @@
 Grid convention (``b`` bits, ``c`` = ``clip_ratio``), computed per row of the last dimension or
 per group of ``group_size`` consecutive elements of it:
 
-* **symmetric**: codes ``q`` in ``[-2^(b-1), 2^(b-1) - 1]``, zero point 0,
-  ``scale = c * max|x| / (2^(b-1) - 1)``. Dynamic parameters therefore never produce the
-  code ``-2^(b-1)``; it is reached only when fixed parameters meet a larger value (as in GPTQ,
-  where error feedback moves weights after their scales were fixed). This is QuaRot's grid.
+* **symmetric**: codes ``q`` in ``[-2^(b-1), 2^(b-1) - 1]``, zero point 0, and one of two
+  scales (``sym_grid``):
+
+  - ``restricted`` (default): ``scale = c * max|x| / (2^(b-1) - 1)`` (int4: ``amax / 7``).
+    Dynamic parameters therefore never produce the code ``-2^(b-1)``; it is reached only when
+    fixed parameters meet a larger value (as in GPTQ, where error feedback moves weights after
+    their scales were fixed). QuaRot's grid: 15 of the 16 int4 codes in use.
+  - ``full``: ``scale = c * max|x| / ((2^b - 1) / 2)`` (int4: ``amax / 7.5``, a 6.7% finer
+    step), compressed-tensors' convention (``calculate_qparams``: ``amax / (bit_range / 2)``):
+    the most negative value maps to ``-2^(b-1)``, the most positive one to ``2^(b-1) - 1/2``,
+    which rounds up and is clamped to ``2^(b-1) - 1``. All 16 int4 codes are used.
 * **asymmetric**: codes in ``[0, 2^b - 1]``, ``scale = c * (max - min) / (2^b - 1)`` where the
   range is first widened to contain 0 (``min <= 0 <= max``, the GPTQ convention, so 0 is always
   exactly representable), and an integer zero point ``zero = round(-c * min / scale)`` in
@@ -39,6 +46,7 @@ from ..stages.base import Stage
 logger = logging.getLogger(__name__)
 
 SPEC_VERSION = 1
+SYM_GRIDS = ("restricted", "full")
 
 
 def _as_int(value) -> int | None:
@@ -66,6 +74,9 @@ class QuantSpec:
             group of that many consecutive elements of the last dim.
         clip_ratio: in (0, 1]; the range (max|x|, or min/max) is multiplied by it.
         version: format version of the spec (currently 1).
+        sym_grid: the scale of a symmetric grid: ``"restricted"`` (``amax / (2^(b-1) - 1)``,
+            QuaRot's) or ``"full"`` (``amax / ((2^b - 1) / 2)``, compressed-tensors'); see the
+            module docstring. Asymmetric grids have one definition and ignore it.
     """
 
     bits: int = 16
@@ -73,6 +84,7 @@ class QuantSpec:
     group_size: int | None = None
     clip_ratio: float = 1.0
     version: int = SPEC_VERSION
+    sym_grid: str = "restricted"
 
     def __post_init__(self):
         bits, group, clip, version = (_as_int(self.bits), _as_int(self.group_size),
@@ -85,6 +97,8 @@ class QuantSpec:
             raise ConfigError(f"group_size must be a positive integer or None, got {self.group_size!r}")
         if clip is None or not (math.isfinite(clip) and 0 < clip <= 1):
             raise ConfigError(f"clip_ratio must be in (0, 1], got {self.clip_ratio!r}")
+        if self.sym_grid not in SYM_GRIDS:
+            raise ConfigError(f"sym_grid must be one of {SYM_GRIDS}, got {self.sym_grid!r}")
         if version is None or not 1 <= version <= SPEC_VERSION:
             raise ConfigError(f"unsupported QuantSpec version {self.version!r} (this rotaquant reads 1..{SPEC_VERSION})")
         # store plain Python numbers (numpy scalars in, JSON-friendly values out)
@@ -108,9 +122,23 @@ class QuantSpec:
         """Largest integer code."""
         return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
 
+    @property
+    def range_divisor(self) -> float:
+        """What the range (``max|x|`` symmetric, ``max - min`` asymmetric) is divided by to give
+        the scale: ``2^(b-1) - 1`` (restricted), ``(2^b - 1) / 2`` (full) or ``2^b - 1``."""
+        if not self.symmetric:
+            return float(self.qmax)
+        if self.sym_grid == "full":
+            return (2**self.bits - 1) / 2
+        return float(self.qmax)
+
     def to_dict(self) -> dict:
-        """Plain-dict form (JSON/YAML friendly)."""
-        return asdict(self)
+        """Plain-dict form (JSON/YAML friendly). ``sym_grid`` is left out when it is the default
+        ``"restricted"``, so such specs read the same in rotaquant versions without the key."""
+        data = asdict(self)
+        if data["sym_grid"] == "restricted":
+            del data["sym_grid"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> QuantSpec:
@@ -128,7 +156,8 @@ class QuantSpec:
             return "fp16+ (no quantization)"
         group = f"g{self.group_size}" if self.group_size else "per-row"
         clip = f" clip{self.clip_ratio:g}" if self.clip_ratio < 1 else ""
-        return f"int{self.bits} {'sym' if self.symmetric else 'asym'} {group}{clip}"
+        grid = " full" if self.symmetric and self.sym_grid == "full" else ""
+        return f"int{self.bits} {'sym' if self.symmetric else 'asym'}{grid} {group}{clip}"
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -161,7 +190,7 @@ def params_from_range(xmin: torch.Tensor, xmax: torch.Tensor, spec: QuantSpec) -
     """
     if spec.symmetric:
         amax = torch.maximum(xmin.abs(), xmax.abs())
-        scale = amax / spec.qmax
+        scale = amax / spec.range_divisor
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return scale, torch.zeros_like(scale)
     lo, hi = xmin.clamp(max=0), xmax.clamp(min=0)

@@ -52,6 +52,13 @@ class QuantSettings(StrictModel):
     v_clip_ratio: float = Field(1.0, gt=0, le=1)
     # o_proj input: per token, per token and head (SpinQuant), or heads mixed online first (QuaRot)
     o_proj_input: Literal["per_token", "per_head", "mixed"] = "per_token"
+    # scale of the symmetric grids: restricted = amax / (2^(b-1) - 1) (QuaRot's), full =
+    # amax / ((2^b - 1) / 2) (compressed-tensors'); sym_grid for all, w_/a_/k_/v_ to override one
+    sym_grid: Literal["restricted", "full"] = "restricted"
+    w_sym_grid: Literal["restricted", "full"] | None = None
+    a_sym_grid: Literal["restricted", "full"] | None = None
+    k_sym_grid: Literal["restricted", "full"] | None = None
+    v_sym_grid: Literal["restricted", "full"] | None = None
 
     @field_validator("w_bits", "a_bits", "k_bits", "v_bits")
     @classmethod
@@ -59,24 +66,29 @@ class QuantSettings(StrictModel):
         return _bits(value)
 
     # -- the quantizer specs ------------------------------------------------------------------
+    def grid_of(self, what: str) -> str:
+        """The symmetric grid of ``what`` (``w``, ``a``, ``k`` or ``v``): its own key, else ``sym_grid``."""
+        return getattr(self, f"{what}_sym_grid") or self.sym_grid
+
     @property
     def weight_spec(self) -> QuantSpec:
-        return QuantSpec(bits=self.w_bits, symmetric=not self.w_asym, group_size=self.w_groupsize)
+        return QuantSpec(bits=self.w_bits, symmetric=not self.w_asym, group_size=self.w_groupsize,
+                         sym_grid=self.grid_of("w"))
 
     @property
     def act_spec(self) -> QuantSpec:
         return QuantSpec(bits=self.a_bits, symmetric=not self.a_asym, group_size=self.a_groupsize,
-                         clip_ratio=self.a_clip_ratio)
+                         clip_ratio=self.a_clip_ratio, sym_grid=self.grid_of("a"))
 
     @property
     def key_spec(self) -> QuantSpec:
         return QuantSpec(bits=self.k_bits, symmetric=not self.k_asym, group_size=self.k_groupsize,
-                         clip_ratio=self.k_clip_ratio)
+                         clip_ratio=self.k_clip_ratio, sym_grid=self.grid_of("k"))
 
     @property
     def value_spec(self) -> QuantSpec:
         return QuantSpec(bits=self.v_bits, symmetric=not self.v_asym, group_size=self.v_groupsize,
-                         clip_ratio=self.v_clip_ratio)
+                         clip_ratio=self.v_clip_ratio, sym_grid=self.grid_of("v"))
 
     def bits_label(self) -> str:
         """``W4A4KV4``-style name of the bit widths ('' when nothing is quantized)."""
