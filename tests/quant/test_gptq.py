@@ -219,6 +219,31 @@ def test_non_finite_activations_are_refused():
         _ = HessianAccumulator(IN).hessian
 
 
+def test_deferred_check_refuses_non_finite_activations_once_read():
+    acc = HessianAccumulator(IN, name="model.layers.3.mlp.down_proj", check_each=False)
+    acc.add(calibration(n=10))
+    bad = calibration(n=4)
+    bad[0, 7] = float("inf")
+    acc.add(bad)  # no host sync here: the Hessian's diagonal tells when it is read
+    with pytest.raises(NonFiniteActivationError, match="down_proj.*1 of"):
+        _ = acc.hessian
+    good = HessianAccumulator(IN, check_each=False)
+    good.add(calibration(n=10))
+    assert torch.equal(good.hessian, hessian_of(calibration(n=10)))
+
+
+def test_stacked_rows_quantize_as_separate_weights():
+    """Rows are independent in GPTQ: linears sharing an input can be quantized stacked."""
+    h = hessian_of(calibration())
+    a, b = weight(1, torch.float64), weight(2, torch.float64)[:20]
+    spec = QuantSpec(bits=3, symmetric=False, group_size=16)
+    for cfg in (GPTQConfig(), GPTQConfig(act_order=True)):
+        stacked, scale, zero = gptq_quantize_weight(torch.cat([a, b]), h, spec, cfg, return_params=True)
+        alone = [gptq_quantize_weight(x, h, spec, cfg, return_params=True) for x in (a, b)]
+        torch.testing.assert_close(stacked, torch.cat([alone[0][0], alone[1][0]]), rtol=0, atol=1e-12)
+        torch.testing.assert_close(scale, torch.cat([alone[0][1], alone[1][1]]), rtol=0, atol=1e-12)
+
+
 def test_objective_is_the_trace():
     w, h = weight(), hessian_of(calibration())
     wq = rtn_quantize_weight(w, QuantSpec(bits=4))

@@ -1,10 +1,11 @@
 """GPTQ in the architecture's sequential groups: a group's Hessian sees the earlier groups quantized."""
 
+import pytest
 import torch
 
 import rotaquant.quant.layerwise as layerwise
 from rotaquant.models.architecture import ArchitectureSpec
-from rotaquant.quant.gptq import HessianAccumulator
+from rotaquant.quant.gptq import GPTQConfig, HessianAccumulator
 from rotaquant.quant.layerwise import (
     capture_layer_inputs,
     quantize_weights_layerwise,
@@ -45,6 +46,27 @@ def test_o_proj_hessian_is_taken_after_qkv_are_quantized(monkeypatch):
     before = _o_proj_hessian(fp_layer0, inputs, kwargs)
     torch.testing.assert_close(got, after_qkv)
     assert not torch.allclose(got, before, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_linears_sharing_an_input_are_quantized_once(monkeypatch, v2):
+    names = []
+    real = layerwise.gptq_quantize_weight
+
+    def spy(w, hessian, spec, cfg, **kw):
+        names.append(kw["name"])
+        return real(w, hessian, spec, cfg, **kw)
+
+    monkeypatch.setattr(layerwise, "gptq_quantize_weight", spy)
+    model = tiny_model("llama")
+    quantize_weights_layerwise(model, QuantSpec(4), CALIB, ArchitectureSpec(), "gptq", GPTQConfig(v2=v2),
+                               progress=False)
+    assert names[:4] == ["model.layers.0.self_attn.k_proj+self_attn.v_proj+self_attn.q_proj",
+                         "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.up_proj+mlp.gate_proj",
+                         "model.layers.0.mlp.down_proj"]
+    for lin in (model.model.layers[0].self_attn.k_proj, model.model.layers[0].mlp.gate_proj):
+        assert lin.rq_weight.method == ("gptqv2" if v2 else "gptq")
+        torch.testing.assert_close(lin.rq_weight.dequantize(lin.weight.dtype), lin.weight)
 
 
 def test_groups_follow_the_spec_and_collect_leftovers():

@@ -53,9 +53,13 @@ class HessianAccumulator:
         device: where ``H`` lives (activations are moved there).
         dtype: float32 (default) or float64.
         name: layer name, used in error messages.
+        check_each: check every added batch for NaN/Inf (a host sync per batch). With False the
+            check runs once, on the Hessian's diagonal, when :attr:`hessian` is read (a
+            non-finite input always makes its diagonal entry non-finite).
     """
 
-    def __init__(self, in_features: int, device=None, dtype: torch.dtype = torch.float32, name: str | None = None):
+    def __init__(self, in_features: int, device=None, dtype: torch.dtype = torch.float32, name: str | None = None,
+                 check_each: bool = True):
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features <= 0:
             raise ConfigError(f"in_features must be a positive integer, got {in_features!r}")
         if dtype not in (torch.float32, torch.float64):
@@ -64,6 +68,8 @@ class HessianAccumulator:
         self.name = name
         self._hessian = torch.zeros(in_features, in_features, device=device, dtype=dtype)
         self._nsamples = 0
+        self.check_each = check_each
+        self._checked = check_each
 
     def _where(self) -> str:
         return f" of {self.name}" if self.name else ""
@@ -73,7 +79,8 @@ class HessianAccumulator:
         """Accumulate activations ``x`` ``[..., in_features]`` (every leading index is a row).
 
         Raises :class:`NonFiniteActivationError` (naming the layer and how many values are bad)
-        if ``x`` holds NaN or Inf; the accumulated Hessian is then left unchanged.
+        if ``x`` holds NaN or Inf; the accumulated Hessian is then left unchanged. Without
+        ``check_each`` the error comes when :attr:`hessian` is read.
         """
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise GPTQError(f"activations{self._where()} have shape {tuple(x.shape)}; "
@@ -83,8 +90,9 @@ class HessianAccumulator:
         if n == 0:
             return
         rows = rows.to(device=self._hessian.device, dtype=self._hessian.dtype)
-        finite = torch.isfinite(rows)
-        if not bool(finite.all()):
+        self._checked = self.check_each
+        finite = torch.isfinite(rows) if self.check_each else None
+        if finite is not None and not bool(finite.all()):
             bad = rows[~finite]
             nans = int(torch.isnan(bad).sum())
             raise NonFiniteActivationError(
@@ -107,6 +115,14 @@ class HessianAccumulator:
         if self._nsamples == 0:
             raise GPTQError(f"no calibration activations were added{self._where()}; "
                             "the layer was never called (use RTN for it)")
+        if not self._checked:
+            bad = int((~torch.isfinite(torch.diagonal(self._hessian))).sum())
+            if bad:
+                raise NonFiniteActivationError(
+                    f"calibration activations{self._where()} contain non-finite values ({bad} of "
+                    f"{self.in_features} inputs are NaN/Inf somewhere, or their squares overflow); check the "
+                    "model weights and calibration data, or run the model in a wider dtype (float32)")
+            self._checked = True
         return self._hessian
 
     @property

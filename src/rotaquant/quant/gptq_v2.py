@@ -23,12 +23,16 @@ from .gptq import GPTQError, NonFiniteActivationError
 
 class CrossAccumulator:
     """Running ``C = 2/N sum (x - x~)^T x~`` over token rows of FP inputs ``x`` and quantized-model
-    inputs ``x~`` (the GPTAQ cross term), float32 by default."""
+    inputs ``x~`` (the GPTAQ cross term), float32 by default. With ``check_each=False`` the NaN/Inf
+    check runs once, on ``C``, when :attr:`cross` is read (a non-finite input makes ``C`` non-finite),
+    instead of a host sync per batch."""
 
-    def __init__(self, in_features: int, device=None, dtype: torch.dtype = torch.float32, name: str | None = None):
+    def __init__(self, in_features: int, device=None, dtype: torch.dtype = torch.float32, name: str | None = None,
+                 check_each: bool = True):
         self.in_features, self.name = in_features, name
         self._cross = torch.zeros(in_features, in_features, device=device, dtype=dtype)
         self._nsamples = 0
+        self.check_each = check_each
 
     def add(self, x_fp: torch.Tensor, x_q: torch.Tensor) -> None:
         """Accumulate one batch of paired inputs (same shape ``[..., in_features]``)."""
@@ -37,7 +41,7 @@ class CrossAccumulator:
                             f"{tuple(x_fp.shape)} and {tuple(x_q.shape)}; expected equal [..., {self.in_features}]")
         a = x_fp.detach().reshape(-1, self.in_features).to(self._cross.device, self._cross.dtype)
         b = x_q.detach().reshape(-1, self.in_features).to(self._cross.device, self._cross.dtype)
-        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        if self.check_each and not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
             raise NonFiniteActivationError(f"GPTQv2 calibration inputs of {self.name or 'a layer'} are not finite")
         n = b.shape[0]
         total = self._nsamples + n
@@ -49,6 +53,8 @@ class CrossAccumulator:
     def cross(self) -> torch.Tensor:
         if self._nsamples == 0:
             raise GPTQError(f"no paired calibration inputs were added for {self.name or 'a layer'}")
+        if not self.check_each and not bool(torch.isfinite(self._cross).all()):
+            raise NonFiniteActivationError(f"GPTQv2 calibration inputs of {self.name or 'a layer'} are not finite")
         return self._cross
 
 

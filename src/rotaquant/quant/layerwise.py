@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..models.architecture import ArchitectureSpec, decoder_layers
 from ..rotation.spec import pattern_matches
-from .gptq import GPTQConfig, HessianAccumulator, gptq_quantize_weight
+from .gptq import GPTQConfig, GPTQError, HessianAccumulator, gptq_quantize_weight
 from .gptq_v2 import CrossAccumulator, gptaq_target
 from .quantizer import QuantSpec
 from .rtn import rtn_quantize_weight
@@ -164,24 +164,11 @@ def quantize_weights_layerwise(
         fp_layer = copy.deepcopy(layer) if gptq.v2 else None
         linears = selected_linears(layer, prefix, skip)
         for group in sequential_groups(linears, arch, prefix):
-            accs = {n: HessianAccumulator(linears[n].in_features, device=device, name=f"{prefix}.{n}") for n in group}
-            if fp_layer is None:
-                _collect_hessians(layer, linears, group, accs, inputs, kwargs)
-                crosses = {}
-            else:
-                crosses = {n: CrossAccumulator(linears[n].in_features, device=device, name=f"{prefix}.{n}")
-                           for n in group}
-                _collect_paired(layer, fp_layer, linears, group, accs, crosses, inputs, fp_inputs, kwargs)
-            for n in group:
-                lin = linears[n]
-                hess = accs[n].hessian
-                target = lin.weight if n not in crosses else gptaq_target(lin.weight, hess, crosses[n].cross, gptq.damp)
-                wq, scale, zero = gptq_quantize_weight(target, hess, spec, gptq, clip_search=clip_search,
-                                                       return_params=True, name=f"{prefix}.{n}")
-                lin.weight.copy_(wq)
-                attach_quantized_weight(lin, spec, scale, zero, "gptqv2" if n in crosses else "gptq")
-                stats["linears"] += 1
-            del accs, crosses
+            shared = _collect_group(layer, fp_layer, linears, group, inputs, fp_inputs, kwargs, device, prefix)
+            for names, acc, cross in shared:
+                _quantize_shared(linears, names, acc, cross, spec, gptq, clip_search, prefix)
+                stats["linears"] += len(names)
+            del shared
         inputs = _run_layer(layer, inputs, kwargs)
         if fp_layer is not None:
             fp_inputs = _run_layer(fp_layer, fp_inputs, kwargs)
@@ -194,44 +181,82 @@ def quantize_weights_layerwise(
     return stats
 
 
-def _collect_hessians(layer, linears, group, accs, inputs, kwargs) -> None:
-    handles = [linears[n].register_forward_hook(_collect(accs[n])) for n in group]
-    try:
-        _run_layer(layer, inputs, kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+def _collect_group(layer, fp_layer, linears, group, inputs, fp_inputs, kwargs, device, prefix) -> list:
+    """Hessians (and, with ``fp_layer``, GPTAQ cross terms) of a sequential group's linears.
 
-
-def _collect_paired(layer, fp_layer, linears, group, accs, crosses, inputs, fp_inputs, kwargs) -> None:
-    """Hessians of the quantized layer's inputs and the GPTAQ cross terms, window by window."""
-    fp_linears = dict(fp_layer.named_modules())
-    seen: dict[str, torch.Tensor] = {}
+    Linears called on the very same input tensor (q/k/v, up/gate) share one Hessian and one cross
+    term: they are accumulated once, with one NaN/Inf check per group instead of a host sync per
+    batch. Returns ``[(names, HessianAccumulator, CrossAccumulator or None)]``, one entry per
+    distinct input, in the group's order.
+    """
+    owner: dict[str, str] = {}  # linear -> the first linear called on the same input tensor
+    accs, crosses, fp_seen = {}, {}, {}
+    batch: list[tuple[torch.Tensor, str]] = []
 
     def remember(name):
         def hook(module, args, output):
-            seen[name] = args[0].detach()
+            fp_seen[name] = args[0].detach()
         return hook
 
-    def pair(name):
+    def accumulate(name):
         def hook(module, args, output):
-            accs[name].add(args[0])
-            crosses[name].add(seen.pop(name), args[0])
+            x = args[0]
+            own = next((o for t, o in batch if t is x), None)
+            if own is None:
+                batch.append((x, name))
+                own = name
+            if owner.setdefault(name, own) != own:
+                raise GPTQError(f"{prefix}.{name}: its input is shared with other linears differently from one "
+                                "calibration batch to the next")
+            if own != name:
+                return
+            if name not in accs:
+                accs[name] = HessianAccumulator(x.shape[-1], device=device, name=f"{prefix}.{name}", check_each=False)
+                if fp_layer is not None:
+                    crosses[name] = CrossAccumulator(x.shape[-1], device=device, name=f"{prefix}.{name}",
+                                                     check_each=False)
+            accs[name].add(x)
+            if fp_layer is not None:
+                crosses[name].add(fp_seen[name], x)
         return hook
 
-    handles = [fp_linears[n].register_forward_hook(remember(n)) for n in group]
-    handles += [linears[n].register_forward_hook(pair(n)) for n in group]
+    handles = [linears[n].register_forward_hook(accumulate(n)) for n in group]
+    if fp_layer is not None:
+        fp_linears = dict(fp_layer.named_modules())
+        handles += [fp_linears[n].register_forward_hook(remember(n)) for n in group]
     try:
-        for x, x_fp in zip(inputs, fp_inputs, strict=True):
-            fp_layer(x_fp, **kwargs)
+        for k, x in enumerate(inputs):
+            batch.clear()
+            fp_seen.clear()
+            if fp_layer is not None:
+                fp_layer(fp_inputs[k], **kwargs)
             layer(x, **kwargs)
     finally:
+        batch.clear()
+        fp_seen.clear()
         for h in handles:
             h.remove()
+    for n in group:
+        if n not in owner:
+            raise GPTQError(f"no calibration activations were added of {prefix}.{n}; "
+                            "the layer was never called (use RTN for it)")
+    return [([n for n in group if owner[n] == o], accs[o], crosses.get(o)) for o in group if o in accs]
 
 
-def _collect(acc: HessianAccumulator):
-    def hook(module, args, output):
-        acc.add(args[0])
-
-    return hook
+def _quantize_shared(linears, names, acc, cross, spec, gptq, clip_search, prefix) -> None:
+    """GPTQ once on the row-stacked weights of ``names`` (rows are independent in GPTQ, and the
+    linears share the Hessian; with GPTQv2 each row keeps its own target); writes the quantized
+    weights and ``rq_weight`` records back. Mutates the linears."""
+    hess = acc.hessian
+    weights = [linears[n].weight for n in names]
+    w = weights[0] if len(weights) == 1 else torch.cat(weights)
+    if cross is not None:
+        w = gptaq_target(w, hess, cross.cross, gptq.damp)
+    wq, scale, zero = gptq_quantize_weight(w, hess, spec, gptq, clip_search=clip_search, return_params=True,
+                                           name=f"{prefix}.{'+'.join(names)}")
+    start = 0
+    for n, weight in zip(names, weights, strict=True):
+        rows = slice(start, start + weight.shape[0])
+        start = rows.stop
+        weight.copy_(wq[rows])
+        attach_quantized_weight(linears[n], spec, scale[rows], zero[rows], "gptq" if cross is None else "gptqv2")
