@@ -33,6 +33,11 @@ SETTINGS = {
                         "w_method": "rtn"}, {}),
     # biases on q/k/v (Qwen2), asymmetric int4 weights through the int8 kernel
     "qwen2_w4a8kv4": ({"w_bits": 4, "a_bits": 8, "k_bits": 4, "v_bits": 4, "w_asym": True}, {"family": "qwen2"}),
+    # FP8 e4m3 weights per channel, dynamic per-token FP8 activations (float-quantized)
+    "fp8": ({"w_bits": 8, "a_bits": 8, "w_type": "float", "a_type": "float"}, {}),
+    "fp8_kv4_spinquant": ({"w_bits": 8, "a_bits": 8, "w_type": "float", "a_type": "float", "k_bits": 4,
+                           "v_bits": 4, "preset": "spinquant", "a_asym": False, "w_method": "rtn",
+                           "rotation_mode": "hadamard"}, WIDE),
 }
 
 
@@ -69,6 +74,8 @@ def test_round_trip_logits(tmp_path, name):
         assert kernels == {"int4mm"}
     if name.startswith("w8a8"):
         assert kernels == {"int8mm"}
+    if name.startswith("fp8"):  # torch._scaled_mm needs CUDA sm89+: the reference path on CPU
+        assert kernels == {"reference"}
     # every stage is back, except the input quantizers, which the QuantLinears now own
     want = {k: [s for s in v if not (k.endswith(":input") and s == "a_quant")] for k, v in stage_map(model).items()}
     assert stage_map(fast) == {k: v for k, v in want.items() if v}
@@ -91,7 +98,8 @@ def test_format_and_config(tmp_path):
     assert side["not_expressed_by_compressed_tensors"]  # random signs etc. are said
 
 
-@pytest.mark.parametrize("name", ["w4a16_g32", "w4a16_g128_asym", "w4a16_channel", "w8a8_asym", "w4a4kv4_spinquant"])
+@pytest.mark.parametrize("name", ["w4a16_g32", "w4a16_g128_asym", "w4a16_channel", "w8a8_asym", "w4a4kv4_spinquant",
+                                  "fp8"])
 def test_compressed_tensors_loader_reads_same_weights(tmp_path, name):
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
@@ -106,6 +114,27 @@ def test_compressed_tensors_loader_reads_same_weights(tmp_path, name):
             assert torch.equal(theirs[name_].weight.detach(), module.weight.detach()), name_
             count += 1
     assert count > 0
+
+
+def test_fp8_format_and_codes(tmp_path):
+    from safetensors import safe_open
+
+    model = quantized("fp8")
+    rotaquant.export(model, None, tmp_path / "q")
+    qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "float-quantized"
+    (group,) = qc["config_groups"].values()
+    assert group["weights"]["type"] == "float" and group["weights"]["num_bits"] == 8
+    assert group["weights"]["strategy"] == "channel"
+    assert group["input_activations"]["type"] == "float" and group["input_activations"]["dynamic"] is True
+    assert group["input_activations"]["strategy"] == "token"
+    with safe_open(str(tmp_path / "q" / "model.safetensors"), framework="pt") as f:
+        w = f.get_tensor("model.layers.0.mlp.down_proj.weight")
+        s = f.get_tensor("model.layers.0.mlp.down_proj.weight_scale")
+    rec = model.get_submodule("model.layers.0.mlp.down_proj").rq_weight
+    assert w.dtype == torch.float8_e4m3fn and s.shape == (w.shape[0], 1)
+    assert torch.equal(w.float() * s, model.get_submodule("model.layers.0.mlp.down_proj").weight.detach())
+    assert torch.equal(w.float(), rec.codes.float()) and w.float().abs().max() <= 448
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):

@@ -36,3 +36,11 @@ def test_flags_alone(flags, expected):
     args = build_parser().parse_args(["ptq", *flags])
     rec = load_recipe(None, **recipe_overrides(args))
     assert (rec.seqlen, rec.cal_seqlen) == expected
+
+
+def test_fp8_type_flags(tmp_path):
+    rec = _recipe(tmp_path, "w_bits: 8\na_bits: 8\n", "--w-type", "float", "--a-type", "float", "--preset", "none")
+    assert rec.weight_spec.type == rec.act_spec.type == "float" and rec.key_spec.type == "int"
+    assert rec.bits_label() == "W8A8-FP8"
+    with pytest.raises(Exception, match="FP8"):
+        _recipe(tmp_path, "w_bits: 4\n", "--w-type", "float")

@@ -8,7 +8,8 @@ Layout of the folder (written atomically, marked as a rotaquant output):
 * ``model.safetensors``: quantized linears as ``weight_packed`` (int32, compressed-tensors'
   dense bit packing) + ``weight_shape`` for 2..7 bits, or ``weight`` (int8) for 8 bits, with
   ``weight_scale`` (float32, ``[out, groups]``) and ``weight_zero_point`` (asymmetric; signed
-  codes as compressed-tensors keeps them); online Hadamard matrices at
+  codes as compressed-tensors keeps them); FP8 weights as ``weight`` (float8_e4m3fn) with
+  ``weight_scale`` (``float-quantized``); online Hadamard matrices at
   ``<module>.<scheme>_<location>.weight``; everything else as it is in the model;
 * the tokenizer and ``generation_config.json``;
 * ``rotaquant_stages.json`` + ``rotaquant_stages.safetensors``: every stage exactly (see
@@ -46,11 +47,14 @@ def compressed_weight_tensors(rec) -> dict[str, torch.Tensor]:
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     spec, off = rec.spec, ct_offset(rec.spec)
+    out = {"weight_scale": rec.scale.detach().to(torch.float32).cpu().contiguous()}
+    if spec.type == "float":  # e4m3 codes as they are (float-quantized)
+        out["weight"] = rec.codes.to(torch.float8_e4m3fn).cpu().contiguous()
+        return out
     codes = rec.codes.to(torch.int32)
     if not spec.symmetric:  # asymmetric codes are >= 0: undo an int8 wrap of 8-bit codes >= 128
         codes = codes % 256
     codes = (codes - off).to(torch.int8)  # packed where the codes are (GPU: fast), stored from CPU
-    out = {"weight_scale": rec.scale.detach().to(torch.float32).cpu().contiguous()}
     if spec.bits < 8:
         out["weight_packed"] = pack_to_int32(codes, spec.bits).cpu()
         out["weight_shape"] = torch.tensor(list(codes.shape), dtype=torch.int64)

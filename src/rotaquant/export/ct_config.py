@@ -2,9 +2,11 @@
 
 * Weights: one ``config_group`` per distinct (weight spec, input-activation spec); int4 (any
   2..7 bits) weights are ``pack-quantized``, int8 weights ``int-quantized`` when activations are
-  quantized too, else ``naive-quantized``. Strategy ``channel`` or ``group``; symmetric or with an
+  quantized too, else ``naive-quantized``; FP8 e4m3 weights (``type: float``) ``float-quantized``.
+  Strategy ``channel`` or ``group``; symmetric or with an
   integer zero point. Scales are stored in float32 (``scale_dtype``), as rotaquant computed them.
-* Activations: dynamic, one scale per token (``token``) or per group of the hidden dim.
+* Activations: dynamic, one scale per token (``token``) or per group of the hidden dim; int or
+  FP8 (``type: float``).
 * KV cache: dynamic, one scale per token and head (``group`` of ``head_dim``) or finer groups.
 * Transforms: every online Hadamard becomes a ``TransformScheme``: R4 and head mixing at a
   linear's ``input`` (their inverse fused in the weight: ``weight_input``, inverse), R3 at
@@ -31,7 +33,7 @@ from ..quant.quantizer import QuantSpec
 
 def weight_args(spec: QuantSpec, method: str) -> dict:
     """compressed-tensors ``QuantizationArgs`` (as a dict) of a weight spec."""
-    args = {"num_bits": spec.bits, "type": "int", "symmetric": spec.symmetric, "dynamic": False,
+    args = {"num_bits": spec.bits, "type": spec.type, "symmetric": spec.symmetric, "dynamic": False,
             "observer": "minmax", "scale_dtype": torch.float32}
     if spec.group_size is None:
         args["strategy"] = "channel"
@@ -44,7 +46,7 @@ def weight_args(spec: QuantSpec, method: str) -> dict:
 
 def dynamic_args(spec: QuantSpec) -> dict:
     """Dynamic per-token (or per-group) ``QuantizationArgs`` of an activation or KV spec."""
-    args = {"num_bits": spec.bits, "type": "int", "symmetric": spec.symmetric, "dynamic": True, "observer": None}
+    args = {"num_bits": spec.bits, "type": spec.type, "symmetric": spec.symmetric, "dynamic": True, "observer": None}
     if spec.group_size is None:
         args["strategy"] = "token"
     else:
@@ -60,11 +62,13 @@ _RESTRICTED_NOTE = ("the {what} quantizer is symmetric on the restricted grid (a
 
 
 def _restricted(spec: QuantSpec) -> bool:
-    return spec.enabled and spec.symmetric and spec.sym_grid == "restricted"
+    return spec.enabled and spec.type == "int" and spec.symmetric and spec.sym_grid == "restricted"
 
 
 def weight_format(spec: QuantSpec, act: QuantSpec | None) -> str:
     """The compressed-tensors storage format of a quantized weight."""
+    if spec.type == "float":
+        return "float-quantized"
     if spec.bits < 8:
         return "pack-quantized"
     return "int-quantized" if act is not None and act.enabled else "naive-quantized"
@@ -100,8 +104,8 @@ def quantization_config(linears: dict[str, tuple[nn.Module, QuantSpec | None]], 
     groups: dict[tuple, list[str]] = defaultdict(list)
     for name, (lin, act) in linears.items():
         rec = lin.rq_weight
-        key = (rec.spec.bits, rec.spec.symmetric, rec.spec.group_size, rec.method,
-               None if act is None else (act.bits, act.symmetric, act.group_size, act.clip_ratio, act.sym_grid))
+        key = (rec.spec.type, rec.spec.bits, rec.spec.symmetric, rec.spec.group_size, rec.method,
+               None if act is None else (act.type, act.bits, act.symmetric, act.group_size, act.clip_ratio, act.sym_grid))
         groups[key].append(name)
     config_groups, formats = {}, set()
     for i, names in enumerate(sorted(groups.values(), key=lambda members: members[0])):

@@ -81,10 +81,11 @@ def _schemes(qc: dict, model: nn.Module, folder: Path) -> dict[str, QuantSpec]:
         for gname, scheme in config.config_groups.items():
             if any(_matches(t, name, module) for t in scheme.targets):
                 w = scheme.weights
-                if w is None or w.type != "int" or w.strategy not in ("channel", "group"):
+                if (w is None or w.type not in ("int", "float") or w.strategy not in ("channel", "group")
+                        or (w.type == "float" and (w.num_bits != 8 or not w.symmetric))):
                     raise ModelLoadError(f"{folder}: config group {gname} ({w}) is not a scheme rotaquant wrote; "
-                                         "rotaquant reloads int weights per channel or per group")
-                found[name] = QuantSpec(bits=w.num_bits, symmetric=w.symmetric,
+                                         "rotaquant reloads int (or FP8 e4m3) weights per channel or per group")
+                found[name] = QuantSpec(bits=w.num_bits, symmetric=w.symmetric, type=str(w.type),
                                         group_size=w.group_size if w.strategy == "group" else None)
                 break
     return found
@@ -101,6 +102,16 @@ def _codes(tensors, name: str, spec: QuantSpec, folder: Path, device: torch.devi
                                  "the export is incomplete or its config was edited") from None
 
     off, scale = ct_offset(spec), get("weight_scale").to(torch.float32)
+    if spec.type == "float":
+        codes = get("weight")
+        if codes.dtype != torch.float8_e4m3fn or codes.dim() != 2:
+            raise ModelLoadError(f"{folder}: {name}.weight is {codes.dtype} {tuple(codes.shape)}, expected 2-d "
+                                 "float8_e4m3fn codes for float-quantized weights; the config does not match")
+        groups = codes.shape[1] // (spec.group_size or codes.shape[1])
+        if tuple(scale.shape) != (codes.shape[0], groups):
+            raise ModelLoadError(f"{folder}: {name}.weight_scale has shape {tuple(scale.shape)}, expected "
+                                 f"{(codes.shape[0], groups)} for {spec}; the config does not match the weights")
+        return codes, scale, torch.zeros_like(scale)
     if spec.bits < 8:
         shape = torch.Size(get("weight_shape").cpu().tolist())
         codes = unpack_from_int32(get("weight_packed"), spec.bits, shape)
@@ -147,7 +158,7 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, devic
         folder: the export folder.
         dtype: the dtype of the float tensors and activations.
         device: where the model runs.
-        kernel: ``auto``, ``reference``, ``int4mm`` or ``int8mm`` (see :mod:`rotaquant.quant.qlinear`).
+        kernel: ``auto``, ``reference``, ``int4mm``, ``int8mm`` or ``fp8mm`` (see :mod:`rotaquant.quant.qlinear`).
 
     Raises:
         ModelLoadError: the folder is not such an export, or its config and tensors disagree.
@@ -177,7 +188,8 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, devic
                              f"(e.g. {odd[0]}); the config was edited or the files come from different exports")
     for name, spec in specs.items():
         saved = QuantSpec.from_dict(side["weights"][name]["spec"])
-        if (saved.bits, saved.symmetric, saved.group_size) != (spec.bits, spec.symmetric, spec.group_size):
+        if (saved.type, saved.bits, saved.symmetric, saved.group_size) != (spec.type, spec.bits, spec.symmetric,
+                                                                            spec.group_size):
             raise ModelLoadError(f"{folder}: {name} is {spec} in config.json but {saved} in the side file; "
                                  "the config was edited")
     acts = {e["module"]: QuantSpec.from_dict(e["spec"]) for e in side["stages"]

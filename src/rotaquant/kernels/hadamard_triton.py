@@ -379,6 +379,8 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
 
 def fused_supported(n: int, spec) -> bool:
     """Whether the fused kernel computes ``spec``'s groups for order ``n`` in one pass."""
+    if getattr(spec, "type", "int") != "int":
+        return False  # FP8 codes: the kernel computes integer grids; the torch reference does FP8
     if spec.symmetric and getattr(spec, "sym_grid", "restricted") != "restricted":
         return False  # the kernel divides by qmax (the restricted grid); the torch reference does the rest
     plan = plan_for(n)

@@ -21,6 +21,9 @@ def add_quantizer_args(q) -> None:
         q.add_argument(f"--{what}-asym", action="store_true", default=None, help=f"asymmetric {key} quantization")
     for what in ("a", "k", "v"):
         q.add_argument(f"--{what}-clip-ratio", type=float, default=None, help="clip ratio in (0, 1] (default: 1.0)")
+    for what, key in (("w", "weights"), ("a", "activations")):
+        q.add_argument(f"--{what}-type", default=None, choices=["int", "float"],
+                       help=f"number type of the {key}: int (default) or float = FP8 e4m3 (with --{what}-bits 8)")
     grids = ["restricted", "full"]
     q.add_argument("--sym-grid", default=None, choices=grids,
                    help="scale of every symmetric grid: restricted = amax/(2^(b-1)-1), QuaRot's (default); "

@@ -14,8 +14,11 @@ matmul, instead of by an ``a_quant`` stage). Kernels, chosen by :meth:`QuantLine
 * ``int8mm`` (weights and per-token activations up to 8 bits, per-channel weights):
   ``torch._int_mm`` on int8 codes, zero points and scales applied in the epilogue. 4-bit codes
   run through it exactly (no int4 tensor cores on H100).
-* ``auto``: ``int8mm`` when activations are quantized per token and the weight per channel,
-  ``int4mm`` for weight-only <= 4 bits, else ``reference``.
+* ``fp8mm`` (FP8 e4m3 weights per channel, dynamic per-token FP8 activations): ``torch._scaled_mm``
+  with row-wise scales (CUDA sm89+; its row-wise kernel writes bfloat16, cast to the input's dtype).
+  Elsewhere FP8 layers run ``reference`` (weights dequantized from their e4m3 codes).
+* ``auto``: ``fp8mm``/``int8mm`` when activations are quantized per token and the weight per
+  channel, ``int4mm`` for weight-only <= 4 bits, else ``reference``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import nn
 from ..errors import ConfigError
 from .quantizer import QuantSpec, fake_quantize, quant_params, quantize_to_int, to_groups
 
-KERNELS = ("auto", "reference", "int4mm", "int8mm")
+KERNELS = ("auto", "reference", "int4mm", "int8mm", "fp8mm")
 _INT4_GROUPS = (256, 128, 64, 32)
 
 
@@ -49,7 +52,7 @@ class QuantLinear(nn.Module):
 
     Codes are stored signed (asymmetric grids shifted by ``2^(b-1)``, their zero points too, as
     compressed-tensors stores them), so 8-bit asymmetric codes fit int8; ``(codes - zero)`` is
-    unchanged by the shift.
+    unchanged by the shift. FP8 specs (``spec.type == "float"``) keep ``float8_e4m3fn`` codes.
 
     Args:
         codes: integer ``[out, in]`` codes on ``spec``'s grid (rotaquant's convention).
@@ -66,8 +69,11 @@ class QuantLinear(nn.Module):
         self.spec, self.act_spec = spec, act_spec if act_spec is not None and act_spec.enabled else None
         self.nibbles = spec.bits <= 4 and self.in_features % 2 == 0
         off = 0 if spec.symmetric else 2 ** (spec.bits - 1)
-        signed = (codes.to(torch.int32) - off).to(torch.int8)
-        self.register_buffer("codes", _pack_nibbles(signed) if self.nibbles else signed)
+        if spec.type == "float":
+            self.register_buffer("codes", codes.to(torch.float8_e4m3fn).contiguous())
+        else:
+            signed = (codes.to(torch.int32) - off).to(torch.int8)
+            self.register_buffer("codes", _pack_nibbles(signed) if self.nibbles else signed)
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
         self.register_buffer("zero", (zero.to(torch.float32) - off).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -76,7 +82,8 @@ class QuantLinear(nn.Module):
 
     # -- weights ------------------------------------------------------------------------------
     def int_codes(self) -> torch.Tensor:
-        """The signed codes as int8 ``[out, in]`` (``zero`` is shifted alike)."""
+        """The signed codes as int8 ``[out, in]`` (``zero`` is shifted alike); FP8 codes as
+        ``float8_e4m3fn``."""
         if self.nibbles:
             return _unpack_nibbles(self.codes, signed=True)
         return self.codes
@@ -92,6 +99,10 @@ class QuantLinear(nn.Module):
         """None if ``kernel`` can run this layer, else why not."""
         if kernel == "reference":
             return None
+        if kernel == "fp8mm":
+            return self._fp8_unsupported()
+        if self.spec.type == "float" or (self.act_spec is not None and self.act_spec.type == "float"):
+            return f"FP8 layers run fp8mm or reference, not {kernel}"
         if kernel == "int4mm":
             if self.act_spec is not None:
                 return "activations are quantized (int4mm is weight-only)"
@@ -112,6 +123,17 @@ class QuantLinear(nn.Module):
             return None
         return f"unknown kernel {kernel!r}; choose one of {KERNELS}"
 
+    def _fp8_unsupported(self) -> str | None:
+        if self.spec.type != "float" or self.spec.group_size not in (None, self.in_features):
+            return "fp8mm needs FP8 weights with one scale per output channel"
+        if self.act_spec is None or self.act_spec.type != "float" or self.act_spec.group_size is not None:
+            return "fp8mm needs FP8 activations quantized per token"
+        if not self.codes.is_cuda or torch.cuda.get_device_capability(self.codes.device) < (8, 9):
+            return "fp8mm needs a CUDA GPU of compute capability 8.9+ (torch._scaled_mm with row-wise scales)"
+        if self.in_features % 16 or self.out_features % 16:
+            return "torch._scaled_mm needs in % 16 == 0 and out % 16 == 0"
+        return None
+
     def _int4_group(self) -> int | None:
         g = self.spec.group_size or self.in_features
         if g in _INT4_GROUPS:
@@ -128,7 +150,7 @@ class QuantLinear(nn.Module):
         Raises ConfigError if an explicitly named kernel cannot run this layer.
         """
         if kernel == "auto":
-            order = ("int8mm", "int4mm") if self.act_spec is not None else ("int4mm",)
+            order = ("fp8mm", "int8mm", "int4mm") if self.act_spec is not None else ("int4mm",)
             kernel = next((k for k in order if self.supports(k) is None), "reference")
         why = self.supports(kernel)
         if why:
@@ -138,6 +160,8 @@ class QuantLinear(nn.Module):
             self._prepare_int4()
         elif kernel == "int8mm":
             self._prepare_int8()
+        elif kernel == "fp8mm":
+            self._packed = {"sw": self.scale[:, 0].reshape(1, -1).contiguous()}
         self.kernel = kernel
         return kernel
 
@@ -167,6 +191,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "int8mm":
             y = self._forward_int8(x)
+        elif self.kernel == "fp8mm":
+            y = self._forward_fp8(x)
         elif self.kernel == "int4mm":
             y = self._forward_int4(x)
         else:
@@ -200,6 +226,16 @@ class QuantLinear(nn.Module):
         # sum_k (xq - zx)(wq - zw) = acc - zw*sum(xq) - zx*sum(wq) + K*zx*zw
         acc = acc - p["zw"][None] * xsum - zx * p["qsum"][None] + self.in_features * zx * p["zw"][None]
         y = acc * sx * p["sw"][None]
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def _forward_fp8(self, x: torch.Tensor) -> torch.Tensor:
+        spec, shape = self.act_spec, x.shape
+        x2 = x.reshape(-1, self.in_features)
+        scale, zero = quant_params(x2, spec)  # [M, 1, 1] float32, as ActQuantizer computes them
+        xq = quantize_to_int(to_groups(x2, spec), scale, zero, spec).reshape(x2.shape)  # float8_e4m3fn
+        # codes [out, in] row-major: .t() is the column-major [in, out] operand _scaled_mm wants
+        y = torch._scaled_mm(xq, self.codes.t(), scale_a=scale.reshape(-1, 1), scale_b=self._packed["sw"],
+                             out_dtype=torch.bfloat16)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -14,6 +14,9 @@ per group of ``group_size`` consecutive elements of it:
     step), compressed-tensors' convention (``calculate_qparams``: ``amax / (bit_range / 2)``):
     the most negative value maps to ``-2^(b-1)``, the most positive one to ``2^(b-1) - 1/2``,
     which rounds up and is clamped to ``2^(b-1) - 1``. All 16 int4 codes are used.
+* **float** (``type="float"``, 8 bits): FP8 e4m3 (``float8_e4m3fn``), symmetric,
+  ``scale = c * max|x| / 448`` (448: the largest finite e4m3 value; ``sym_grid`` does not
+  apply); a code is ``x / scale`` rounded to the nearest e4m3 value (round half to even).
 * **asymmetric**: codes in ``[0, 2^b - 1]``, ``scale = c * (max - min) / (2^b - 1)`` where the
   range is first widened to contain 0 (``min <= 0 <= max``, the GPTQ convention, so 0 is always
   exactly representable), and an integer zero point ``zero = round(-c * min / scale)`` in
@@ -46,6 +49,8 @@ from ..stages.base import Stage
 logger = logging.getLogger(__name__)
 
 SPEC_VERSION = 1
+NUMBER_TYPES = ("int", "float")
+FP8_E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 SYM_GRIDS = ("restricted", "full")
 
 
@@ -74,6 +79,8 @@ class QuantSpec:
             group of that many consecutive elements of the last dim.
         clip_ratio: in (0, 1]; the range (max|x|, or min/max) is multiplied by it.
         version: format version of the spec (currently 1).
+        type: ``"int"`` (integer grid) or ``"float"``: FP8 e4m3 codes (8 bits, symmetric), the
+            compressed-tensors ``float`` type that ``torch._scaled_mm`` multiplies.
         sym_grid: the scale of a symmetric grid: ``"restricted"`` (``amax / (2^(b-1) - 1)``,
             QuaRot's) or ``"full"`` (``amax / ((2^b - 1) / 2)``, compressed-tensors'); see the
             module docstring. Asymmetric grids have one definition and ignore it.
@@ -84,6 +91,7 @@ class QuantSpec:
     group_size: int | None = None
     clip_ratio: float = 1.0
     version: int = SPEC_VERSION
+    type: str = "int"
     sym_grid: str = "restricted"
 
     def __post_init__(self):
@@ -99,6 +107,11 @@ class QuantSpec:
             raise ConfigError(f"clip_ratio must be in (0, 1], got {self.clip_ratio!r}")
         if self.sym_grid not in SYM_GRIDS:
             raise ConfigError(f"sym_grid must be one of {SYM_GRIDS}, got {self.sym_grid!r}")
+        if self.type not in NUMBER_TYPES:
+            raise ConfigError(f"type must be one of {NUMBER_TYPES}, got {self.type!r}")
+        if self.type == "float" and bits != 16 and (bits != 8 or not self.symmetric):
+            raise ConfigError(f"type 'float' is FP8 e4m3: it needs bits=8 and symmetric=True, got bits={self.bits!r}, "
+                              f"symmetric={self.symmetric!r}")
         if version is None or not 1 <= version <= SPEC_VERSION:
             raise ConfigError(f"unsupported QuantSpec version {self.version!r} (this rotaquant reads 1..{SPEC_VERSION})")
         # store plain Python numbers (numpy scalars in, JSON-friendly values out)
@@ -115,11 +128,15 @@ class QuantSpec:
     @property
     def qmin(self) -> int:
         """Smallest integer code."""
+        if self.type == "float":
+            return -FP8_E4M3_MAX
         return -(2 ** (self.bits - 1)) if self.symmetric else 0
 
     @property
     def qmax(self) -> int:
         """Largest integer code."""
+        if self.type == "float":
+            return FP8_E4M3_MAX
         return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
 
     @property
@@ -138,6 +155,8 @@ class QuantSpec:
         data = asdict(self)
         if data["sym_grid"] == "restricted":
             del data["sym_grid"]
+        if data["type"] == "int":  # likewise: integer specs read as before the key existed
+            del data["type"]
         return data
 
     @classmethod
@@ -156,6 +175,8 @@ class QuantSpec:
             return "fp16+ (no quantization)"
         group = f"g{self.group_size}" if self.group_size else "per-row"
         clip = f" clip{self.clip_ratio:g}" if self.clip_ratio < 1 else ""
+        if self.type == "float":
+            return f"fp8e4m3 {group}{clip}"
         grid = " full" if self.symmetric and self.sym_grid == "full" else ""
         return f"int{self.bits} {'sym' if self.symmetric else 'asym'}{grid} {group}{clip}"
 
@@ -188,6 +209,11 @@ def params_from_range(xmin: torch.Tensor, xmax: torch.Tensor, spec: QuantSpec) -
     This is the single place where grids are defined; RTN, its clipping search and GPTQ all
     call it. Ranges of width 0 give ``scale = 1`` and ``zero = 0``.
     """
+    if spec.type == "float":  # FP8: max|x| maps to the largest finite e4m3 value
+        amax = torch.maximum(xmin.abs(), xmax.abs())
+        scale = amax / FP8_E4M3_MAX
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return scale, torch.zeros_like(scale)
     if spec.symmetric:
         amax = torch.maximum(xmin.abs(), xmax.abs())
         scale = amax / spec.range_divisor
@@ -213,19 +239,29 @@ def quant_params(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.
     return params_from_range(lo * clip, hi * clip, spec)
 
 
+def _round(v: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """``v`` rounded to the grid's codes: integers, or the nearest e4m3 value (saturated at
+    +-448, as a cast to ``float8_e4m3fn`` alone would give NaN on CUDA) for float specs."""
+    if spec.type == "float":
+        return v.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).to(v.dtype)
+    return torch.round(v)
+
+
 def _codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Integer-valued float codes ``clamp(round(x / scale) + zero, qmin, qmax)``."""
-    return torch.clamp(torch.round(x / scale) + zero, spec.qmin, spec.qmax)
+    """Integer-valued float codes ``clamp(round(x / scale) + zero, qmin, qmax)`` (e4m3 values
+    for float specs)."""
+    return torch.clamp(_round(x / scale, spec) + zero, spec.qmin, spec.qmax)
 
 
 def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Integer codes (``torch.int32``) of ``x`` on ``spec``'s grid.
+    """Integer codes (``torch.int32``) of ``x`` on ``spec``'s grid; ``torch.float8_e4m3fn``
+    codes for float specs.
 
     Elementwise with broadcasting: pass ``x`` in a shape that broadcasts against ``scale`` and
     ``zero`` (for :func:`quant_params` output, the grouped view ``to_groups(x, spec)``).
     """
     work = x.to(scale.dtype) if x.dtype != scale.dtype else x
-    return _codes(work, scale, zero, spec).to(torch.int32)
+    return _codes(work, scale, zero, spec).to(torch.float8_e4m3fn if spec.type == "float" else torch.int32)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec | None = None) -> torch.Tensor:
@@ -298,7 +334,7 @@ def fake_quantize_scale_grad(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     scale, zero = quant_params(x, spec)  # not detached: the gradient reaches x through the scale
     zero = zero.detach()
     v = g / scale
-    q = torch.clamp(v + (torch.round(v) - v).detach() + zero, spec.qmin, spec.qmax)
+    q = torch.clamp(v + (_round(v, spec) - v).detach() + zero, spec.qmin, spec.qmax)
     return ((q - zero) * scale).reshape(x.shape).to(x.dtype)
 
 

@@ -52,6 +52,9 @@ class QuantSettings(StrictModel):
     v_clip_ratio: float = Field(1.0, gt=0, le=1)
     # o_proj input: per token, per token and head (SpinQuant), or heads mixed online first (QuaRot)
     o_proj_input: Literal["per_token", "per_head", "mixed"] = "per_token"
+    # number type of weights / activations: int grids, or float = FP8 e4m3 (8 bits, symmetric)
+    w_type: Literal["int", "float"] = "int"
+    a_type: Literal["int", "float"] = "int"
     # scale of the symmetric grids: restricted = amax / (2^(b-1) - 1) (QuaRot's), full =
     # amax / ((2^b - 1) / 2) (compressed-tensors'); sym_grid for all, w_/a_/k_/v_ to override one
     sym_grid: Literal["restricted", "full"] = "restricted"
@@ -65,6 +68,15 @@ class QuantSettings(StrictModel):
     def _check_bits(cls, value: int) -> int:
         return _bits(value)
 
+    @model_validator(mode="after")
+    def _fp8_is_8_bits(self):
+        for what in ("w", "a"):
+            bits = getattr(self, f"{what}_bits")
+            if getattr(self, f"{what}_type") == "float" and (bits != 8 or getattr(self, f"{what}_asym")):
+                raise ValueError(f"{what}_type 'float' is FP8 e4m3: set {what}_bits 8 and leave {what}_asym off "
+                                 f"(got {what}_bits {bits})")
+        return self
+
     # -- the quantizer specs ------------------------------------------------------------------
     def grid_of(self, what: str) -> str:
         """The symmetric grid of ``what`` (``w``, ``a``, ``k`` or ``v``): its own key, else ``sym_grid``."""
@@ -72,12 +84,12 @@ class QuantSettings(StrictModel):
 
     @property
     def weight_spec(self) -> QuantSpec:
-        return QuantSpec(bits=self.w_bits, symmetric=not self.w_asym, group_size=self.w_groupsize,
+        return QuantSpec(type=self.w_type, bits=self.w_bits, symmetric=not self.w_asym, group_size=self.w_groupsize,
                          sym_grid=self.grid_of("w"))
 
     @property
     def act_spec(self) -> QuantSpec:
-        return QuantSpec(bits=self.a_bits, symmetric=not self.a_asym, group_size=self.a_groupsize,
+        return QuantSpec(type=self.a_type, bits=self.a_bits, symmetric=not self.a_asym, group_size=self.a_groupsize,
                          clip_ratio=self.a_clip_ratio, sym_grid=self.grid_of("a"))
 
     @property
@@ -96,7 +108,8 @@ class QuantSettings(StrictModel):
             f"KV{self.k_bits}" if self.k_bits == self.v_bits else f"K{self.k_bits}V{self.v_bits}")
         if self.w_bits == self.a_bits == 16 and not kv:
             return ""
-        return f"W{self.w_bits}A{self.a_bits}{kv}"
+        fp8 = "-FP8" if "float" in (self.w_type, self.a_type) else ""
+        return f"W{self.w_bits}A{self.a_bits}{kv}{fp8}"
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -3,7 +3,7 @@
 RTN and GPTQ write the dequantized weight into ``linear.weight`` (what the fake-quantized model
 computes with) and attach a :class:`QuantizedWeight` child named ``rq_weight`` holding the
 integer codes (int8 for symmetric grids, uint8 for asymmetric ones: 8-bit asymmetric codes
-reach 255), scales and zero points, so that ``(codes - zero) * scale`` equals the
+reach 255; float8_e4m3fn for FP8 specs), scales and zero points, so that ``(codes - zero) * scale`` equals the
 weight and an exporter can pack them. Being a child module it is in ``state_dict`` and survives
 ``deepcopy``; it does not run in the forward pass.
 """
@@ -19,14 +19,15 @@ WEIGHT_CHILD = "rq_weight"
 
 
 class QuantizedWeight(nn.Module):
-    """Codes ``[out, in]`` (int8 symmetric / uint8 asymmetric), ``scale`` and ``zero`` ``[out, G]``
+    """Codes ``[out, in]`` (int8 symmetric / uint8 asymmetric / float8_e4m3fn FP8), ``scale`` and ``zero`` ``[out, G]``
     (float32) of a weight."""
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
                  method: str):
         super().__init__()
         self.spec, self.method = spec, method
-        self.register_buffer("codes", codes.to(torch.int8 if spec.symmetric else torch.uint8))
+        dtype = torch.float8_e4m3fn if spec.type == "float" else torch.int8 if spec.symmetric else torch.uint8
+        self.register_buffer("codes", codes.to(dtype))
         self.register_buffer("scale", scale.to(torch.float32))
         self.register_buffer("zero", zero.to(torch.float32))
 

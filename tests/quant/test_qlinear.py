@@ -1,0 +1,91 @@
+"""QuantLinear kernels against its reference path (dequantize, then matmul): FP8 on CPU, and the
+real kernels (int4mm, int8mm, fp8mm) on CUDA at LLaMA-7B's layer shapes."""
+
+import pytest
+import torch
+
+from rotaquant.errors import ConfigError
+from rotaquant.quant.qlinear import QuantLinear
+from rotaquant.quant.quantizer import (
+    QuantSpec,
+    fake_quantize,
+    quant_params,
+    quantize_to_int,
+    to_groups,
+)
+
+FP8 = QuantSpec(bits=8, type="float")
+
+
+def make_layer(out_f, in_f, spec, act=None, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_f, in_f, generator=g) * 0.02
+    w[:, :3] *= 20  # outlier input channels, as real layers have
+    scale, zero = quant_params(w, spec)
+    codes = quantize_to_int(to_groups(w, spec), scale, zero, spec).reshape(w.shape)
+    return QuantLinear(codes, scale[..., 0], zero[..., 0], spec, act_spec=act).to(device), w
+
+
+def test_fp8_spec_checks():
+    assert str(FP8) == "fp8e4m3 per-row" and FP8.qmax == 448
+    with pytest.raises(ConfigError, match="FP8"):
+        QuantSpec(bits=4, type="float")
+    with pytest.raises(ConfigError, match="FP8"):
+        QuantSpec(bits=8, symmetric=False, type="float")
+    with pytest.raises(ConfigError, match="type"):
+        QuantSpec(bits=8, type="fp8")
+    assert QuantSpec.from_dict(FP8.to_dict()) == FP8
+    assert QuantSpec.from_dict({"bits": 4}).type == "int"  # specs written before the field
+
+
+def test_fp8_codes_are_e4m3_and_round_trip():
+    x = torch.randn(6, 64) * torch.logspace(-3, 2, 64)
+    scale, zero = quant_params(x, FP8)
+    codes = quantize_to_int(to_groups(x, FP8), scale, zero, FP8)
+    assert codes.dtype == torch.float8_e4m3fn
+    assert codes.float().abs().amax(-1).eq(448).all()  # max|x| maps to the largest e4m3 value
+    assert torch.equal((codes.float() * scale).reshape(x.shape), fake_quantize(x, FP8))
+    # e4m3 has 3 mantissa bits: relative error <= 2^-4 wherever the value is a normal e4m3 number
+    y, big = fake_quantize(x, FP8), (x.abs() / scale.reshape(6, 1)) >= 2**-6
+    assert ((y - x).abs() <= x.abs() * 2**-4 + 1e-12)[big].all()
+
+
+def test_fp8_reference_equals_fake_quantized_linear():
+    layer, w = make_layer(48, 64, FP8, act=FP8)
+    x = torch.randn(2, 5, 64)
+    ref = torch.nn.functional.linear(fake_quantize(x, FP8), fake_quantize(w, FP8))
+    assert layer.set_kernel("auto") == "reference"  # fp8mm needs CUDA sm89+
+    assert torch.equal(layer(x), ref)
+    assert "sm89" in layer.supports("fp8mm") or "8.9" in layer.supports("fp8mm")
+    for kernel in ("int4mm", "int8mm"):
+        assert "FP8" in layer.supports(kernel)
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+SHAPES_7B = [(4096, 4096), (11008, 4096), (4096, 11008)]  # q/k/v/o, gate/up, down
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("out_f,in_f", SHAPES_7B)
+@pytest.mark.parametrize("rows", [1, 16, 300])
+def test_cuda_kernels_match_reference(out_f, in_f, rows):
+    dev, torch_dtype = "cuda", torch.float16
+    x = torch.randn(rows, in_f, device=dev, dtype=torch_dtype)
+    cases = [("int4mm", QuantSpec(bits=4, group_size=128), None, 2e-2),
+             ("int4mm", QuantSpec(bits=4, symmetric=False, group_size=128), None, 2e-2),
+             ("int8mm", QuantSpec(bits=8), QuantSpec(bits=8), 2e-3),
+             ("int8mm", QuantSpec(bits=4), QuantSpec(bits=4), 2e-3)]
+    if torch.cuda.get_device_capability() >= (8, 9):
+        cases.append(("fp8mm", FP8, FP8, 1e-2))
+    for kernel, spec, act, tol in cases:
+        layer, _ = make_layer(out_f, in_f, spec, act, device=dev)
+        ref = layer(x)  # reference path
+        assert layer.set_kernel("auto") == kernel
+        got = layer(x)
+        assert got.dtype == torch_dtype and got.shape == ref.shape
+        # int4mm runs in bfloat16 (tinygemm), fp8mm writes bfloat16: a few bf16 ulps of the output
+        assert _rel(got, ref) <= tol, (kernel, spec, _rel(got, ref))
