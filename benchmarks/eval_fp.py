@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rotaquant.demo import format_table  # noqa: E402
 from rotaquant.eval.perplexity import perplexity, window_nll  # noqa: E402
+from rotaquant.jobs.demo import format_table  # noqa: E402
 from rotaquant.models.loading import load_model  # noqa: E402
 
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import transformers  # noqa: E402
 
 from rotaquant import quantize, rotate  # noqa: E402
-from rotaquant.demo import format_table  # noqa: E402
 from rotaquant.io import atomic_write_json  # noqa: E402
+from rotaquant.jobs.demo import format_table  # noqa: E402
 
 DATA = Path("/work/shared/data/wikitext-2/valid.txt")
 MODEL = dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=4,

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rotaquant.demo import format_table  # noqa: E402
-from rotaquant.learn.job import optimize  # noqa: E402
+from rotaquant.jobs.demo import format_table  # noqa: E402
+from rotaquant.jobs.learn import optimize  # noqa: E402
+from rotaquant.jobs.ptq import run_ptq  # noqa: E402
 from rotaquant.models.loading import load_model  # noqa: E402
-from rotaquant.quant.job import run_ptq  # noqa: E402
 
 W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}
 LEARN = {"rtn": dict(W4A4KV4), "w16": {**W4A4KV4, "w_bits": 16}}

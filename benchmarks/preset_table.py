@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rotaquant.demo import format_table  # noqa: E402
+from rotaquant.jobs.demo import format_table  # noqa: E402
+from rotaquant.jobs.ptq import run_ptq  # noqa: E402
 from rotaquant.models.loading import load_model  # noqa: E402
-from rotaquant.quant.job import run_ptq  # noqa: E402
 
 W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}
 ROWS = {
@@ -79,7 +79,7 @@ def main() -> None:
 
     path = args.rotation_path
     if args.learn:
-        from rotaquant.learn.job import optimize
+        from rotaquant.jobs.learn import optimize
 
         path = str(Path(args.out_dir) / "learned_w16a4kv4_asym.safetensors")
         t = time.perf_counter()

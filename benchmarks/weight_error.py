@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from rotaquant.data import calibration_windows  # noqa: E402
-from rotaquant.demo import format_table  # noqa: E402
 from rotaquant.eval.perplexity import perplexity  # noqa: E402
+from rotaquant.jobs.demo import format_table  # noqa: E402
 from rotaquant.models.loading import load_model  # noqa: E402
 from rotaquant.quant.gptq import (  # noqa: E402
     GPTQConfig,

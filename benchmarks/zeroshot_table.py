@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from rotaquant.eval.tasks import TASKS, parse_tasks  # noqa: E402
 from rotaquant.eval.zeroshot import evaluate_tasks  # noqa: E402
 from rotaquant.io import atomic_write_json  # noqa: E402
+from rotaquant.jobs.ptq import run_ptq  # noqa: E402
 from rotaquant.models.loading import load_model, resolve_device  # noqa: E402
-from rotaquant.quant.job import run_ptq  # noqa: E402
 from rotaquant.quant.recipe import PTQRecipe  # noqa: E402
 
 W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}

@@ -37,7 +37,7 @@ def test_eval_flags_parse():
 
 
 def test_eval_on_local_text_writes_json(tmp_path, monkeypatch):
-    import rotaquant.eval.job as ev
+    import rotaquant.jobs.eval as ev
     from tests.conftest import ByteTokenizer, tiny_model
 
     monkeypatch.setattr(ev, "load_model", lambda *a, **k: (tiny_model(), ByteTokenizer()))

@@ -27,11 +27,11 @@ def _no_load(*args, **kwargs):
 @pytest.fixture
 def no_load(monkeypatch):
     """Every job's load_model fails the test: errors must come before loading."""
-    import rotaquant.eval.job as ev
-    import rotaquant.learn.job as learn_job
+    import rotaquant.jobs.eval as ev
+    import rotaquant.jobs.learn as learn_job
+    import rotaquant.jobs.ptq as ptq_job
+    import rotaquant.jobs.rotate as rotate_job
     import rotaquant.models.loading as loading
-    import rotaquant.quant.job as ptq_job
-    import rotaquant.rotation.job as rotate_job
 
     for module in (ev, learn_job, ptq_job, rotate_job):
         monkeypatch.setattr(module, "load_model", _no_load)
@@ -40,9 +40,9 @@ def no_load(monkeypatch):
 
 @pytest.fixture
 def tiny_load(monkeypatch):
-    import rotaquant.eval.job as ev
-    import rotaquant.quant.job as ptq_job
-    import rotaquant.rotation.job as rotate_job
+    import rotaquant.jobs.eval as ev
+    import rotaquant.jobs.ptq as ptq_job
+    import rotaquant.jobs.rotate as rotate_job
 
     for module in (ev, ptq_job):
         monkeypatch.setattr(module, "load_model", lambda *a, **k: (tiny_model("llama"), ByteTokenizer()))
@@ -100,7 +100,7 @@ def test_zero_shot_eval_unwritable_json_fails_before_loading(tmp_path, capsys, m
 
 
 def test_demo_unwritable_json_fails_before_running(tmp_path, capsys, monkeypatch):
-    import rotaquant.demo as demo
+    import rotaquant.jobs.demo as demo
 
     monkeypatch.setattr(demo, "run_demo", lambda **k: pytest.fail("the demo ran"))
     blocker = tmp_path / "file"
@@ -109,7 +109,7 @@ def test_demo_unwritable_json_fails_before_running(tmp_path, capsys, monkeypatch
 
 
 def test_ptq_prints_the_result_even_if_the_json_write_fails(tmp_path, capsys, monkeypatch, text):
-    import rotaquant.quant.job as job
+    import rotaquant.jobs.ptq as job
 
     out_dir = tmp_path / "results"
     out_dir.mkdir()
@@ -150,7 +150,7 @@ def test_optimize_output_folder_fails_before_loading(tmp_path, capsys, no_load):
 
 
 def test_group_size_is_checked_before_rotation(tmp_path, capsys, monkeypatch, text):
-    import rotaquant.quant.job as job
+    import rotaquant.jobs.ptq as job
 
     model = tiny_model("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -195,7 +195,7 @@ def test_unwritable_cache_is_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_unexpected_oserror_is_exit_2(tmp_path, capsys, monkeypatch):
-    import rotaquant.eval.job as ev
+    import rotaquant.jobs.eval as ev
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device", str(tmp_path / "x"))
@@ -208,7 +208,7 @@ def test_unexpected_oserror_is_exit_2(tmp_path, capsys, monkeypatch):
 SIGTERM_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import rotaquant.rotation.job as job
+    import rotaquant.jobs.rotate as job
     from rotaquant.cli import main
     from tests.conftest import tiny_model
 
@@ -249,7 +249,7 @@ def test_sigterm_removes_temporary_folders(tmp_path):
 
 
 def test_json_outputs_are_strict(tmp_path, capsys, monkeypatch, text):
-    import rotaquant.eval.job as ev
+    import rotaquant.jobs.eval as ev
 
     model = tiny_model("llama")
     monkeypatch.setattr(ev, "load_model", lambda *a, **k: (model, ByteTokenizer()))

@@ -71,7 +71,7 @@ def test_the_test_file_by_path_or_copy_is_refused(data_dir, tmp_path):
 
 
 def test_ptq_recipe_with_cal_split_test_is_refused_before_loading(tmp_path, data_dir, monkeypatch, capsys):
-    import rotaquant.quant.job as job
+    import rotaquant.jobs.ptq as job
 
     monkeypatch.setattr(job, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     recipe = tmp_path / "r.yaml"
@@ -81,7 +81,7 @@ def test_ptq_recipe_with_cal_split_test_is_refused_before_loading(tmp_path, data
 
 
 def test_optimize_with_the_test_file_as_data_is_refused(tmp_path, data_dir, monkeypatch, capsys):
-    import rotaquant.learn.job as job
+    import rotaquant.jobs.learn as job
 
     monkeypatch.setattr(job, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     out = tmp_path / "R.safetensors"

@@ -134,7 +134,7 @@ def _fail_load(*args, **kwargs):
 
 @pytest.mark.parametrize("case,content", bad_recipes(), ids=[c for c, _ in bad_recipes()])
 def test_malformed_recipe(case, content, tmp_path, monkeypatch, capsys):
-    import rotaquant.quant.job as job
+    import rotaquant.jobs.ptq as job
 
     monkeypatch.setattr(job, "load_model", _fail_load)
     recipe = tmp_path / "recipe.yaml"
@@ -146,7 +146,7 @@ def test_malformed_recipe(case, content, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("case,content", bad_recipes()[:12], ids=[c for c, _ in bad_recipes()[:12]])
 def test_malformed_optimize_config(case, content, tmp_path, monkeypatch, capsys):
-    import rotaquant.learn.job as job
+    import rotaquant.jobs.learn as job
 
     monkeypatch.setattr(job, "load_model", _fail_load)
     config = tmp_path / "config.yaml"
@@ -158,7 +158,7 @@ def test_malformed_optimize_config(case, content, tmp_path, monkeypatch, capsys)
 
 @pytest.mark.parametrize("case,suffix,content", bad_rotation_files(), ids=[c for c, _, _ in bad_rotation_files()])
 def test_malformed_rotation_file(case, suffix, content, tmp_path, monkeypatch, capsys):
-    import rotaquant.rotation.job as job
+    import rotaquant.jobs.rotate as job
 
     loaded = []
     monkeypatch.setattr(job, "load_model", lambda *a, **k: loaded.append(1) or (tiny_model("llama"), None))
@@ -176,7 +176,7 @@ def test_malformed_rotation_file(case, suffix, content, tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("case,name,content", bad_data_files(), ids=[c for c, _, _ in bad_data_files()])
 def test_malformed_data_file(case, name, content, tmp_path, monkeypatch, capsys):
-    import rotaquant.eval.job as ev
+    import rotaquant.jobs.eval as ev
 
     monkeypatch.setattr(ev, "load_model", lambda *a, **k: (tiny_model("llama"), ByteTokenizer()))
     data = tmp_path / name

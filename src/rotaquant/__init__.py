@@ -6,10 +6,13 @@ Public API (each verb takes one validated config or plain keyword arguments):
 * :func:`rotate` - fold norms, fuse R1/R2, insert online R3/R4 (mutates the model).
 * :func:`register_model` - teach rotaquant a new architecture (a config or two functions).
 * :func:`quantize` - fake-quantize weights (RTN/GPTQ), activations and KV cache (mutates).
-* :func:`optimize` - learn R1/R2 with Cayley SGD and write a rotation file.
+* :func:`learn_rotations` - learn R1/R2 of a loaded model with Cayley SGD (mutates the model).
 * :func:`export_hf` - write a rotated model as a standard Hugging Face folder.
 * :func:`export` - write a quantized model as a compressed-tensors checkpoint (``load_model`` reloads it).
 * :func:`evaluate` - perplexity and zero-shot accuracy of a model in memory.
+* :func:`optimize` - the ``rotaquant optimize`` job: load, :func:`learn_rotations`, write a rotation file.
+
+The jobs behind the command line (load, run the verbs, write results) are in :mod:`rotaquant.jobs`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from . import (
 from .errors import RotaquantError
 from .eval.api import evaluate
 from .export.hf import export_hf
-from .learn.job import optimize
+from .jobs.learn import optimize
+from .learn.api import learn_rotations
 from .models.loading import load_model
 from .models.registry import register_model
 from .quant.pipeline import quantize
@@ -35,6 +39,7 @@ __all__ = [
     "evaluate",
     "export",
     "export_hf",
+    "learn_rotations",
     "load_model",
     "optimize",
     "quantize",

@@ -62,7 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .eval.cli_args import cmd_eval_tasks
 
         return cmd_eval_tasks(args, eval_overrides(args))
-    from .eval.job import run_eval
+    from .jobs.eval import run_eval
 
     result = run_eval(None, progress=not args.quiet, **eval_overrides(args))
     print(f"{result.extra.get('model')}: {result.summary()}")
@@ -72,7 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from .rotation.job import run_rotate
+    from .jobs.rotate import run_rotate
 
     keys = ("model", "config", "mode", "seed", "rotation_path", "output", "device", "dtype", "overwrite",
             "allow_partial_rotation", "verify")
@@ -85,8 +85,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_ptq(args: argparse.Namespace) -> int:
+    from .jobs.ptq import run_ptq
     from .quant.cli_args import recipe_overrides
-    from .quant.job import run_ptq
 
     if args.json:
         check_writable_output(args.json, "file", overwrite=True)
@@ -121,8 +121,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from .jobs.learn import optimize
     from .learn.cli_args import optimize_overrides
-    from .learn.job import optimize
 
     res = optimize(args.config, output=args.output, spinquant_output=args.spinquant_output,
                    checkpoint=args.checkpoint, resume=args.resume, json_path=args.json,
@@ -136,8 +136,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .eval.analyze import run_analyze
     from .eval.analyze_args import analyze_overrides
+    from .jobs.analyze import run_analyze
 
     res = run_analyze(args.config, output=args.output, overwrite=args.overwrite, progress=not args.quiet,
                       **analyze_overrides(args))
@@ -147,7 +147,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .jobs.demo import run_demo
 
     if args.json:
         check_writable_output(args.json, "file", overwrite=True)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rotaquant.errors import ConfigError, RotaquantError
-from rotaquant.eval.analyze import AnalyzeConfig, analyze, input_sites, write_analysis
+from rotaquant.eval.analyze import AnalyzeConfig, analyze, input_sites
 from rotaquant.eval.layerwise import LAYER, compared_modules
+from rotaquant.jobs.analyze import write_analysis
 from tests.conftest import tiny_model
 
 

@@ -26,7 +26,7 @@ class ModTokenizer:
 
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):
-    import rotaquant.eval.job as job
+    import rotaquant.jobs.eval as job
 
     folder = tmp_path / "zeroshot" / "boolq"
     folder.mkdir(parents=True)

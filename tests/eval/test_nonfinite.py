@@ -29,7 +29,7 @@ def test_nan_weights_name_the_first_non_finite_module():
 
 
 def test_nan_eval_exits_2_and_writes_no_json(tmp_path, monkeypatch, capsys):
-    import rotaquant.eval.job as ev
+    import rotaquant.jobs.eval as ev
 
     monkeypatch.setattr(ev, "load_model", lambda *a, **k: (nan_model("model.layers.0.self_attn.v_proj"), ByteTokenizer()))
     data = tmp_path / "t.txt"

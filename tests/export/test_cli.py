@@ -15,7 +15,7 @@ pytest.importorskip("compressed_tensors")
 
 
 def test_ptq_output_writes_a_reloadable_export(tmp_path, monkeypatch, capsys):
-    import rotaquant.quant.job as job
+    import rotaquant.jobs.ptq as job
 
     kept = {}
 

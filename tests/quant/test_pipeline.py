@@ -128,7 +128,7 @@ def test_group_size_not_dividing_leaves_model_untouched():
 
 
 def test_nan_calibration_is_a_named_error_and_nothing_is_written(tmp_path, monkeypatch):
-    import rotaquant.quant.job as job
+    import rotaquant.jobs.ptq as job
 
     model = tiny_model("llama")
     with torch.no_grad():
@@ -146,7 +146,7 @@ def test_nan_calibration_is_a_named_error_and_nothing_is_written(tmp_path, monke
 
 
 def test_ptq_cli_writes_json_with_ppl(tmp_path, monkeypatch):
-    import rotaquant.quant.job as job
+    import rotaquant.jobs.ptq as job
 
     monkeypatch.setattr(job, "load_model", lambda *a, **k: (tiny_model("llama"), ByteTokenizer()))
     data = tmp_path / "t.txt"
@@ -161,7 +161,7 @@ def test_ptq_cli_writes_json_with_ppl(tmp_path, monkeypatch):
 def test_ptq_runs_zero_shot_tasks_from_the_recipe(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    import rotaquant.quant.job as job
+    import rotaquant.jobs.ptq as job
     from tests.conftest import tiny_model as build
 
     class Tok(ByteTokenizer):  # also the plain-list form the zero-shot encoder asks for

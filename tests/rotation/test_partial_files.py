@@ -59,7 +59,7 @@ def test_allow_partial_loads_what_fits_and_warns_precisely(tmp_path, caplog):
 
 
 def test_rotate_cli_refuses_a_partial_file_unless_allowed(tmp_path, monkeypatch, capsys):
-    import rotaquant.rotation.job as job
+    import rotaquant.jobs.rotate as job
 
     monkeypatch.setattr(job, "load_model", lambda *a, **k: (tiny_model("llama"), None))
     path = spinquant_file(tmp_path / "R.bin", layers=(0,))
@@ -72,7 +72,7 @@ def test_rotate_cli_refuses_a_partial_file_unless_allowed(tmp_path, monkeypatch,
 
 
 def test_ptq_cli_refuses_a_partial_file_unless_allowed(tmp_path, monkeypatch, capsys):
-    import rotaquant.quant.job as job
+    import rotaquant.jobs.ptq as job
     from tests.conftest import ByteTokenizer
 
     monkeypatch.setattr(job, "load_model", lambda *a, **k: (tiny_model("llama"), ByteTokenizer()))

@@ -31,7 +31,7 @@ def add_zeroshot_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_eval_tasks(args: argparse.Namespace, overrides: dict) -> int:
     """Run ``rotaquant eval --tasks``: print the table (and the perplexity), write ``--json``."""
-    from .job import run_eval_tasks
+    from ..jobs.eval import run_eval_tasks
 
     if args.limit is not None and args.limit < 1:
         from ..errors import ConfigError

@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from rotaquant.errors import OutputError
-from rotaquant.learn.job import optimize
+from rotaquant.jobs.learn import optimize
 from rotaquant.rotation.matrices import RotationFileError, read_rotation_file
 from rotaquant.rotation.rotate import rotate
 from tests.conftest import ByteTokenizer, tiny_model
@@ -63,7 +63,7 @@ def test_optimize_writes_a_file_that_rotate_and_ptq_consume(tmp_path, text_file)
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, expected, atol=1e-4)
     # and the PTQ pipeline reads it through its recipe
-    from rotaquant.quant.job import run_ptq
+    from rotaquant.jobs.ptq import run_ptq
 
     out = run_ptq(None, progress=False, preloaded=(tiny_model("llama"), ByteTokenizer()), rotation_path=str(path),
                   w_bits=4, a_bits=4, preset="none", data=text_file, seqlen=32, max_windows=2, device="cpu")

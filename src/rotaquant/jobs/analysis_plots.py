@@ -1,12 +1,12 @@
-"""The PNGs of one ``rotaquant analyze`` run (drawn by :mod:`rotaquant.eval.plots`)."""
+"""The PNGs of one ``rotaquant analyze`` run (drawn by :mod:`rotaquant.jobs.plots`)."""
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
 
-from .analyze import AnalysisResult, AnalyzeConfig, bits_label
-from .layerwise import LAYER, Row
+from ..eval.analyze import AnalysisResult, AnalyzeConfig, bits_label
+from ..eval.layerwise import LAYER, Row
 
 
 def _per_layer(rows: list[Row], mode: str, metric: str, modules: list[str]) -> dict:

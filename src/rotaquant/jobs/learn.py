@@ -1,4 +1,5 @@
-"""``optimize()``: learn R1/R2 for a model and write them as a rotation file."""
+"""The ``rotaquant optimize`` job: load a model, learn R1/R2 (:func:`rotaquant.learn_rotations`), write
+the rotation files (rotaquant safetensors, optionally SpinQuant's format) and the JSON summary."""
 
 from __future__ import annotations
 
@@ -9,27 +10,18 @@ from pathlib import Path
 
 import torch
 
-from ..data import calibration_windows, check_calibration_source
+from ..data import check_calibration_source
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json, check_writable_output
+from ..learn.api import learn_rotations, load_config
+from ..learn.config import OptimizeConfig
+from ..learn.distributed import init_distributed
+from ..learn.train import LearnResult
 from ..models.loading import load_model
 from ..preflight import check_rotation_file
-from ..rotation.matrices import RotationStore, write_rotation_file
-from ..rotation.rotate import resolve_spec
-from ..rotation.spec import RotationSpec
-from .config import OptimizeConfig
-from .distributed import init_distributed
-from .train import LearnResult, learn
-from .trainable import make_trainable
+from ..rotation.matrices import write_rotation_file
 
 logger = logging.getLogger(__name__)
-
-
-def load_config(config: OptimizeConfig | dict | str | os.PathLike | None = None, **overrides) -> OptimizeConfig:
-    """A validated :class:`OptimizeConfig` from a config, a dict, a YAML path or keywords."""
-    if isinstance(config, OptimizeConfig):
-        config = config.to_dict()
-    return OptimizeConfig.load(config, **overrides)
 
 
 def write_rotations(path: str | os.PathLike, matrices: dict[str, torch.Tensor], cfg: OptimizeConfig) -> Path:
@@ -81,9 +73,9 @@ def optimize(
 ) -> dict:
     """Learn the fused rotations (R1, R2 per layer) of a model with Cayley SGD; returns a summary.
 
-    Loads ``config.model`` (or uses ``preloaded=(model, tokenizer)``, which is mutated), samples
-    the calibration windows, trains through fake-quantized weights/activations/KV with STE and
-    writes ``output`` (rotaquant safetensors; ``rotaquant ptq/rotate --rotation-path`` read it)
+    Loads ``config.model`` (or uses ``preloaded=(model, tokenizer)``, which is mutated), runs
+    :func:`rotaquant.learn_rotations` (calibration windows, training through fake-quantized
+    weights/activations/KV with STE) and writes ``output`` (rotaquant safetensors; ``rotaquant ptq/rotate --rotation-path`` read it)
     and optionally ``spinquant_output`` (SpinQuant's torch format). Under ``torchrun`` the batch
     is split across the ranks and only rank 0 writes. ``checkpoint`` (default:
     ``<output>.ckpt``, removed once the output is written) is written every ``checkpoint_every``
@@ -112,19 +104,8 @@ def optimize(
             model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=str(device))
         else:
             model, tokenizer = preloaded
-        spec = resolve_spec(model, cfg.rotation_config)
-        if not isinstance(spec, RotationSpec):
-            raise ConfigError(f"{type(model).__name__} is registered with functions, not a rotation config; "
-                              "learning needs a config (register the model with a YAML config)")
-        store = RotationStore(spec, model.config, seed=cfg.seed, mode=cfg.init_mode)
-        if cfg.init_path:
-            store.load(cfg.init_path, allow_partial=cfg.allow_partial_rotation)
-        windows = calibration_windows(tokenizer, cfg.nsamples, cfg.seqlen, cfg.data, cfg.split, cfg.seed,
-                                      cfg.data_dir, allow_test=cfg.allow_test_calibration)
-        tm = make_trainable(model, spec, store, cfg, online=cfg.online_rotations, ste=cfg.ste)
-        tm.rotations.to(next(model.parameters()).device)
-        result: LearnResult = learn(tm, windows, cfg, ctx, checkpoint=checkpoint if ctx.main else None,
-                                    resume=resume, progress=progress)
+        result: LearnResult = learn_rotations(model, tokenizer, cfg, checkpoint=checkpoint if ctx.main else None,
+                                              resume=resume, ctx=ctx, progress=progress)
         summary = {
             "config": cfg.to_dict(),
             "bits": cfg.bits_label(),

@@ -10,9 +10,9 @@ from ..eval.perplexity import perplexity
 from ..io import atomic_write_json
 from ..models.loading import load_model
 from ..preflight import check_ptq
+from ..quant.pipeline import check_group_sizes, load_recipe, quantize, rotate_for_recipe
+from ..quant.recipe import PTQRecipe
 from ..rotation.rotate import resolve_spec
-from .pipeline import check_group_sizes, load_recipe, quantize, rotate_for_recipe
-from .recipe import PTQRecipe
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import logging
 import time
 
 from ..config import EvalConfig
+from ..eval.perplexity import PerplexityResult, perplexity
+from ..eval.zeroshot import evaluate_tasks
 from ..io import atomic_write_json
 from ..models.loading import load_model
-from .perplexity import PerplexityResult, perplexity
-from .zeroshot import evaluate_tasks
 
 logger = logging.getLogger(__name__)
 

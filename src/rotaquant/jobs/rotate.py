@@ -11,8 +11,8 @@ from ..export.hf import export_hf
 from ..io import check_writable_output
 from ..models.loading import load_model
 from ..preflight import check_rotation_file
-from .matrices import RotationFile, rotation_file_bytes
-from .rotate import rotate
+from ..rotation.matrices import RotationFile, rotation_file_bytes
+from ..rotation.rotate import rotate
 
 logger = logging.getLogger(__name__)
 ROTATIONS_FILE = "rotaquant_rotations.safetensors"

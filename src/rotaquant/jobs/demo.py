@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 
-from .io import atomic_write_json
-from .models.aliases import DEFAULT_MODEL
-from .models.loading import resolve_device
+from ..io import atomic_write_json
+from ..models.aliases import DEFAULT_MODEL
+from ..models.loading import resolve_device
 
 logger = logging.getLogger(__name__)
 CPU_WINDOWS = 8
@@ -54,7 +54,7 @@ def run_demo(max_windows: int | None = None, device: str | None = None, json_pat
     On CPU only the first ``CPU_WINDOWS`` windows of 2048 tokens are used unless
     ``max_windows`` says otherwise; on GPU the whole WikiText-2 test split.
     """
-    from .quant.job import run_ptq
+    from .ptq import run_ptq
 
     dev = resolve_device(device)
     if max_windows is None and dev.type == "cpu":

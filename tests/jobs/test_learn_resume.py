@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from rotaquant.errors import ConfigError, OutputError
-from rotaquant.learn.job import optimize
+from rotaquant.jobs.learn import optimize
 from tests.conftest import ByteTokenizer, tiny_model
-from tests.learn.test_job import SETTINGS
+from tests.jobs.test_learn import SETTINGS
 
 
 @pytest.fixture
