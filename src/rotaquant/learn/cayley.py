@@ -15,6 +15,14 @@ orthogonal only up to its truncation error.)
 ``CayleySGD`` follows the paper's Algorithm 1 (momentum projected on the tangent space, step
 capped at ``2 q / ||W||``); ``CayleyAdam`` its Algorithm 2 (one scalar second moment per
 matrix, as the paper does, so the direction stays on the tangent space).
+
+Which norm caps the step (``step_norm``): ``"frobenius"`` (default) or ``"one"``, the induced
+1-norm ``max_j sum_i |W_ij|`` (largest column sum), which is what SpinQuant's Cayley SGD uses.
+With ``q = 1/2`` it keeps ``a ||W||_1 <= 1``, which bounds the spectral norm of ``a W`` by 1
+(``W`` is skew, so its 1- and infinity-norms agree), where the fixed-point form of the
+retraction converges. For dense directions the two norms are of the same order (a random
+skew matrix: the 1-norm is about 0.9 of the Frobenius norm); when ``W`` concentrates on a few
+rows and columns (an outlier channel) the 1-norm is the larger one and caps the step harder.
 """
 
 from __future__ import annotations
@@ -69,9 +77,26 @@ def _check_params(params) -> list:
     return groups
 
 
+STEP_NORMS = ("frobenius", "one")
+
+
+def step_cap_norm(w: torch.Tensor, kind: str) -> float:
+    """The norm of the direction ``W`` that caps the step: Frobenius, or the induced 1-norm
+    (largest absolute column sum)."""
+    if kind == "one":
+        return w.abs().sum(dim=0).max().item()
+    return w.norm().item()
+
+
+def _check_step_norm(kind: str) -> None:
+    if kind not in STEP_NORMS:
+        raise ConfigError(f"step_norm must be one of {STEP_NORMS}, got {kind!r}")
+
+
 class _CayleyBase(torch.optim.Optimizer):
     """The shared step: float64 master, a skew direction ``W`` from the subclass, the step cap
-    ``min(lr, 2q / ||W||)`` and the Cayley retraction, written back into the parameter."""
+    ``min(lr, 2q / ||W||)`` (norm chosen by ``step_norm``) and the Cayley retraction, written
+    back into the parameter."""
 
     def _direction(self, x: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
         """The skew-symmetric descent direction (updating the moments in ``state``)."""
@@ -92,7 +117,7 @@ class _CayleyBase(torch.optim.Optimizer):
                     state["master"] = nearest_orthonormal(p.detach())
                 x = state["master"]
                 w = self._direction(x, p.grad.detach().to(torch.float64), state, group)
-                alpha = min(group["lr"], 2 * group["q"] / (w.norm().item() + group["eps"]))
+                alpha = min(group["lr"], 2 * group["q"] / (step_cap_norm(w, group.get("step_norm", "frobenius")) + group["eps"]))
                 state["master"] = cayley_retract(x, w, alpha, group["exact"], group["iterations"])
                 state["last_alpha"] = alpha
                 p.copy_(state["master"].to(p.dtype))
@@ -120,15 +145,18 @@ class CayleySGD(_CayleyBase):
         q: the step cap of the paper (0.5).
         exact: exact Cayley retraction (solve) instead of the fixed-point iteration.
         iterations: fixed-point iterations when ``exact`` is False.
+        step_norm: ``"frobenius"`` or ``"one"`` (SpinQuant's): the norm of ``W`` in the cap.
 
     ``step()`` mutates the parameters in place (and they must have gradients).
     """
 
     def __init__(self, params, lr: float = 1.5, momentum: float = 0.0, q: float = 0.5, eps: float = 1e-8,
-                 exact: bool = True, iterations: int = 2):
+                 exact: bool = True, iterations: int = 2, step_norm: str = "frobenius"):
         if lr <= 0 or not 0 <= momentum < 1 or q <= 0:
             raise ConfigError(f"CayleySGD needs lr > 0, 0 <= momentum < 1 and q > 0 (got {lr}, {momentum}, {q})")
-        defaults = dict(lr=lr, momentum=momentum, q=q, eps=eps, exact=exact, iterations=iterations)
+        _check_step_norm(step_norm)
+        defaults = dict(lr=lr, momentum=momentum, q=q, eps=eps, exact=exact, iterations=iterations,
+                        step_norm=step_norm)
         super().__init__(_check_params(params), defaults)
 
     def _direction(self, x, g, state, group):
@@ -148,10 +176,12 @@ class CayleyAdam(_CayleyBase):
     """
 
     def __init__(self, params, lr: float = 0.1, betas: tuple[float, float] = (0.9, 0.999), q: float = 0.5,
-                 eps: float = 1e-8, exact: bool = True, iterations: int = 2):
+                 eps: float = 1e-8, exact: bool = True, iterations: int = 2, step_norm: str = "frobenius"):
         if lr <= 0 or not all(0 <= b < 1 for b in betas):
             raise ConfigError(f"CayleyAdam needs lr > 0 and betas in [0, 1) (got {lr}, {betas})")
-        defaults = dict(lr=lr, betas=tuple(betas), q=q, eps=eps, exact=exact, iterations=iterations)
+        _check_step_norm(step_norm)
+        defaults = dict(lr=lr, betas=tuple(betas), q=q, eps=eps, exact=exact, iterations=iterations,
+                        step_norm=step_norm)
         super().__init__(_check_params(params), defaults)
 
     def _direction(self, x, g, state, group):

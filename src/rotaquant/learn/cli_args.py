@@ -27,6 +27,9 @@ def add_optimize_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--momentum", type=float, default=None, help="Cayley SGD momentum (default: 0)")
     t.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="Cayley SGD (default) or Cayley Adam")
     t.add_argument("--lr-schedule", default=None, choices=["cosine", "linear", "constant"], help="(default: cosine)")
+    t.add_argument("--cayley-step-norm", default=None, choices=["frobenius", "one"],
+                   help="norm of the Cayley direction W in the step cap min(lr, 1/||W||): frobenius (default) "
+                        "or one, the largest column sum (SpinQuant's Cayley SGD)")
     t.add_argument("--ste", default=None, choices=["identity", "scale"],
                    help="gradient of the fake quantizers: straight through (default) or also through the scales")
     t.add_argument("--autocast", default=None, choices=["auto", "none", "bf16", "fp16"],
@@ -34,6 +37,9 @@ def add_optimize_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false", default=None,
                    help="keep all activations (faster, more memory)")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 25)")
+    t.add_argument("--fsdp", action="store_true", default=None,
+                   help="under torchrun: shard the frozen model with FSDP2 (one decoder layer gathered at a time; "
+                        "rotations replicated, their gradients all-reduced)")
     r = parser.add_argument_group("rotations and data")
     r.add_argument("--rotation-config", default=None, help="auto, a built-in config name or a YAML path")
     r.add_argument("--init-mode", default=None, choices=["hadamard", "base_hadamard", "orthogonal"],

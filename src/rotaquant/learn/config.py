@@ -41,10 +41,14 @@ class OptimizeConfig(QuantSettings, DeviceSettings):
     lr: float = Field(1.5, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    # norm of the Cayley direction that caps the step (min(lr, 1 / ||W||)): SpinQuant's is "one"
+    cayley_step_norm: Literal["frobenius", "one"] = "frobenius"
     ste: Literal["identity", "scale"] = "identity"  # straight through, or also through the scales
     # precision and memory
     autocast: Literal["auto", "none", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = True
+    # shard the frozen model over the ranks with FSDP2 (rotations stay replicated); needs torchrun
+    fsdp: bool = False
     # checkpoints
     checkpoint_every: int = Field(25, ge=1)
 
@@ -68,5 +72,5 @@ class OptimizeConfig(QuantSettings, DeviceSettings):
 
     def fingerprint(self) -> dict:
         """The settings a checkpoint must share with a run that resumes it."""
-        skip = {"device", "checkpoint_every", "allow_partial_rotation", "allow_test_calibration"}  # no effect on the result
+        skip = {"device", "checkpoint_every", "allow_partial_rotation", "allow_test_calibration", "fsdp"}  # no effect on the result
         return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -16,7 +16,16 @@ layer at a time for the forward, the checkpointed recomputation and the backward
 8 GPUs holds 1/8 of the weights plus one gathered layer. The parametrizations sit inside each
 layer, so they rotate and fake-quantize the gathered weight; the rotations themselves (R1
 8192 x 8192 in float32 is 256 MiB, R2 80 x 128 x 128) stay replicated outside FSDP and keep
-the one all-reduce per step used here. That sharded mode is not implemented yet.
+the one all-reduce per step used here. That is :func:`shard_frozen_model`
+(``optimize --fsdp``, config ``fsdp: true``). On 2 GPUs of one host::
+
+    torchrun --nproc-per-node 2 -m rotaquant optimize --model smollm2-135m --w-bits 16 \
+        --a-bits 4 --k-bits 4 --v-bits 4 --a-asym --k-asym --v-asym --o-proj-input per_head \
+        --iterations 100 --fsdp --output learned_fsdp.safetensors --json learn_fsdp.json
+
+(and the same without ``--fsdp`` for the data-parallel baseline; ``--nproc-per-node 1`` for
+one GPU). The frozen parameters have no gradients, so FSDP only all-gathers them (forward,
+checkpointed recomputation, backward) and never reduce-scatters.
 """
 
 from __future__ import annotations
@@ -24,8 +33,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import logging
+
 import torch
 import torch.distributed as dist
+from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,3 +126,26 @@ def init_distributed() -> DistContext:
         dist.init_process_group(backend)
         started = True
     return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, started_here=started)
+
+
+def shard_frozen_model(model: nn.Module, layers: nn.ModuleList, ctx: DistContext, device: torch.device) -> int:
+    """Shard ``model``'s (frozen) parameters over the ranks of ``ctx`` with FSDP2, IN PLACE.
+
+    Each decoder layer of ``layers`` becomes one ``fully_shard`` unit (all-gathered for its
+    forward and backward, then freed), the rest of the model (embeddings, final norm, head) the
+    root unit. The parametrizations that rotate the weights sit inside the layers, so they see
+    the gathered weights; the trainable rotations are not part of ``model`` and stay replicated.
+    Returns the number of units (0, and nothing changes, when ``ctx`` is a single process).
+    """
+    if not ctx.enabled:
+        logger.info("fsdp: a single process, nothing to shard")
+        return 0
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (ctx.world,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    logger.info("fsdp: %d decoder layers + root sharded over %d ranks", len(layers), ctx.world)
+    return len(layers) + 1

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_bytes, load_torch_file
 from .cayley import CayleyAdam, CayleySGD, orthogonality_error
 from .config import OptimizeConfig
-from .distributed import DistContext
+from .distributed import DistContext, shard_frozen_model
 from .trainable import TrainableModel, store_key
 
 logger = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ def lr_factor(step: int, total: int, schedule: str) -> float:
 
 def make_optimizer(cfg: OptimizeConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return CayleyAdam(params, lr=cfg.lr)
-    return CayleySGD(params, lr=cfg.lr, momentum=cfg.momentum)
+        return CayleyAdam(params, lr=cfg.lr, step_norm=cfg.cayley_step_norm)
+    return CayleySGD(params, lr=cfg.lr, momentum=cfg.momentum, step_norm=cfg.cayley_step_norm)
 
 
 def autocast_dtype(cfg: OptimizeConfig, device: torch.device) -> torch.dtype | None:
@@ -145,6 +145,10 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
     if local % micro:
         raise ConfigError(f"micro_batch_size {micro} does not divide the per-rank batch {local}")
     amp = autocast_dtype(cfg, device)
+    if cfg.fsdp:
+        if tm.layers is None:
+            raise ConfigError("fsdp needs the decoder layers of the trainable model (make_trainable records them)")
+        shard_frozen_model(model, tm.layers, ctx, device)
     opt = make_optimizer(cfg, params)
     ckpt_path = Path(checkpoint) if checkpoint else None
     start, losses, grad_norms, steps = 0, [], [], []

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
+from ..models.architecture import decoder_layers
 from ..quant.activations import STAGE as ACT_STAGE
 from ..quant.activations import add_activation_quantizers
 from ..quant.kv import STAGES as KV_STAGES
@@ -117,6 +118,7 @@ class TrainableModel:
     store: RotationStore
     online_stages: int = 0
     parametrized: list = field(default_factory=list)
+    layers: nn.ModuleList | None = None  # the decoder layers (the FSDP units of sharded learning)
 
     def remove(self) -> None:
         """Take the parametrizations and fake quantizer stages out again. The model keeps its
@@ -175,7 +177,7 @@ def make_trainable(model: nn.Module, spec: RotationSpec, store: RotationStore, s
     rotations = LearnableRotations(initial)
     ref = _Ref(rotations)
     wspec = settings.weight_spec
-    state = TrainableModel(model, rotations, store, online_stages=n_online)
+    state = TrainableModel(model, rotations, store, online_stages=n_online, layers=decoder_layers(model, arch)[1])
     for name, module, (r_in, r_out) in plan:
         is_emb = isinstance(module, nn.Embedding)
         quant = isinstance(module, nn.Linear) and not any(pattern_matches(p, name) for p in settings.skip_modules)
