@@ -193,7 +193,7 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float, where: str) -> torch.T
                     "(relative to its mean diagonal); check the calibration activations")
 
 
-def _kernel_backend(W: torch.Tensor, block_size: int, backend: str | None) -> bool:
+def _kernel_backend(W: torch.Tensor, spec: QuantSpec, block_size: int, backend: str | None) -> bool:
     """Whether the block loop runs in the Triton kernel (see ``backend`` of gptq_quantize_weight)."""
     if backend not in (None, "torch", "triton"):
         raise ConfigError(f"unknown GPTQ backend {backend!r}; use 'torch', 'triton' or None (automatic)")
@@ -201,11 +201,12 @@ def _kernel_backend(W: torch.Tensor, block_size: int, backend: str | None) -> bo
         return False
     from ..kernels import triton_available
 
-    fits = W.dtype == torch.float32 and block_size <= 256
+    # the kernel rounds to integer codes (any scale convention: the parameters come from torch)
+    fits = W.dtype == torch.float32 and block_size <= 256 and getattr(spec, "type", "int") == "int"
     if backend == "triton":
         if not fits:
-            raise ConfigError(f"the GPTQ kernel needs a float32 weight and block_size <= 256, got {W.dtype} "
-                              f"and {block_size}; use backend='torch' or None")
+            raise ConfigError(f"the GPTQ kernel needs a float32 weight, an integer grid and block_size <= 256, got "
+                              f"{W.dtype}, {spec} and {block_size}; use backend='torch' or None")
         return True
     return fits and W.is_cuda and triton_available()
 
@@ -288,7 +289,7 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec
     del H
 
     Q = torch.empty_like(W)
-    use_kernel = _kernel_backend(W, cfg.block_size, backend)
+    use_kernel = _kernel_backend(W, spec, cfg.block_size, backend)
     gidx = torch.tensor(group_of, dtype=torch.int32, device=W.device) if use_kernel else None
     if use_kernel:
         U = U.contiguous()  # the factor can come back transposed; the kernel reads rows of it
