@@ -1,23 +1,38 @@
-"""Quantized checkpoints: size on disk, load time, agreement, prefill/decode tokens/s, peak memory.
+"""Quantized checkpoints on the GPU: kernel throughput, size on disk, load time, agreement,
+perplexity, prefill/decode tokens/s, peak memory. Prints tables and writes one JSON.
 
-Two modes (both print a table and write JSON):
+Three parts (``--parts``, all by default), every ratio against FP16 measured in the same run,
+every time a median over repeats:
 
-* kernels (default): a random model of a given shape (``--shape 7b``: LLaMA-2-7B's layers, a few
-  of them; ``--shape smollm2``: SmolLM2-135M's), FP16 vs each quantized setting. Each setting is
-  fake-quantized (RTN), exported (``rotaquant.export``), reloaded (``rotaquant.load_model`` with
-  the ``auto`` kernel), checked against the fake-quantized logits, then timed: prefill of
-  ``--prefill`` tokens at batch 1, decode at batch 1 and 16 with a KV cache.
-* ``--ppl``: a real model (default smollm2-135m): WikiText-2 perplexity of the fake-quantized
-  model and of its reloaded export (reference and auto kernels), which must agree.
+* ``linears``: the seven linears of one LLaMA-7B layer (q/k/v/o 4096x4096, gate/up 11008x4096,
+  down 4096x11008) as QuantLinears from random weights, captured in one CUDA graph (so launch
+  overhead is out) and replayed at 1, 16 and 2048 rows: what the kernels deliver. The targets
+  read here: W4A16 decode at batch 1 >= 2.5x FP16, W8A8 int8 prefill at 2048 >= 1.4x FP16.
+* ``model7b``: a random model of LLaMA-7B's shape with ``--layers`` layers (HF eager, sdpa): each
+  setting RTN-quantized, exported (``rotaquant.export``), reloaded (``rotaquant.load_model``,
+  ``auto`` kernels), compared with the fake-quantized logits, timed (prefill of ``--prefill``
+  tokens at batch 1, decode at batch 1 and 16 with a KV cache), sized on disk, peak memory; the
+  GPU-busy fraction of one decode step (profiler) says whether Python/launches limit it.
+* ``smollm2``: the real SmolLM2-135M (``--model``) with the same measurements plus WikiText-2
+  perplexity of the fake-quantized model and of its reloaded export (must agree). Without a
+  model file: a random model of its shape, no perplexity.
 
-    python benchmarks/export_bench.py --device cuda --shape 7b --layers 4 --json out.json
-    python benchmarks/export_bench.py --ppl --model smollm2-135m --max-windows 4 --seqlen 512
+Settings: FP16; W4A16 g128 (SmolLM2: g64, 576 = 4.5 x 128) on torch's int4 kernel and on the
+Triton kernel (``w4triton``); W8A8 int8 (``torch._int_mm``); FP8 W8A8 (``torch._scaled_mm``);
+W4A4KV4 with R1-R4 (int4 codes through the int8 kernel: H100 has no int4 tensor cores).
 
-On the GPU machine (it lacks compressed-tensors and pydantic: carry their wheels, e.g. `.carry/export/whl`):
+The full table, on the GPU machine (about 5 minutes on an H100; the model and data as in
+DEVICE.md, compressed-tensors and its wheels from ``.carry/export/whl``)::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/export/whl/*.whl
-    PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/export_bench.py --device cuda --shape 7b --layers 4 \
-        --settings w4a16_g128,w8a8,w4a4 --json $OUT/export_7b.json
+    PYTHONPATH=/tmp/site:$PWD/src ROTAQUANT_DATA_DIR=/root/rq/data ROTAQUANT_CACHE_DIR=/root/rq/cache \\
+        python3 benchmarks/export_bench.py --model /root/rq/smollm2.gguf --json $OUT/export_bench.json
+
+Quick CPU check of the plumbing (tiny sizes, no CUDA graphs)::
+
+    python benchmarks/export_bench.py --device cpu --tiny --json /tmp/eb.json
+
+ExecuTorch: see ``benchmarks/results/executorch.md`` for why the stretch export was not built.
 """
 
 from __future__ import annotations
@@ -28,28 +43,46 @@ import json
 import os
 import platform
 import shutil
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import rotaquant
-from rotaquant.eval.perplexity import perplexity
+from rotaquant.quant.qlinear import QuantLinear
+from rotaquant.quant.quantizer import QuantSpec, quant_params, quantize_to_int, to_groups
 
-SETTINGS = {  # name -> PTQ recipe keys (RTN, no rotation unless --rotate)
-    "w4a16_g128": {"w_bits": 4, "w_groupsize": 128},
-    "w4a16_g64": {"w_bits": 4, "w_groupsize": 64},  # SmolLM2's 576 = 4.5 * 128
-    "w4a16_channel": {"w_bits": 4},
-    "w8a8": {"w_bits": 8, "a_bits": 8},
-    "w4a4": {"w_bits": 4, "a_bits": 4},
-    "w4a4kv4": {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4},
+FP8 = {"w_bits": 8, "a_bits": 8, "w_type": "float", "a_type": "float"}
+SETTINGS = {  # name -> (PTQ recipe keys, kernel); RTN, preset none
+    "w4a16_g128": ({"w_bits": 4, "w_groupsize": 128, "rotate": False}, "int4mm"),
+    "w4a16_g128_triton": ({"w_bits": 4, "w_groupsize": 128, "rotate": False}, "w4triton"),
+    "w4a16_g64": ({"w_bits": 4, "w_groupsize": 64, "rotate": False}, "int4mm"),
+    "w4a16_g64_triton": ({"w_bits": 4, "w_groupsize": 64, "rotate": False}, "w4triton"),
+    "w8a8_int8": ({"w_bits": 8, "a_bits": 8, "rotate": False}, "int8mm"),
+    "w8a8_fp8": ({**FP8, "rotate": False}, "fp8mm"),
+    "w4a4kv4_r1r4": ({"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4, "rotate": True}, "auto"),
 }
 SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False),
     "smollm2": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
                     head_dim=64, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=4,
+                 vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False),
+}
+# one layer's linears: (out, in) x count
+LAYER_7B = [((4096, 4096), 4), ((11008, 4096), 2), ((4096, 11008), 1)]
+LAYER_TINY = [((256, 256), 4), ((512, 256), 2), ((256, 512), 1)]
+LINEAR_SETTINGS = {  # name -> (weight spec, activation spec, kernel)
+    "w4a16_g128_int4mm": (QuantSpec(bits=4, group_size=128), None, "int4mm"),
+    "w4a16_g128_triton": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
+    "w8a8_int8mm": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
+    "w8a8_fp8mm": (QuantSpec(bits=8, type="float"), QuantSpec(bits=8, type="float"), "fp8mm"),
+    "w4a4_int8mm": (QuantSpec(bits=4), QuantSpec(bits=4), "int8mm"),
 }
 
 
@@ -62,44 +95,6 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def random_model(shape: str, layers: int, dtype, device, seed: int = 0):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(num_hidden_layers=layers, rms_norm_eps=1e-5, **SHAPES[shape])
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
-    return model.eval()
-
-
-@torch.inference_mode()
-def throughput(model, vocab: int, device, prefill: int, decode_steps: int, reps: int = 3) -> dict:
-    out = {}
-    ids = torch.randint(0, vocab, (1, prefill), device=device)
-    model(ids[:, :64])  # warm-up (kernels, allocator)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        model(ids, use_cache=False)
-    sync(device)
-    out["prefill_tok_s"] = prefill * reps / (time.perf_counter() - t)
-    for batch in (1, 16):
-        ctx = torch.randint(0, vocab, (batch, 128), device=device)
-        res = model(ctx, use_cache=True)
-        past, nxt = res.past_key_values, res.logits[:, -1:].argmax(-1)
-        for _ in range(2):  # warm-up steps
-            res = model(nxt, past_key_values=past, use_cache=True)
-            past, nxt = res.past_key_values, res.logits[:, -1:].argmax(-1)
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(decode_steps):
-            res = model(nxt, past_key_values=past, use_cache=True)
-            past, nxt = res.past_key_values, res.logits[:, -1:].argmax(-1)
-        sync(device)
-        out[f"decode_b{batch}_tok_s"] = batch * decode_steps / (time.perf_counter() - t)
-    return out
-
-
 def peak_reset(device):
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -110,127 +105,347 @@ def peak(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def run_kernels(args) -> dict:
-    device, dtype = torch.device(args.device), rotaquant.models.loading.resolve_dtype(args.dtype)
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    base = random_model(args.shape, args.layers, dtype, device)
-    vocab = base.config.vocab_size
-    probe = torch.randint(0, vocab, (1, 256), generator=torch.Generator().manual_seed(1)).to(device)
-    rows = []
-    # FP16 baseline: a plain HF folder
-    t = time.perf_counter()
-    base.save_pretrained(work / "fp")
-    row = {"setting": f"fp ({args.dtype})", "export_s": time.perf_counter() - t, "disk_mb": folder_bytes(work / "fp") / 2**20}
-    peak_reset(device)
-    t = time.perf_counter()
-    from transformers import AutoModelForCausalLM
+def fmt_row(row: dict) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
 
-    fp = AutoModelForCausalLM.from_pretrained(work / "fp", dtype=dtype, device_map=device).eval()
-    sync(device)
-    row.update(load_s=time.perf_counter() - t, kernels="dense")
-    row.update(throughput(fp, vocab, device, args.prefill, args.decode_steps), peak_gib=peak(device))
-    rows.append(row)
-    del fp
-    shutil.rmtree(work / "fp")
-    for name in args.settings.split(","):
+
+# -- part 1: one 7B layer's linears in a CUDA graph --------------------------------------------
+def quant_linear(w: torch.Tensor, spec: QuantSpec, act: QuantSpec | None) -> QuantLinear:
+    scale, zero = quant_params(w, spec)
+    codes = quantize_to_int(to_groups(w, spec), scale, zero, spec).reshape(w.shape)
+    return QuantLinear(codes, scale[..., 0], zero[..., 0], spec, act_spec=act)
+
+
+def time_callable(fn, device, iters: int, repeats: int = 7) -> float:
+    """Median seconds per call of ``fn`` (a CUDA graph's replay on CUDA, timed with events)."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / iters)
+        else:
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            times.append((time.perf_counter() - t) / iters)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def run_linears(args, device, dtype) -> list[dict]:
+    layout = LAYER_TINY if args.tiny else LAYER_7B
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    weights = [torch.randn(o, i, generator=gen).mul_(0.02).to(device) for (o, i), n in layout for _ in range(n)]
+    rows_list = (1, 16, 2048)
+    results, base = [], {}
+    for name in ("fp16", *args.linear_settings.split(",")):
         row = {"setting": name}
         try:
+            if name == "fp16":
+                mods = [nn.Linear(w.shape[1], w.shape[0], bias=False, device=device, dtype=dtype) for w in weights]
+                for m, w in zip(mods, weights, strict=True):
+                    m.weight.copy_(w)
+                row["kernel"] = "cuBLAS" if device.type == "cuda" else "dense"
+                nbytes = sum(w.numel() * 2 for w in weights)
+            else:
+                spec, act, kernel = LINEAR_SETTINGS[name]
+                mods = [quant_linear(w.float(), spec, act).to(device) for w in weights]
+                row["kernel"] = mods[0].set_kernel(kernel)
+                for m in mods[1:]:
+                    m.set_kernel(kernel)
+                nbytes = sum(b.numel() * b.element_size() for m in mods for b in m.buffers())
+            row["weight_mb"] = nbytes / 2**20
+            for rows in rows_list:
+                xs = [torch.randn(rows, w.shape[1], device=device, dtype=dtype) for w in weights]
+
+                def step(mods=mods, xs=xs):
+                    for m, x in zip(mods, xs, strict=True):
+                        m(x)
+
+                if name != "fp16":  # agreement with the reference path (dequantize, then matmul)
+                    got = [m(x) for m, x in zip(mods, xs, strict=True)]
+                    kernel = mods[0].kernel
+                    for m in mods:
+                        m.set_kernel("reference")
+                    ref = [m(x) for m, x in zip(mods, xs, strict=True)]
+                    for m in mods:
+                        m.set_kernel(kernel)
+                    rel = max(((g.float() - r.float()).abs().max() / r.float().abs().max()).item()
+                              for g, r in zip(got, ref, strict=True))
+                    row[f"max_rel_vs_ref_m{rows}"] = rel
+                    del got, ref
+                fn = step
+                if device.type == "cuda":
+                    side = torch.cuda.Stream()
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):
+                        for _ in range(3):  # warm-up: Triton autotuning, cuBLAS workspaces
+                            step()
+                    torch.cuda.current_stream().wait_stream(side)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        step()
+                    fn = graph.replay
+                else:
+                    step()
+                iters = 50 if rows <= 16 else 5
+                t = time_callable(fn, device, 1 if args.tiny else iters, 3 if args.tiny else 7)
+                row[f"us_m{rows}"] = t * 1e6
+                row[f"tok_s_m{rows}"] = rows / t
+                if rows == 1:
+                    row["gb_s_m1"] = nbytes / t / 1e9
+                if name == "fp16":
+                    base[rows] = t
+                else:
+                    row[f"speedup_m{rows}_vs_fp16"] = base[rows] / t
+                del xs, fn
+        except Exception as exc:  # one failing setting must not lose the others' numbers
+            row["error"] = f"{type(exc).__name__}: {exc}"[:400]
+        results.append(row)
+        print("linears", fmt_row(row), flush=True)
+    return results
+
+
+# -- parts 2 and 3: whole models ---------------------------------------------------------------
+def random_model(shape: str, layers: int, dtype, device, seed: int = 0):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(num_hidden_layers=layers, rms_norm_eps=1e-5, **SHAPES[shape])
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def _decode(model, nxt, past, steps):
+    for _ in range(steps):
+        res = model(nxt, past_key_values=past, use_cache=True)
+        past, nxt = res.past_key_values, res.logits[:, -1:].argmax(-1)
+    return nxt, past
+
+
+@torch.inference_mode()
+def throughput(model, vocab: int, device, prefill: int, decode_steps: int, reps: int) -> dict:
+    out = {}
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, vocab, (1, prefill), generator=gen).to(device)
+    model(ids, use_cache=False)  # warm-up (kernels, autotuning, allocator)
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        model(ids, use_cache=False)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    out["prefill_tok_s"] = prefill / statistics.median(times)
+    for batch in (1, 16):
+        ctx = torch.randint(0, vocab, (batch, 128), generator=gen).to(device)
+        res = model(ctx, use_cache=True)
+        nxt, past = _decode(model, res.logits[:, -1:].argmax(-1), res.past_key_values, 2)  # warm-up
+        times = []
+        for _ in range(reps):
+            sync(device)
+            t = time.perf_counter()
+            nxt, past = _decode(model, nxt, past, decode_steps)
+            sync(device)
+            times.append((time.perf_counter() - t) / decode_steps)
+        out[f"decode_b{batch}_tok_s"] = batch / statistics.median(times)
+        if batch == 1 and device.type == "cuda":
+            out["decode_b1_gpu_busy"] = gpu_busy_fraction(model, nxt, past)
+    return out
+
+
+def gpu_busy_fraction(model, nxt, past, steps: int = 4) -> float | None:
+    """Kernel time / wall time of a few decode steps (profiler): near 1 means the GPU limits the
+    step, well below 1 that Python and kernel launches do."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        sync(nxt.device)
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            _decode(model, nxt, past, steps)
+            sync(nxt.device)
+        wall = time.perf_counter() - t
+        busy = sum(e.device_time_total for e in prof.key_averages()) / 1e6  # microseconds -> s
+        return min(busy / wall, 1.0)
+    except Exception:  # the profiler is diagnostics; its absence must not fail a row
+        return None
+
+
+def _agreement(row, got, ref):
+    row["max_rel_diff"] = ((got - ref).abs().max() / ref.abs().max()).item()
+    row["argmax_agree"] = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+
+
+def _ppl(model, tok, args):
+    from rotaquant.eval.perplexity import perplexity
+
+    return perplexity(model, tok, "wikitext2", "test", seqlen=args.seqlen, batch_size=args.ppl_batch,
+                      max_windows=args.max_windows, progress=False).ppl
+
+
+def run_models(args, device, dtype, part: str) -> list[dict]:
+    """One model (``part`` 7b or smollm2): FP16 and each setting, as the module docstring says."""
+    from transformers import AutoModelForCausalLM
+
+    real = part == "smollm2" and args.model
+    if real:
+        base, tok = rotaquant.load_model(args.model, dtype=dtype, device=device)
+    else:
+        shape = "tiny" if args.tiny else part
+        base, tok = random_model(shape, args.layers if part == "7b" else 30, dtype, device), None
+    base.eval()
+    vocab = base.config.vocab_size
+    probe = torch.randint(0, vocab, (1, 256), generator=torch.Generator().manual_seed(1)).to(device)
+    work = Path(args.workdir) / part
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    reps = 2 if args.tiny else args.reps
+    prefill = 64 if args.tiny else args.prefill
+    steps = 4 if args.tiny else args.decode_steps
+    rows = []
+    row = {"model": part, "setting": f"fp16 ({args.dtype})", "kernels": "dense"}
+    t = time.perf_counter()
+    base.save_pretrained(work / "fp")
+    row.update(export_s=time.perf_counter() - t, disk_mb=folder_bytes(work / "fp") / 2**20)
+    peak_reset(device)
+    t = time.perf_counter()
+    fp = AutoModelForCausalLM.from_pretrained(work / "fp", dtype=dtype, device_map=device).eval()
+    sync(device)
+    row["load_s"] = time.perf_counter() - t
+    if real:
+        row["ppl"] = _ppl(fp, tok, args)
+    row.update(throughput(fp, vocab, device, prefill, steps, reps), peak_gib=peak(device))
+    rows.append(row)
+    print(part, fmt_row(row), flush=True)
+    del fp
+    shutil.rmtree(work / "fp")
+    names = args.settings.split(",") if part == "7b" else args.smollm2_settings.split(",")
+    for name in names:
+        recipe, kernel = SETTINGS[name]
+        kernel = kernel if device.type == "cuda" else "auto"  # w4triton, fp8mm: CUDA only
+        row = {"model": part, "setting": name}
+        try:
             model = copy.deepcopy(base)
-            rotaquant.quantize(model, {"preset": "none", "rotate": args.rotate, **SETTINGS[name]}, device=device,
-                               progress=False)
+            rotaquant.quantize(model, {"preset": "none", **recipe}, device=device, progress=False)
             with torch.inference_mode():
                 ref = model(probe).logits.float()
                 # how far the fake-quantized model itself moves under 1e-6 relative input noise
-                # (quantizer codes on rounding ties flip): the floor for any kernel's agreement
+                # (activation codes on rounding ties flip): the floor for any kernel's agreement
                 emb = model.get_input_embeddings()(probe)
                 noisy = model(inputs_embeds=emb * (1 + 1e-6 * torch.randn_like(emb))).logits.float()
                 row["fq_noise_floor_rel"] = ((noisy - ref).abs().max() / ref.abs().max()).item()
                 del noisy, emb
+            if real:
+                row["ppl_fake_quant"] = _ppl(model, tok, args)
             t = time.perf_counter()
-            rotaquant.export(model, None, work / name, dtype=dtype)
+            rotaquant.export(model, tok, work / name, dtype=dtype)
             row.update(export_s=time.perf_counter() - t, disk_mb=folder_bytes(work / name) / 2**20)
             del model
             peak_reset(device)
             t = time.perf_counter()
-            q, _ = rotaquant.load_model(work / name, dtype=dtype, device=device, kernel=args.kernel)
+            q, qtok = rotaquant.load_model(work / name, dtype=dtype, device=device, kernel=kernel)
             sync(device)
             row["load_s"] = time.perf_counter() - t
             kinds = {}
             for m in q.modules():
-                if hasattr(m, "kernel"):
+                if isinstance(m, QuantLinear):
                     kinds[m.kernel] = kinds.get(m.kernel, 0) + 1
             row["kernels"] = ",".join(f"{k}x{v}" for k, v in sorted(kinds.items()))
             with torch.inference_mode():
-                got = q(probe).logits.float()
-            row["max_rel_diff"] = ((got - ref).abs().max() / ref.abs().max()).item()
-            row["argmax_agree"] = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
-            row.update(throughput(q, vocab, device, args.prefill, args.decode_steps), peak_gib=peak(device))
-            del q, ref, got
+                _agreement(row, q(probe).logits.float(), ref)
+            if real:
+                row["ppl_reloaded"] = _ppl(q, qtok, args)
+            row.update(throughput(q, vocab, device, prefill, steps, reps), peak_gib=peak(device))
+            del q, ref
         except Exception as exc:  # one failing setting must not lose the others' numbers
-            row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-        rows.append(row)
+            row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         shutil.rmtree(work / name, ignore_errors=True)
-        print(json.dumps(row), flush=True)
+        rows.append(row)
+        print(part, fmt_row(row), flush=True)
     fp_row = rows[0]
     for row in rows[1:]:
-        for key in ("disk_mb", "prefill_tok_s", "decode_b1_tok_s", "decode_b16_tok_s"):
-            if key in row and fp_row.get(key):
-                row[f"{key}_vs_fp"] = row[key] / fp_row[key]
-    return {"mode": "kernels", "shape": args.shape, "layers": args.layers, "rows": rows}
+        for key in ("disk_mb", "prefill_tok_s", "decode_b1_tok_s", "decode_b16_tok_s", "peak_gib"):
+            if row.get(key) and fp_row.get(key):
+                row[f"{key}_vs_fp16"] = row[key] / fp_row[key]
+    return rows
 
 
-def run_ppl(args) -> dict:
-    device = torch.device(args.device)
-    model, tok = rotaquant.load_model(args.model, dtype=args.dtype, device=device)
-    recipe = {"preset": "none", "rotate": True, **SETTINGS[args.settings.split(",")[0]]}
-    rotaquant.quantize(model, recipe, progress=False)
-    ev = dict(seqlen=args.seqlen, max_windows=args.max_windows, progress=False)
-    rows = [{"model": "fake-quantized", "ppl": perplexity(model, tok, "wikitext2", "test", **ev).ppl}]
-    out = Path(args.workdir) / "ppl"
-    shutil.rmtree(out, ignore_errors=True)
-    rotaquant.export(model, tok, out)
-    rows[0]["disk_mb"] = folder_bytes(out) / 2**20
-    del model
-    for kernel in ("reference", "auto"):
-        t = time.perf_counter()
-        q, qtok = rotaquant.load_model(out, dtype=args.dtype, device=device, kernel=kernel)
-        load = time.perf_counter() - t
-        rows.append({"model": f"reloaded ({kernel})", "load_s": load,
-                     "ppl": perplexity(q, qtok, "wikitext2", "test", **ev).ppl})
-        del q
-    return {"mode": "ppl", "model": args.model, "recipe": recipe, "rows": rows}
+# -- driver ------------------------------------------------------------------------------------
+def environment(args) -> dict:
+    import transformers
+
+    def version(mod):
+        try:
+            return __import__(mod).__version__
+        except Exception:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except Exception:
+        commit = None
+    dev = torch.device(args.device)
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit or os.environ.get("RQ_COMMIT"),
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "capability": list(torch.cuda.get_device_capability(dev)) if dev.type == "cuda" else None,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "triton": version("triton"),
+            "transformers": transformers.__version__, "compressed_tensors": version("compressed_tensors"),
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def write(path, result):
+    if path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        tmp.replace(path)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="fp16")
-    p.add_argument("--shape", default="7b", choices=sorted(SHAPES))
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--settings", default="w4a16_g128,w4a16_channel,w8a8,w4a4")
-    p.add_argument("--kernel", default="auto")
-    p.add_argument("--rotate", action="store_true", help="rotate (R1-R4) before quantizing")
+    p.add_argument("--parts", default="linears,model7b,smollm2")
+    p.add_argument("--layers", type=int, default=4, help="layers of the 7B-shaped model")
+    p.add_argument("--linear-settings", default=",".join(LINEAR_SETTINGS))
+    p.add_argument("--settings", default="w4a16_g128,w4a16_g128_triton,w8a8_int8,w8a8_fp8,w4a4kv4_r1r4",
+                   help="settings of the 7B-shaped model")
+    p.add_argument("--smollm2-settings", default="w4a16_g64,w4a16_g64_triton,w8a8_int8,w8a8_fp8,w4a4kv4_r1r4")
+    p.add_argument("--model", default=None, help="SmolLM2-135M (a .gguf path or alias); random weights if absent")
     p.add_argument("--prefill", type=int, default=2048)
     p.add_argument("--decode-steps", type=int, default=32)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--ppl-batch", type=int, default=8)
+    p.add_argument("--max-windows", type=int, default=None)
     p.add_argument("--workdir", default="/tmp/rotaquant-export-bench")
-    p.add_argument("--ppl", action="store_true", help="perplexity mode on a real model")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--max-windows", type=int, default=4)
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (a CPU check of the script)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    device, dtype = torch.device(args.device), rotaquant.models.loading.resolve_dtype(args.dtype)
     t0 = time.perf_counter()
-    res = run_ppl(args) if args.ppl else run_kernels(args)
-    res.update(seconds=time.perf_counter() - t0, torch=torch.__version__, python=platform.python_version(),
-               device=torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
-               args=vars(args))
-    for row in res["rows"]:
-        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    result = {"environment": environment(args), "args": vars(args)}
+    parts = args.parts.split(",")
+    if "linears" in parts:
+        result["linears"] = run_linears(args, device, dtype)
+        write(args.json, result)
+    if "model7b" in parts:
+        result["model7b"] = run_models(args, device, dtype, "7b")
+        write(args.json, result)
+    if "smollm2" in parts:
+        result["smollm2"] = run_models(args, device, dtype, "smollm2")
+    result["seconds"] = time.perf_counter() - t0
+    write(args.json, result)
+    print(f"done in {result['seconds']:.0f} s")
     return 0
 
 

@@ -61,6 +61,13 @@ def test_fp8_reference_equals_fake_quantized_linear():
         assert "FP8" in layer.supports(kernel)
 
 
+def test_w4triton_needs_cuda():
+    layer, _ = make_layer(32, 256, QuantSpec(bits=4, group_size=128))
+    assert "CUDA" in layer.supports("w4triton")
+    with pytest.raises(ConfigError, match="w4triton"):
+        layer.set_kernel("w4triton")
+
+
 def _rel(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
@@ -89,3 +96,22 @@ def test_cuda_kernels_match_reference(out_f, in_f, rows):
         assert got.dtype == torch_dtype and got.shape == ref.shape
         # int4mm runs in bfloat16 (tinygemm), fp8mm writes bfloat16: a few bf16 ulps of the output
         assert _rel(got, ref) <= tol, (kernel, spec, _rel(got, ref))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("out_f,in_f", SHAPES_7B)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_w4triton_matches_reference(out_f, in_f, dtype):
+    for spec in (QuantSpec(bits=4, group_size=128), QuantSpec(bits=4, symmetric=False, group_size=64),
+                 QuantSpec(bits=4)):
+        layer, _ = make_layer(out_f, in_f, spec, device="cuda")
+        for rows in (1, 5, 16, 40):  # 40 rows: tinygemm
+            x = torch.randn(rows, in_f, device="cuda", dtype=dtype)
+            layer.set_kernel("reference")
+            ref = layer(x)
+            layer.set_kernel("w4triton")
+            got = layer(x)
+            # same dequantized weights, float32 accumulation in another order (tinygemm: bf16)
+            tol = 2e-3 if rows <= 16 else 2e-2
+            assert got.dtype == dtype and _rel(got, ref) <= tol, (spec, rows, _rel(got, ref))

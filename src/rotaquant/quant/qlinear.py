@@ -14,6 +14,9 @@ matmul, instead of by an ``a_quant`` stage). Kernels, chosen by :meth:`QuantLine
 * ``int8mm`` (weights and per-token activations up to 8 bits, per-channel weights):
   ``torch._int_mm`` on int8 codes, zero points and scales applied in the epilogue. 4-bit codes
   run through it exactly (no int4 tensor cores on H100).
+* ``w4triton`` (weight-only, up to 4 bits, CUDA): for up to 16 rows (decode) the Triton kernel of
+  :mod:`rotaquant.kernels.w4a16_gemv` (fp16/bf16 in and out, no casts around it, dequantized
+  exactly as the reference), for more rows ``int4mm``.
 * ``fp8mm`` (FP8 e4m3 weights per channel, dynamic per-token FP8 activations): ``torch._scaled_mm``
   with row-wise scales (CUDA sm89+; its row-wise kernel writes bfloat16, cast to the input's dtype).
   Elsewhere FP8 layers run ``reference`` (weights dequantized from their e4m3 codes).
@@ -30,7 +33,8 @@ from torch import nn
 from ..errors import ConfigError
 from .quantizer import QuantSpec, fake_quantize, quant_params, quantize_to_int, to_groups
 
-KERNELS = ("auto", "reference", "int4mm", "int8mm", "fp8mm")
+KERNELS = ("auto", "reference", "int4mm", "int8mm", "fp8mm", "w4triton")
+_TRITON_ROWS = 16  # w4triton's Triton kernel serves up to this many rows, tinygemm the rest
 _INT4_GROUPS = (256, 128, 64, 32)
 
 
@@ -103,6 +107,15 @@ class QuantLinear(nn.Module):
             return self._fp8_unsupported()
         if self.spec.type == "float" or (self.act_spec is not None and self.act_spec.type == "float"):
             return f"FP8 layers run fp8mm or reference, not {kernel}"
+        if kernel == "w4triton":
+            from ..kernels import w4a16_gemv
+
+            why = self.supports("int4mm")
+            if why is None and not w4a16_gemv.available(self.codes.device):
+                why = "w4triton needs CUDA and Triton"
+            if why is None and w4a16_gemv.block_k_for(self.in_features, self.spec.group_size) is None:
+                why = f"no K tile of 128/256/512 divides {self.in_features} in groups of {self.spec.group_size}"
+            return why
         if kernel == "int4mm":
             if self.act_spec is not None:
                 return "activations are quantized (int4mm is weight-only)"
@@ -156,8 +169,12 @@ class QuantLinear(nn.Module):
         if why:
             raise ConfigError(f"kernel {kernel!r} cannot run this {self.spec} layer: {why}")
         self._packed = {}
-        if kernel == "int4mm":
+        if kernel in ("int4mm", "w4triton"):
             self._prepare_int4()
+        if kernel == "w4triton":
+            from ..kernels.w4a16_gemv import pack_w4
+
+            self._packed["tri"] = pack_w4(self.int_codes(), self.scale, self.zero)
         elif kernel == "int8mm":
             self._prepare_int8()
         elif kernel == "fp8mm":
@@ -193,7 +210,12 @@ class QuantLinear(nn.Module):
             y = self._forward_int8(x)
         elif self.kernel == "fp8mm":
             y = self._forward_fp8(x)
-        elif self.kernel == "int4mm":
+        elif self.kernel == "w4triton" and x.numel() <= _TRITON_ROWS * self.in_features and x.dtype != torch.float32:
+            from ..kernels.w4a16_gemv import w4a16_matmul
+
+            y = w4a16_matmul(x.reshape(-1, self.in_features), self._packed["tri"], self.spec.group_size)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        elif self.kernel in ("int4mm", "w4triton"):
             y = self._forward_int4(x)
         else:
             if self.act_spec is not None:
