@@ -12,6 +12,11 @@ Public API (each verb takes one validated config or plain keyword arguments):
 * :func:`evaluate` - perplexity and zero-shot accuracy of a model in memory.
 * :func:`optimize` - the ``rotaquant optimize`` job: load, :func:`learn_rotations`, write a rotation file.
 
+Their configs (pydantic, unknown keys refused): :class:`ModelConfig`, :class:`RotationConfig`,
+:class:`QuantConfig` (+ :class:`CalibrationConfig`), :class:`LearnConfig`, :class:`EvaluateConfig`,
+:class:`OutputConfig`; :class:`PTQRecipe` composes them as the sections ``model``, ``rotation``,
+``quant``, ``calibration``, ``eval`` and ``output`` (flat keys load too).
+
 The jobs behind the command line (load, run the verbs, write results) are in :mod:`rotaquant.jobs`.
 """
 
@@ -21,19 +26,30 @@ from . import (
     errors,
     export,  # callable: rotaquant.export(model, tokenizer, output) (see export/__init__.py)
 )
+from .config import CalibrationConfig, EvaluateConfig, ModelConfig, OutputConfig, RotationConfig
 from .errors import RotaquantError
 from .eval.api import evaluate
 from .export.hf import export_hf
 from .jobs.learn import optimize
 from .learn.api import learn_rotations
+from .learn.config import OptimizeConfig as LearnConfig
 from .models.loading import load_model
 from .models.registry import register_model
 from .quant.pipeline import quantize
+from .quant.recipe import PTQRecipe, QuantConfig
 from .rotation.rotate import rotate, rotation_record
 
 __version__ = "0.1.0"
 __all__ = [
+    "CalibrationConfig",
+    "EvaluateConfig",
+    "LearnConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PTQRecipe",
+    "QuantConfig",
     "RotaquantError",
+    "RotationConfig",
     "__version__",
     "errors",
     "evaluate",

@@ -6,22 +6,46 @@ import os
 
 from torch import nn
 
+from ..config import EvaluateConfig
 from .perplexity import perplexity
 from .zeroshot import evaluate_tasks
 
 
-def evaluate(model: nn.Module, tokenizer, data: str = "wikitext2", split: str = "test", *, seqlen: int = 2048,
-             batch_size: int = 1, max_windows: int | None = None, tasks: str | list[str] | None = None,
-             limit: int | None = None, data_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Perplexity of ``model`` on ``data``/``split`` and, with ``tasks``, zero-shot accuracy.
+def load_eval_config(config: EvaluateConfig | dict | str | os.PathLike | None = None, **overrides) -> EvaluateConfig:
+    """A validated :class:`EvaluateConfig` from a config, a dict, a YAML path or keywords."""
+    if isinstance(config, EvaluateConfig):
+        if not overrides:
+            return config
+        config = {k: getattr(config, k) for k in EvaluateConfig.model_fields}
+    return EvaluateConfig.load(config, **overrides)
 
-    Does not change the model. ``tasks`` is ``"all"``, a comma-separated string or a list of
-    lm-eval task names (see :mod:`rotaquant.eval.tasks`); ``limit`` keeps the first N items of
-    each. Returns ``{"perplexity": {...}, "zeroshot": {...} or None}`` (JSON-safe dicts).
+
+def evaluate(model: nn.Module, tokenizer, config: EvaluateConfig | dict | str | None = None, *,
+             ppl: bool = True, progress: bool = True, **overrides) -> dict:
+    """Perplexity of ``model`` and, with ``tasks``, zero-shot accuracy. Does not change the model.
+
+    Args:
+        model, tokenizer: a causal LM in memory and its tokenizer.
+        config: an :class:`~rotaquant.config.EvaluateConfig` or its keys as a dict (``data``,
+            ``split``, ``seqlen``, ``max_windows``, ``batch_size``, ``tasks``, ``task_limit``, ...);
+            a string is the ``data`` key (a named set such as ``wikitext2``, or a local path).
+            ``overrides`` are more keys.
+        ppl: compute the perplexity (False: only the tasks).
+
+    ``tasks`` is ``"all"`` or comma-separated lm-eval task names (see :mod:`rotaquant.eval.tasks`);
+    ``task_limit`` keeps the first N items of each. Returns ``{"perplexity": {...} or None,
+    "zeroshot": {...} or None}`` (JSON-safe dicts; each has ``seconds``).
     """
-    ppl = perplexity(model, tokenizer, data=data, split=split, seqlen=seqlen, batch_size=batch_size,
-                     max_windows=max_windows, data_dir=data_dir, progress=progress)
-    zs = None
-    if tasks:
-        zs = evaluate_tasks(model, tokenizer, tasks, limit=limit, data_dir=data_dir, progress=progress).to_dict()
-    return {"perplexity": ppl.to_dict(), "zeroshot": zs}
+    if isinstance(config, str):
+        config = {"data": config}
+    cfg = load_eval_config(config, **overrides)
+    result = {"perplexity": None, "zeroshot": None}
+    if ppl:
+        result["perplexity"] = perplexity(model, tokenizer, data=cfg.data, split=cfg.split, seqlen=cfg.seqlen,
+                                          batch_size=cfg.batch_size, max_windows=cfg.max_windows,
+                                          data_dir=cfg.data_dir, progress=progress).to_dict()
+    if cfg.tasks:
+        zs = evaluate_tasks(model, tokenizer, cfg.tasks, limit=cfg.task_limit, batch_size=cfg.task_batch_size,
+                            data_dir=cfg.data_dir, bos=cfg.bos, progress=progress)
+        result["zeroshot"] = {**zs.to_dict(), "summary": zs.summary()}
+    return result

@@ -7,8 +7,9 @@ import logging
 import time
 
 from ..config import EvalConfig
+from ..errors import ConfigError
+from ..eval.api import evaluate
 from ..eval.perplexity import PerplexityResult, perplexity
-from ..eval.zeroshot import evaluate_tasks
 from ..io import atomic_write_json
 from ..models.loading import load_model
 
@@ -29,44 +30,49 @@ def run_eval(config: EvalConfig | dict | None = None, progress: bool = True, **o
 def run_eval_tasks(
     config: EvalConfig | dict | None = None,
     *,
-    tasks: str | list[str] = "all",
+    tasks: str | list[str] | None = None,
     limit: int | None = None,
-    task_batch_size: int = 32,
-    bos: str = "tokenizer",
-    with_ppl: bool = True,
+    task_batch_size: int | None = None,
+    bos: str | None = None,
+    with_ppl: bool | None = None,
     json_path: str | None = None,
     progress: bool = True,
     preloaded: tuple | None = None,
     **overrides,
 ) -> dict:
-    """Zero-shot accuracy on ``tasks`` and, unless ``with_ppl`` is False, the perplexity of ``config``.
+    """Zero-shot accuracy on the config's ``tasks`` and, unless its ``ppl`` is False, the perplexity.
 
     Args:
-        config: the model/data settings of ``rotaquant eval`` (``EvalConfig`` or its keys).
-        tasks, limit, task_batch_size, bos: see :func:`rotaquant.eval.zeroshot.evaluate_tasks`.
-        with_ppl: also evaluate the perplexity (WikiText-2 test by default) of the same model.
+        config: the settings of ``rotaquant eval`` (``EvalConfig`` or its keys); ``tasks``,
+            ``limit`` (= ``task_limit``), ``task_batch_size``, ``bos`` and ``with_ppl`` (= ``ppl``)
+            override its keys of the same meaning.
         json_path: write the result there (atomically, only on success).
         preloaded: ``(model, tokenizer)`` to evaluate instead of loading ``config.model`` (not modified).
 
     Returns ``{"model", "config", "perplexity": PerplexityResult dict or None, "zeroshot":
-    ZeroShotResult dict, "seconds": {...}}``.
+    ZeroShotResult dict, "seconds": {...}, "summary": the accuracy table}``.
     """
-    cfg = config if isinstance(config, EvalConfig) else EvalConfig.load(config, **overrides)
+    if isinstance(tasks, list):
+        tasks = ",".join(tasks)
+    named = {"tasks": tasks, "task_limit": limit, "task_batch_size": task_batch_size, "bos": bos, "ppl": with_ppl}
+    overrides.update({k: v for k, v in named.items() if v is not None})
+    if isinstance(config, EvalConfig):
+        config = config.to_dict()
+    cfg = EvalConfig.load(config, **overrides)
+    if not cfg.tasks:
+        raise ConfigError("no zero-shot tasks given: set tasks (--tasks), e.g. 'piqa,arc_easy' or 'all'")
     started = time.perf_counter()
     model, tokenizer = preloaded or load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     seconds = {"load": time.perf_counter() - started}
-    ppl = None
-    if with_ppl:
-        ppl = perplexity(model, tokenizer, data=cfg.data, split=cfg.split, seqlen=cfg.seqlen,
-                         batch_size=cfg.batch_size, max_windows=cfg.max_windows, data_dir=cfg.data_dir,
-                         progress=progress)
-        seconds["perplexity"] = ppl.seconds
-    zs = evaluate_tasks(model, tokenizer, tasks, limit=limit, batch_size=task_batch_size, data_dir=cfg.data_dir,
-                        bos=bos, progress=progress)
-    seconds["zeroshot"] = zs.seconds
+    measured = evaluate(model, tokenizer, cfg, ppl=cfg.ppl, progress=progress)
+    ppl, zs = measured["perplexity"], measured["zeroshot"]
+    if ppl:
+        seconds["perplexity"] = ppl["seconds"]
+    seconds["zeroshot"] = zs["seconds"]
     seconds["total"] = time.perf_counter() - started
-    result = {"model": cfg.model, "config": cfg.to_dict(), "perplexity": ppl.to_dict() if ppl else None,
-              "zeroshot": zs.to_dict(), "seconds": seconds, "summary": zs.summary()}
+    summary = zs.pop("summary")
+    result = {"model": cfg.model, "config": cfg.to_dict(), "perplexity": ppl, "zeroshot": zs,
+              "seconds": seconds, "summary": summary}
     if json_path:
         atomic_write_json(json_path, result)
     return result

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from ..eval.perplexity import perplexity
+from ..eval.api import evaluate
 from ..io import atomic_write_json
 from ..models.loading import load_model
 from ..preflight import check_ptq
@@ -49,22 +49,16 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
     t = time.perf_counter()
     qstate = quantize(model, rec, tokenizer=tokenizer, progress=progress)
     times["quantize"] = time.perf_counter() - t
-    res = perplexity(model, tokenizer, rec.data, rec.split, seqlen=rec.seqlen, batch_size=rec.batch_size,
-                     max_windows=rec.max_windows, data_dir=rec.data_dir, progress=progress)
-    times["eval"] = res.seconds
-    zeroshot = None
-    if rec.tasks:
-        from ..eval.zeroshot import evaluate_tasks
-
-        zs = evaluate_tasks(model, tokenizer, rec.tasks, limit=rec.task_limit, data_dir=rec.data_dir,
-                            progress=progress)
-        times["zeroshot"] = zs.seconds
-        zeroshot = {**zs.to_dict(), "summary": zs.summary()}
+    measured = evaluate(model, tokenizer, rec.section("eval"), progress=progress)
+    ppl, zeroshot = measured["perplexity"], measured["zeroshot"]
+    times["eval"] = ppl["seconds"]
+    if zeroshot:
+        times["zeroshot"] = zeroshot["seconds"]
     times["total"] = time.perf_counter() - t0
     result = {
         "label": rec.label(),
-        "ppl": res.ppl,
-        "eval": res.to_dict(),
+        "ppl": ppl["ppl"],
+        "eval": ppl,
         "recipe": rec.to_dict(),
         "rotation": rotation,
         "weights": qstate.weight_stats,
@@ -76,7 +70,7 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
 
         t = time.perf_counter()
         result["export"] = export_quantized(model, tokenizer, rec.output, overwrite=rec.overwrite,
-                                            metadata={"recipe": rec.to_dict(), "ppl": res.ppl})
+                                            metadata={"recipe": rec.to_dict(), "ppl": ppl["ppl"]})
         times["export"] = time.perf_counter() - t
     if json_path:
         atomic_write_json(json_path, result)

@@ -34,7 +34,7 @@ def run_rotate(config: RotateConfig | dict, progress: bool = True) -> Path:
         rotation_path = RotationFile(cfg.rotation_path, allow_partial=cfg.allow_partial_rotation)
     started = time.perf_counter()
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    state = rotate(model, cfg.config, mode=cfg.mode, seed=cfg.seed,
+    state = rotate(model, cfg.rotation_config, mode=cfg.rotation_mode, seed=cfg.seed,
                    rotation_path=rotation_path, online=False, progress=progress, verify=cfg.verify)
     meta = {"rotaquant": cfg.to_dict(), "fused_modules": state.fused_modules,
             "folded_norms": state.folded_norms, "untied_embeddings": state.untied,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import ModelConfig
 from ..errors import ConfigError, ModelLoadError, ModelNotFoundError, OfflineError
 from ..io import atomic_directory, check_writable_output, sweep_stale_temps, to_json
 from .aliases import ALIASES, ModelAlias
@@ -278,7 +279,7 @@ def _load_folder(folder: str, dtype: torch.dtype, device: torch.device, **kwargs
 
 
 def load_model(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | ModelConfig,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = "cpu",
     cache_dir: str | os.PathLike | None = None,
@@ -289,7 +290,9 @@ def load_model(
 
     Args:
         name_or_path: a built-in alias (``smollm2-135m``), a ``.gguf`` file, a HF model folder,
-            or a hub id already present in the local Hugging Face cache.
+            or a hub id already present in the local Hugging Face cache; or a
+            :class:`~rotaquant.config.ModelConfig` (the recipe's ``model`` section), whose
+            ``model``, ``dtype`` and ``device`` replace the arguments of the same meaning.
         dtype: the weights' dtype (``float32``, ``bf16``, ``fp16``, ``float64`` or a torch dtype).
         device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
         cache_dir: where GGUF conversions are cached (default ``$ROTAQUANT_CACHE_DIR`` or
@@ -304,6 +307,8 @@ def load_model(
     Raises:
         ModelNotFoundError, ModelLoadError, OfflineError: with a message saying what to do.
     """
+    if isinstance(name_or_path, ModelConfig):
+        name_or_path, dtype, device = name_or_path.model, name_or_path.dtype, name_or_path.device
     source = resolve_source(name_or_path)
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     folder = str(gguf_cache_folder(source.path, cache_dir)) if source.kind == "gguf" else source.path

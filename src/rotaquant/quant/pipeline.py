@@ -9,17 +9,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..config import StrictModel
 from ..data import calibration_windows
 from ..errors import ConfigError
 from ..models.architecture import ArchitectureSpec
-from ..rotation.matrices import RotationFile
 from ..rotation.rotate import resolve_spec, rotate, rotation_record
 from ..stages import has_stage
 from .activations import add_activation_quantizers, layer_linears
 from .gptq import GPTQConfig
 from .kv import add_kv_quantizers
 from .layerwise import quantize_weights_layerwise
-from .recipe import PTQRecipe
+from .recipe import SECTIONS, PTQRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +36,19 @@ class QuantState:
     smoothing: dict | None = None
 
 
-def load_recipe(recipe: PTQRecipe | dict | str | os.PathLike | None = None, **overrides) -> PTQRecipe:
-    """A validated :class:`PTQRecipe` from a recipe, a dict, a YAML path or keyword arguments."""
+def load_recipe(recipe: PTQRecipe | StrictModel | dict | str | os.PathLike | None = None, **overrides) -> PTQRecipe:
+    """A validated :class:`PTQRecipe` from a recipe, one section's config (e.g. a
+    :class:`~rotaquant.quant.recipe.QuantConfig`), a dict (flat or nested), a YAML path or keywords."""
     if isinstance(recipe, PTQRecipe) and not overrides:
         return recipe
     if isinstance(recipe, PTQRecipe):
         recipe = recipe.to_dict()
+    elif isinstance(recipe, StrictModel):
+        names = [name for name, cls in SECTIONS.items() if type(recipe) is cls]
+        if not names:
+            raise ConfigError(f"quantize() takes a PTQRecipe or one of its sections ({', '.join(SECTIONS)}), "
+                              f"not a {type(recipe).__name__}")
+        recipe = {names[0]: recipe}
     return PTQRecipe.load(recipe, **overrides)
 
 
@@ -64,10 +71,8 @@ def rotate_for_recipe(model: nn.Module, rec: PTQRecipe, progress: bool = True, v
 
     ``verify`` compares a few tokens' logits before and after (see :func:`rotaquant.rotate`):
     on by default here, so ``ptq`` and ``quantize`` never go on with a changed model."""
-    path = RotationFile(rec.rotation_path, rec.allow_partial_rotation) if rec.rotation_path else None
-    return rotate(model, rec.rotation_config, mode=rec.rotation_mode, seed=rec.seed,
-                  rotation_path=path, online=rec.online_rotations,
-                  head_mixing=rec.o_proj_input == "mixed", progress=progress, verify=verify)
+    return rotate(model, rec.section("rotation"), head_mixing=rec.o_proj_input == "mixed", progress=progress,
+                  verify=verify)
 
 
 def quantize(
@@ -90,9 +95,14 @@ def quantize(
     ``o_proj_input`` is ``per_head``), then K/V quantizer stages inside attention. Stages run
     after the rotations at their sites whatever the order they were added in.
 
+    So ``quantize(model, w_bits=4, rotate=True)`` rotates (the recipe's default) and then
+    quantizes; ``rotate=False`` quantizes the model as it is.
+
     Args:
         model: a transformers causal LM (mutated).
-        recipe: a PTQRecipe, dict, YAML path, or None (then ``overrides`` build it).
+        recipe: a PTQRecipe, one section's config (:class:`~rotaquant.quant.recipe.QuantConfig`,
+            :class:`~rotaquant.config.RotationConfig`, ...), a dict (flat or nested), a YAML
+            path, or None (then ``overrides``, flat recipe keys, build it).
         tokenizer: needed for GPTQ unless ``calibration`` windows are given.
         calibration: token ids ``[nsamples, seqlen]`` for GPTQ (default: random windows of the
             recipe's calibration split, seeded).

@@ -16,7 +16,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import StrictModel, check_rotation_mode
+from ..config import (
+    CalibrationConfig,
+    EvaluateConfig,
+    ModelConfig,
+    OutputConfig,
+    RotationConfig,
+    StrictModel,
+)
 from .quantizer import QuantSpec
 
 
@@ -142,20 +149,11 @@ def apply_preset(data: dict[str, Any]) -> dict[str, Any]:
     return {**values, **data, "preset": data.get("preset", "auto")}
 
 
-class PTQRecipe(QuantSettings):
-    """Everything that defines one post-training quantization run."""
+class QuantConfig(QuantSettings):
+    """How :func:`rotaquant.quantize` quantizes (recipe section ``quant``): the quantizers of
+    :class:`QuantSettings`, the weight method (RTN or GPTQ) and SmoothQuant, and a paper preset."""
 
-    version: int = 1
     preset: Literal["auto", "none", "quarot", "spinquant"] = "auto"
-    # model and rotation
-    model: str = "smollm2-135m"
-    rotate: bool = True
-    rotation_config: str = "auto"
-    rotation_mode: str | dict[str, str] | None = None
-    rotation_path: str | None = None
-    allow_partial_rotation: bool = False  # rotation_path may lack matrices (generated) or have extra ones (skipped)
-    online_rotations: bool = True
-    seed: int = 0
     # weights
     w_clip: bool = False
     w_method: str = "rtn"
@@ -165,26 +163,26 @@ class PTQRecipe(QuantSettings):
     gptq_static_groups: bool = False
     gptq_v2: bool = False  # GPTAQ: the quantized layer matches the FP layer on FP inputs
     smoothquant_alpha: float | None = Field(None, ge=0, le=1)  # SmoothQuant migration strength (no rotation)
-    # calibration (GPTQ)
-    nsamples: int = Field(128, ge=1)
-    cal_seqlen: int = Field(2048, ge=2)  # default: seqlen
-    cal_data: str = "wikitext2"
-    cal_split: str = "validation"
-    allow_test_calibration: bool = False  # explicit opt-in to calibrate on the WikiText-2 test set
-    # evaluation
-    data: str = "wikitext2"
-    split: str = "test"
-    data_dir: str | None = None
-    seqlen: int = Field(2048, ge=2)
-    max_windows: int | None = Field(None, ge=1)
-    batch_size: int = Field(1, ge=1)
-    tasks: str | None = None  # zero-shot tasks after the perplexity: "piqa,arc_easy" or "all"
-    task_limit: int | None = Field(None, ge=1)  # first N items of each task
-    device: str = "auto"
-    dtype: str = "float32"
-    # export: write the quantized model as a compressed-tensors checkpoint there (rotaquant.export)
-    output: str | None = None
-    overwrite: bool = False
+
+    @field_validator("w_method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in ("rtn", "gptq"):
+            raise ValueError(f"w_method must be 'rtn' or 'gptq', not {value!r}")
+        return value
+
+
+class PTQRecipe(OutputConfig, EvaluateConfig, CalibrationConfig, QuantConfig, RotationConfig, ModelConfig):
+    """Everything that defines one post-training quantization run: the configs of the verbs it
+    runs, as one flat set of keys (each key belongs to exactly one section, see :data:`SECTIONS`).
+
+    It loads flat (``w_bits: 4``, the keys SpinQuant's flags use) or nested by section
+    (``quant: {w_bits: 4}``, ``rotation: {...}``, ``model: {model: ..., dtype: ...}``); both
+    mean the same recipe, and so does Python (``PTQRecipe(quant=QuantConfig(w_bits=4))``).
+    :meth:`section` gives one section's config, :meth:`nested` the nested form.
+    """
+
+    version: int = 1
 
     @model_validator(mode="before")
     @classmethod
@@ -194,39 +192,35 @@ class PTQRecipe(QuantSettings):
             data = {**data, "cal_seqlen": data["seqlen"]}
         return data
 
-    @field_validator("w_method")
-    @classmethod
-    def _method(cls, value: str) -> str:
-        if value not in ("rtn", "gptq"):
-            raise ValueError(f"w_method must be 'rtn' or 'gptq', not {value!r}")
-        return value
-
-    @field_validator("tasks")
-    @classmethod
-    def _tasks(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        from ..eval.tasks import TASKS
-
-        names = [t.strip() for t in value.split(",") if t.strip()]
-        unknown = [t for t in names if t != "all" and t not in TASKS]
-        if unknown or not names:
-            raise ValueError(f"unknown zero-shot task(s) {unknown or value!r}; use 'all' or some of {', '.join(TASKS)}")
-        return ",".join(names)
-
-    @field_validator("rotation_mode")
-    @classmethod
-    def _mode(cls, value: str | dict | None) -> str | dict | None:
-        if isinstance(value, dict):
-            for name, mode in value.items():
-                check_rotation_mode(mode, f"rotation mode of {name}")
-            return value
-        return check_rotation_mode(value, "rotation mode")
-
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data: Any) -> Any:
         return apply_preset(dict(data)) if isinstance(data, dict) else data
+
+    # defined last, so it runs first of the "before" validators: presets see flat keys
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, data: Any) -> Any:
+        return flatten_sections(data) if isinstance(data, dict) else data
+
+    @classmethod
+    def normalize(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The flat form of ``data`` (see :meth:`StrictModel.load`: overrides then replace its keys)."""
+        return flatten_sections(data)
+
+    def section(self, name: str) -> StrictModel:
+        """The config of one section (``model``, ``rotation``, ``quant``, ``calibration``,
+        ``eval``, ``output``) with this recipe's values."""
+        cls = SECTIONS[name]
+        return cls(**{k: getattr(self, k) for k in cls.model_fields})
+
+    def nested(self) -> dict[str, Any]:
+        """The recipe as ``{"version", "model": {...}, "rotation": {...}, ...}`` (JSON-safe)."""
+        flat = self.to_dict()
+        out: dict[str, Any] = {"version": flat.pop("version")}
+        for key, value in flat.items():
+            out.setdefault(section_of(key), {})[key] = value
+        return {"version": out["version"], **{name: out.get(name, {}) for name in SECTIONS}}
 
     @model_validator(mode="after")
     def _consistent(self) -> PTQRecipe:
@@ -247,3 +241,48 @@ class PTQRecipe(QuantSettings):
         method = f" {self.w_method.upper()}" if self.w_bits < 16 else ""
         rot = (" rotated" if self.rotate else " no rotation")
         return f"{bits}{method}{rot}"
+
+
+# the sections of a nested recipe, in order; their keys are the flat recipe's keys
+SECTIONS: dict[str, type[StrictModel]] = {
+    "model": ModelConfig,
+    "rotation": RotationConfig,
+    "quant": QuantConfig,
+    "calibration": CalibrationConfig,
+    "eval": EvaluateConfig,
+    "output": OutputConfig,
+}
+
+
+def section_of(key: str) -> str:
+    """The section a flat recipe key belongs to (a key only :class:`PTQRecipe` declares: ``quant``)."""
+    for name, cls in SECTIONS.items():
+        if key in cls.model_fields:
+            return name
+    return "quant"
+
+
+def flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict with its sections (``quant: {...}`` or a section config) merged into flat keys.
+
+    ``model`` and ``output`` are both a section and a key: a mapping (or config) is the section,
+    a string the key. A key given twice, or in the wrong section, is an error that names it.
+    """
+    flat: dict[str, Any] = {}
+    sections: list[tuple[str, dict[str, Any]]] = []
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, (dict, StrictModel)):
+            body = value.model_dump(exclude_unset=True) if isinstance(value, StrictModel) else value
+            sections.append((key, body))
+        else:
+            flat[key] = value
+    for name, body in sections:
+        for key, value in body.items():
+            if key not in PTQRecipe.model_fields or key == "version":
+                raise ValueError(f"{name}.{key}: unknown key (check the spelling)")
+            if section_of(key) != name:
+                raise ValueError(f"{name}.{key}: {key!r} belongs to section {section_of(key)!r}")
+            if key in flat:
+                raise ValueError(f"{key!r} is given twice (flat and in section {name!r}); give it once")
+            flat[key] = value
+    return flat

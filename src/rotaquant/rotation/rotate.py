@@ -9,11 +9,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import RotationConfig
 from ..errors import ConfigError
 from ..models.registry import lookup
 from .apply import apply_fused_rotations
 from .fuse import fuse_norms, untie_embeddings
-from .matrices import RotationStore
+from .matrices import RotationFile, RotationStore
 from .online import apply_online_rotations
 from .spec import RotationSpec, load_spec
 from .structure import require_rotation_structure
@@ -103,9 +104,12 @@ def rotate(
 
     Args:
         model: a transformers causal LM (mutated in place).
-        config: ``"auto"`` (the registry's config for the model's class), a built-in config
-            name (``llama``, ``qwen2``, ``qwen3``, ``mistral``, ``transformer_universal``), a
-            YAML path, a dict or a RotationSpec.
+        config: a :class:`~rotaquant.config.RotationConfig` (the recipe's ``rotation`` section:
+            its ``rotation_config``, ``rotation_mode``, ``seed``, ``rotation_path``,
+            ``allow_partial_rotation`` and ``online_rotations`` replace the arguments below), or
+            the rotation spec alone: ``"auto"`` (the registry's config for the model's class), a
+            built-in config name (``llama``, ``qwen2``, ``qwen3``, ``mistral``,
+            ``transformer_universal``), a YAML path, a dict or a RotationSpec.
         mode: override the mode of the fused matrices: one mode (``hadamard``,
             ``base_hadamard``, ``orthogonal``) or ``{name: mode}``; default each matrix's own.
         seed: seed of the random matrices.
@@ -130,6 +134,12 @@ def rotate(
             IS changed (its record says ``verified=failed``, so it cannot be rotated again);
             discard it.
     """
+    if isinstance(config, RotationConfig):
+        if not config.rotate:
+            raise ConfigError("this RotationConfig says rotate: false; there is nothing for rotate() to do")
+        if config.rotation_path is not None:
+            rotation_path = RotationFile(config.rotation_path, config.allow_partial_rotation)
+        config, mode, seed, online = config.rotation_config, config.rotation_mode, config.seed, config.online_rotations
     if rotation_record(model) is not None:
         raise AlreadyRotatedError("this model is already rotated; load a fresh copy to rotate it again")
     quantized = _weights_quantized(model)
