@@ -21,18 +21,35 @@ Settings: FP16; W4A16 g128 (SmolLM2: g64, 576 = 4.5 x 128) on torch's int4 kerne
 Triton kernel (``w4triton``); W8A8 int8 (``torch._int_mm``); FP8 W8A8 (``torch._scaled_mm``);
 W4A4KV4 with R1-R4 (int4 codes through the int8 kernel: H100 has no int4 tensor cores).
 
-The full table, on the GPU machine (about 5 minutes on an H100; the model and data as in
-DEVICE.md, compressed-tensors and its wheels from ``.carry/export/whl``)::
+The full table, on the GPU machine (estimated 4-5 minutes on an H100, not yet run; the model
+and data as in DEVICE.md, run from a committed snapshot because the working tree is shared):
+here ``mkdir -p .carry/snapD && git archive HEAD | tar -x -C .carry/snapD`` (plus DEVICE.md's
+``device-prep`` for ``.carry/a``/``.carry/b``); call 1 carries ``.carry/a`` and runs
+``mkdir -p /root/rq/data && cp .carry/a/model.part0 /root/rq/ && cp -r .carry/a/data/. /root/rq/data/``;
+call 2, right after, carries ``.carry/b``, ``.carry/export/whl`` and ``.carry/snapD``::
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/export/whl/*.whl
-    PYTHONPATH=/tmp/site:$PWD/src ROTAQUANT_DATA_DIR=/root/rq/data ROTAQUANT_CACHE_DIR=/root/rq/cache \\
-        python3 benchmarks/export_bench.py --model /root/rq/smollm2.gguf --json $OUT/export_bench.json
+    cat /root/rq/model.part0 .carry/b/model.part1 > /root/rq/smollm2.gguf && cp -r .carry/b/data/. /root/rq/data/ \
+    && python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/b/whl/*.whl \
+       .carry/export/whl/compressed_tensors*.whl .carry/export/whl/loguru*.whl .carry/export/whl/psutil*.whl \
+    && cd .carry/snapD && export PYTHONPATH=/tmp/site:$PWD/src ROTAQUANT_DATA_DIR=/root/rq/data \
+       ROTAQUANT_CACHE_DIR=/root/rq/cache RQ_COMMIT=<the snapshot's commit> \
+    && python3 -m pytest tests/quant/test_qlinear.py -m gpu -q -p no:cacheprovider; \
+    python3 benchmarks/export_bench.py --model /root/rq/smollm2.gguf --json $OUT/export_bench.json
+
+Kernels only (no model transfer: one call carrying ``.carry/export/whl`` and ``.carry/snapD``,
+about 2 minutes)::
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/export/whl/*.whl \
+    && cd .carry/snapD && PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/export_bench.py \
+       --parts linears,model7b --json $OUT/export_bench_7b.json
 
 Quick CPU check of the plumbing (tiny sizes, no CUDA graphs)::
 
     python benchmarks/export_bench.py --device cpu --tiny --json /tmp/eb.json
 
-ExecuTorch: see ``benchmarks/results/executorch.md`` for why the stretch export was not built.
+ExecuTorch (stretch): ``benchmarks/results/executorch.md``: the executorch 1.5.1 wheel declares no
+torch pin and runs with torch 2.13 (a rotated model through XNNPACK: ``executorch_check.py``);
+rotaquant's own codes are not handed to it yet.
 """
 
 from __future__ import annotations
