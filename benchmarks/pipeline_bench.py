@@ -1,0 +1,243 @@
+"""Pipeline speed (issue 11): GPTQ stage of ``ptq``, a 7B-shaped layer, fake-quant eval, learning.
+
+On the GPU machine (see ../shared/DEVICE.md for bringing the model and data over)::
+
+    PYTHONPATH=/tmp/site:$PWD/src ROTAQUANT_DATA_DIR=/root/rq/data ROTAQUANT_CACHE_DIR=/root/rq/cache \\
+      python3 benchmarks/pipeline_bench.py --model /root/rq/smollm2.gguf --device cuda \\
+      --json benchmarks/results/pipeline_h100.json
+
+Small CPU check of the script itself (seconds, meaningless numbers)::
+
+    .venv/bin/python benchmarks/pipeline_bench.py --model smollm2-135m --device cpu --dtype float32 \\
+      --max-layers 2 --nsamples 2 --seqlen 64 --layer-hidden 256 --layer-mlp 512 --layer-heads 4 --eval-windows 2 \\
+      --eval-seqlen 64 --eval-batch 1 --learn-steps 2 --learn-batch 1 --repeats 1 --sections gptq layer kernel eval learn
+
+Sections (``--sections``):
+  gptq    GPTQ stage of ``rotaquant.quantize`` (W4A4KV4, SpinQuant recipe: clip search, per-channel)
+          on the model, GPTQ and GPTQv2: ``weight_stats["seconds"]`` (calibration forward passes,
+          Hessians, GPTQ), model reloaded per run
+  layer   the same stage on one random 7B-shaped Llama decoder layer (hidden 4096, MLP 11008,
+          32 heads), ``--nsamples`` windows of ``--seqlen`` random tokens
+  kernel  GPTQ of one stacked q/k/v weight [3*hidden, hidden] (7B shapes): torch column loop vs
+          Triton block kernel, and whether they agree bit for bit
+  eval    perplexity wall time of the model in FP16 and with W4A4KV4 fake quantization (RTN
+          weights: the overhead is in the activation/KV quantizer stages), and the ratio
+  learn   rotation learning (W16A4KV4, ``learn_rotations``): seconds per step (the loop's own
+          mean over the steps after the first) and peak GPU memory
+Times are medians over ``--repeats`` runs (after a warm-up where a section has one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from rotaquant import learn_rotations, load_model, quantize  # noqa: E402
+from rotaquant.eval.perplexity import perplexity  # noqa: E402
+from rotaquant.models.architecture import ArchitectureSpec  # noqa: E402
+from rotaquant.quant.gptq import GPTQConfig, HessianAccumulator, gptq_quantize_weight  # noqa: E402
+from rotaquant.quant.layerwise import quantize_weights_layerwise  # noqa: E402
+from rotaquant.quant.quantizer import QuantSpec  # noqa: E402
+
+W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _load(args, dtype: str):
+    """The model and tokenizer; with ``--max-layers`` only its first decoder layers (quick checks)."""
+    model, tok = load_model(args.model, dtype=dtype, device=args.device)
+    if args.max_layers:
+        model.model.layers = model.model.layers[:args.max_layers]
+        model.config.num_hidden_layers = args.max_layers
+    return model, tok
+
+
+def section_gptq(args) -> list[dict]:
+    rows = []
+    for v2 in (False, True):
+        times = []
+        for _ in range(args.repeats):
+            model, tok = _load(args, args.dtype)
+            state = quantize(model, {**W4A4KV4, "preset": "spinquant", "w_method": "gptq", "gptq_v2": v2,
+                                     "nsamples": args.nsamples, "cal_seqlen": args.seqlen},
+                             tokenizer=tok, device=args.device, progress=False)
+            times.append(state.weight_stats["seconds"])
+            del model, state
+        rows.append({"section": "gptq", "what": f"ptq GPTQ{'v2' if v2 else ''} stage, {args.nsamples}x{args.seqlen}",
+                     "median_s": _median(times), "runs_s": times})
+    return rows
+
+
+def _layer_model(args):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=1024, hidden_size=args.layer_hidden, intermediate_size=args.layer_mlp,
+                      num_attention_heads=args.layer_heads, num_key_value_heads=args.layer_heads,
+                      num_hidden_layers=1, max_position_embeddings=max(args.seqlen, 128))
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
+
+
+def section_layer(args) -> list[dict]:
+    rows = []
+    windows = torch.randint(0, 1024, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
+    for v2 in (False, True):
+        times = []
+        for _ in range(args.repeats):
+            model = _layer_model(args)
+            stats = quantize_weights_layerwise(model, QuantSpec(4), windows, ArchitectureSpec(), "gptq",
+                                               GPTQConfig(v2=v2), clip_search=True, device=args.device,
+                                               progress=False)
+            times.append(stats["seconds"])
+            del model
+        rows.append({"section": "layer", "what": f"GPTQ{'v2' if v2 else ''} of one {args.layer_hidden}/"
+                     f"{args.layer_mlp} layer, {args.nsamples}x{args.seqlen}", "median_s": _median(times),
+                     "runs_s": times})
+    return rows
+
+
+def section_kernel(args) -> list[dict]:
+    n = args.layer_hidden
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4 * n, n, generator=g) * torch.linspace(0.2, 3, n)
+    acc = HessianAccumulator(n, device=args.device)
+    acc.add(x.to(args.device))
+    w = torch.randn(3 * n, n, generator=g).to(args.device)
+    spec, out, rows = QuantSpec(4), {}, []
+    for backend in ("torch", "triton"):
+        if backend == "triton" and torch.device(args.device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            continue
+        times = []
+        for _ in range(args.repeats + 1):  # the first run compiles
+            _sync(args.device)
+            t = time.perf_counter()
+            out[backend] = gptq_quantize_weight(w, acc.hessian, spec, GPTQConfig(), clip_search=True, backend=backend)
+            _sync(args.device)
+            times.append(time.perf_counter() - t)
+        rows.append({"section": "kernel", "what": f"gptq_quantize_weight [{3 * n}, {n}] backend={backend}",
+                     "median_s": _median(times[1:]), "runs_s": times[1:]})
+    if len(out) == 2:
+        rows[-1]["bit_identical"] = bool(torch.equal(out["torch"], out["triton"]))
+    return rows
+
+
+def section_eval(args) -> list[dict]:
+    rows, medians = [], {}
+    for label, recipe in (("fp", None), ("w4a4kv4", {**W4A4KV4, "preset": "spinquant", "w_method": "rtn"})):
+        model, tok = _load(args, args.eval_dtype)
+        if recipe:
+            quantize(model, recipe, tokenizer=tok, device=args.device, progress=False)
+        times, ppl = [], None
+        for _ in range(args.repeats + 1):  # the first run warms up (kernels, allocator)
+            _sync(args.device)
+            t = time.perf_counter()
+            ppl = perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
+                             max_windows=args.eval_windows, progress=False).ppl
+            _sync(args.device)
+            times.append(time.perf_counter() - t)
+        medians[label] = _median(times[1:])
+        rows.append({"section": "eval", "what": f"perplexity {label} ({args.eval_dtype}), {args.eval_windows or 'all'}"
+                     f" windows x {args.eval_seqlen}, batch {args.eval_batch}", "median_s": medians[label],
+                     "runs_s": times[1:], "ppl": ppl})
+        del model
+    rows.append({"section": "eval", "what": f"W4A4KV4 / FP ({args.eval_dtype}) evaluation time",
+                 "ratio": medians["w4a4kv4"] / medians["fp"]})
+    return rows
+
+
+def section_learn(args) -> list[dict]:
+    model, tok = _load(args, "float32")
+    result = learn_rotations(model, tok, a_bits=4, k_bits=4, v_bits=4, iterations=args.learn_steps,
+                             batch_size=args.learn_batch, nsamples=args.learn_batch * args.learn_steps,
+                             seqlen=args.seqlen, device=args.device, progress=False)
+    return [{"section": "learn", "what": f"W16A4KV4 learning step, {args.learn_batch}x{args.seqlen}",
+             "median_s": result.seconds_per_step, "peak_memory_gib": result.peak_memory_gib,
+             "steps": args.learn_steps}]
+
+
+SECTIONS = {"gptq": section_gptq, "layer": section_layer, "kernel": section_kernel, "eval": section_eval,
+            "learn": section_learn}
+
+
+def machine() -> dict:
+    info = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                        cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["commit"] = None
+    return info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="model name or path (e.g. /root/rq/smollm2.gguf)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="float16", help="model dtype for the GPTQ sections")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--max-layers", type=int, default=None, help="keep only the first N decoder layers (CPU checks)")
+    p.add_argument("--layer-hidden", type=int, default=4096)
+    p.add_argument("--layer-mlp", type=int, default=11008)
+    p.add_argument("--layer-heads", type=int, default=32)
+    p.add_argument("--eval-dtype", default="float16")
+    p.add_argument("--eval-windows", type=int, default=None, help="default: the whole WikiText-2 test set")
+    p.add_argument("--eval-seqlen", type=int, default=2048)
+    p.add_argument("--eval-batch", type=int, default=8)
+    p.add_argument("--learn-steps", type=int, default=6)
+    p.add_argument("--learn-batch", type=int, default=8)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+
+    results = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
+
+    def save() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=args.json.parent, delete=False, suffix=".tmp") as f:
+                json.dump(results, f, indent=2)
+            os.replace(f.name, args.json)
+
+    for name in args.sections:
+        for row in SECTIONS[name](args):
+            results["rows"].append(row)
+            value = row.get("median_s", row.get("ratio"))
+            extra = {k: v for k, v in row.items() if k not in ("section", "what", "median_s", "runs_s", "ratio")}
+            print(f"{row['section']:7s} {row['what']:70s} {value:10.4f} {extra or ''}", flush=True)
+            save()
+    save()
+
+
+if __name__ == "__main__":
+    main()
