@@ -239,7 +239,12 @@ class PTQRecipe(OutputConfig, EvaluateConfig, CalibrationConfig, QuantConfig, Ro
         if not bits:
             return "FP (no quantization)"
         method = f" {self.w_method.upper()}" if self.w_bits < 16 else ""
-        rot = (" rotated" if self.rotate else " no rotation")
+        if self.rotate:
+            rot = " learned rotation" if self.rotation_path else " rotated"
+        elif self.smoothquant_alpha is not None:
+            rot = f" SmoothQuant a={self.smoothquant_alpha:g}"
+        else:
+            rot = " no rotation"
         return f"{bits}{method}{rot}"
 
 
