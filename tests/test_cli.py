@@ -50,13 +50,13 @@ def test_eval_on_local_text_writes_json(tmp_path, monkeypatch):
 
 
 def test_optimize_flags_map_onto_the_config():
-    from rotaquant.learn.cli_args import optimize_overrides
+    from rotaquant.cli_flags import config_overrides
+    from rotaquant.learn.config import OptimizeConfig
 
     args = build_parser().parse_args(["optimize", "--output", "R.safetensors", "--w-bits", "16", "--a-bits", "4",
                                       "--k-bits", "4", "--v-bits", "4", "--lr", "0.5", "--iterations", "3",
                                       "--ste", "scale", "--resume"])
-    over = optimize_overrides(args)
-    assert over.pop("model") == "smollm2-135m"  # --model has a default
+    over = config_overrides(args, OptimizeConfig)
     assert over == {"w_bits": 16, "a_bits": 4, "k_bits": 4, "v_bits": 4, "lr": 0.5, "iterations": 3, "ste": "scale"}
     assert args.resume and args.output == "R.safetensors"
 

@@ -91,9 +91,9 @@ def test_unwritable_json_fails_before_loading(command, tmp_path, capsys, no_load
 
 
 def test_zero_shot_eval_unwritable_json_fails_before_loading(tmp_path, capsys, monkeypatch):
-    import rotaquant.eval.cli_args as eval_cli
+    import rotaquant.jobs.eval as eval_job
 
-    monkeypatch.setattr(eval_cli, "cmd_eval_tasks", lambda *a, **k: pytest.fail("the tasks ran"))
+    monkeypatch.setattr(eval_job, "run_eval_tasks", lambda *a, **k: pytest.fail("the tasks ran"))
     blocker = tmp_path / "file"
     blocker.write_text("x")
     _error(capsys, main(["eval", "-q", "--tasks", "piqa", "--json", str(blocker / "r.json")]), "not a folder")

@@ -9,8 +9,10 @@ import signal
 import sys
 import threading
 
+from .cli_flags import add_alias, add_config_flags, config_overrides
 from .errors import RotaquantError
 from .io import atomic_write_json, check_writable_output
+from .rotation.hadamard import ROTATION_MODES
 
 logger = logging.getLogger("rotaquant")
 
@@ -29,55 +31,45 @@ EPILOG = """examples:
 """
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that loads a model."""
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="alias (smollm2-135m), .gguf file or HF model folder (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto)")
-    parser.add_argument("--dtype", default=None, help="float32 | bf16 | fp16 | float64 (default: float32)")
-
-
-def add_eval_args(parser: argparse.ArgumentParser) -> None:
-    """Perplexity flags shared by ``eval``, ``ptq`` and ``demo``."""
-    parser.add_argument("--data", default=None, help="named set (wikitext2) or a local .txt/.jsonl path")
-    parser.add_argument("--split", default=None, help="split of a named set: test or validation (default: test)")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder holding the named sets (default: $ROTAQUANT_DATA_DIR or ../shared/data)")
-    parser.add_argument("--seqlen", type=int, default=None, help="window length (default: 2048)")
-    parser.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
-    parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: 1)")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write settings and results as JSON")
-
-
-def eval_overrides(args: argparse.Namespace) -> dict:
-    """The evaluation settings given on the command line (unset flags are left out)."""
-    keys = ("model", "device", "dtype", "data", "split", "data_dir", "seqlen", "max_windows", "batch_size")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import EvalConfig
+
+    over = config_overrides(args, EvalConfig)
     if args.json:  # before any work, for perplexity and zero-shot runs alike
         check_writable_output(args.json, "file", overwrite=True)
-    if args.tasks:
-        from .eval.cli_args import cmd_eval_tasks
-
-        return cmd_eval_tasks(args, eval_overrides(args))
+    if over.get("tasks"):
+        return _eval_tasks(args, over)
     from .jobs.eval import run_eval
 
-    result = run_eval(None, progress=not args.quiet, **eval_overrides(args))
+    result = run_eval(None, progress=not args.quiet, **over)
     print(f"{result.extra.get('model')}: {result.summary()}")
     if args.json:
         atomic_write_json(args.json, result.to_dict())
     return 0
 
 
+def _eval_tasks(args: argparse.Namespace, over: dict) -> int:
+    from .jobs.eval import run_eval_tasks
+
+    result = run_eval_tasks(None, progress=not args.quiet, **over)
+    ppl = result["perplexity"]
+    if ppl:
+        print(f"{result['model']}: ppl={ppl['ppl']:.4f} windows={ppl['windows']} seqlen={ppl['seqlen']} "
+              f"data={ppl['data']}/{ppl['split']}")
+    limit = result["config"]["task_limit"]
+    limit = f", first {limit} items per task" if limit else ""
+    print(f"{result['model']}: zero-shot accuracy (%, lm-eval definitions, 0-shot{limit})")
+    print(result.pop("summary"))
+    if args.json:
+        atomic_write_json(args.json, result)
+    return 0
+
+
 def cmd_rotate(args: argparse.Namespace) -> int:
+    from .config import RotateConfig
     from .jobs.rotate import run_rotate
 
-    keys = ("model", "config", "mode", "seed", "rotation_path", "output", "device", "dtype", "overwrite",
-            "allow_partial_rotation", "verify")
-    out = run_rotate({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None},
-                     progress=not args.quiet)
+    out = run_rotate(config_overrides(args, RotateConfig), progress=not args.quiet)
     print(f"wrote {out}: R1/R2 fused; it reloads with AutoModelForCausalLM.from_pretrained. "
           "Online R3/R4 are not part of this export: a plain folder cannot run them; `rotaquant ptq ... "
           "--output DIR` writes a quantized checkpoint that carries them.")
@@ -86,11 +78,11 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 def cmd_ptq(args: argparse.Namespace) -> int:
     from .jobs.ptq import run_ptq
-    from .quant.cli_args import recipe_overrides
+    from .quant.recipe import PTQRecipe
 
     if args.json:
         check_writable_output(args.json, "file", overwrite=True)
-    result = run_ptq(args.recipe, progress=not args.quiet, **recipe_overrides(args))
+    result = run_ptq(args.recipe, progress=not args.quiet, **config_overrides(args, PTQRecipe))
     ev = result["eval"]
     print(f"{result['label']}: ppl={result['ppl']:.4f} windows={ev['windows']} seqlen={ev['seqlen']} "
           f"device={ev['device']} seconds={result['seconds']['total']:.1f}")
@@ -108,11 +100,11 @@ def cmd_ptq(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .config import ModelConfig
     from .generate import generate
     from .models.loading import load_model
 
-    model, tokenizer = load_model(args.model, dtype=args.dtype or "float32", device=args.device or "auto",
-                                  kernel=args.kernel)
+    model, tokenizer = load_model(ModelConfig.load(None, **config_overrides(args, ModelConfig)), kernel=args.kernel)
     res = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, stream=True)
     print(f"\n[{res['new_tokens']} tokens in {res['seconds']:.2f} s, {res['tokens_per_second']:.1f} tokens/s]",
@@ -122,11 +114,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from .jobs.learn import optimize
-    from .learn.cli_args import optimize_overrides
+    from .learn.config import OptimizeConfig
 
     res = optimize(args.config, output=args.output, spinquant_output=args.spinquant_output,
                    checkpoint=args.checkpoint, resume=args.resume, json_path=args.json,
-                   overwrite=bool(args.overwrite), progress=not args.quiet, **optimize_overrides(args))
+                   overwrite=bool(args.overwrite), progress=not args.quiet, **config_overrides(args, OptimizeConfig))
     if not res["main"]:
         return 0
     print(f"{res['bits']} rotations learned on {res['device']} x{res['world_size']}: loss "
@@ -136,11 +128,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .eval.analyze_args import analyze_overrides
+    from .eval.analyze import AnalyzeConfig
     from .jobs.analyze import run_analyze
 
     res = run_analyze(args.config, output=args.output, overwrite=args.overwrite, progress=not args.quiet,
-                      **analyze_overrides(args))
+                      **config_overrides(args, AnalyzeConfig))
     print(res["summary"] + "\nlayer-output cosine, side by side:\n" + res["layers_table"])
     print(f"wrote {res['output']}: {', '.join(res['files'])} ({res['seconds']['total']:.0f} s)")
     return 0
@@ -181,60 +173,59 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     sub = _Sub(parser.add_subparsers(dest="command", metavar="COMMAND"), common)
 
+    from .config import EvalConfig, ModelConfig, RotateConfig
+    from .eval.analyze import AnalyzeConfig
+    from .learn.config import OptimizeConfig
+    from .quant.qlinear import KERNELS
+    from .quant.recipe import SECTIONS, PTQRecipe, section_of
+
     p = sub.add_parser("eval", help="WikiText-2 perplexity and zero-shot accuracy (--tasks) of a model",
                        description="Perplexity over non-overlapping windows: rows joined with "
                        "'\\n\\n', tokenized once, PPL = exp(mean token NLL). With --tasks, also "
-                       "zero-shot accuracy with lm-evaluation-harness's definitions.")
-    add_model_args(p)
-    add_eval_args(p)
-    from .eval.cli_args import add_zeroshot_args
-
-    add_zeroshot_args(p)
+                       "zero-shot accuracy with lm-evaluation-harness's definitions (local task files "
+                       "under DATA_DIR/zeroshot).")
+    add_config_flags(p, EvalConfig)
+    add_alias(p, "--limit", "task_limit", type=int)  # deprecated spelling of --task-limit
+    p.add_argument("--json", default=None, metavar="PATH", help="write settings and results as JSON")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("rotate", help="rotate a model (norms folded, R1/R2 fused) and export an HF folder",
                        description="Fold norms and fuse R1 (residual) and R2 (per head V/O) rotations in "
                        "float64, then write a standard Hugging Face folder that plain transformers "
                        "reloads. Online R3/R4 are not part of this export.")
-    add_model_args(p)
-    p.add_argument("--config", default=None,
-                   help="auto (the registry's config for the model class), a built-in name "
-                   "(llama, qwen2, qwen3, mistral, mamba2, bamba, transformer_universal) or a YAML path (default: auto)")
-    p.add_argument("--mode", default=None, choices=["hadamard", "base_hadamard", "orthogonal"],
-                   help="override every fused matrix's mode (default: the config's, random Hadamard)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the random matrices (default: 0)")
-    p.add_argument("--rotation-path", default=None,
-                   help="load R1/R2 from a file (rotaquant safetensors or SpinQuant torch format)")
-    p.add_argument("--output", required=True, help="output folder (must not exist or be empty)")
-    p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace an existing output folder (only one rotaquant wrote)")
-    p.add_argument("--allow-partial-rotation", action="store_true", default=None,
-                   help="accept a --rotation-path file that lacks some matrices (they are generated) or has "
-                   "extra layers (skipped); a warning names them")
-    p.add_argument("--no-verify", dest="verify", action="store_false", default=None,
-                   help="skip comparing the logits of a few tokens before and after rotating (default: compare)")
+    add_config_flags(p, RotateConfig, required=("output",))
+    # deprecated spellings of --rotation-config / --rotation-mode (rotate alone used them)
+    add_alias(p, "--config", "rotation_config")
+    add_alias(p, "--mode", "rotation_mode", choices=ROTATION_MODES)
     p.set_defaults(func=cmd_rotate)
 
     p = sub.add_parser("ptq", help="rotate, quantize (RTN/GPTQ, activations, KV cache) and evaluate",
-                       description="Post-training quantization with SpinQuant's flags or a YAML recipe; "
-                       "prints the quantized model's WikiText-2 perplexity. --json writes every setting "
-                       "and result (the perplexity under 'ppl').")
-    add_model_args(p)
-    add_eval_args(p)
-    from .quant.cli_args import add_ptq_args
-
-    add_ptq_args(p)
+                       description="Post-training quantization with SpinQuant's flags or a YAML recipe (flat "
+                       "keys, or nested in the sections model, rotation, quant, calibration, eval, output; a "
+                       "flag is its key with dashes and overrides only that key); prints the quantized model's "
+                       "WikiText-2 perplexity. --json writes every setting and result (the perplexity under 'ppl').")
+    p.add_argument("--recipe", default=None, help="YAML recipe; flags given here override its keys")
+    p.add_argument("--json", default=None, metavar="PATH", help="write settings and results as JSON")
+    for name in SECTIONS:
+        group = p.add_argument_group(f"recipe section '{name}'")
+        add_config_flags(group, PTQRecipe, keys=[k for k in PTQRecipe.model_fields if section_of(k) == name])
+    # SpinQuant's spellings, kept as hidden aliases of the recipe keys
+    add_alias(p, "--gptq", "w_method", action="store_const", const="gptq")
+    add_alias(p, "--w-rtn", "w_method", action="store_const", const="rtn")
+    add_alias(p, "--percdamp", "gptq_damp", type=float)
+    add_alias(p, "--act-order", "gptq_act_order", action="store_const", const=True)
+    add_alias(p, "--static-groups", "gptq_static_groups", action="store_const", const=True)
     p.set_defaults(func=cmd_ptq)
 
     p = sub.add_parser("generate", help="stream text from a model (a quantized export runs on integer kernels)",
                        description="Greedy (or sampled) continuation of --prompt with a KV cache. A folder "
                        "written by `rotaquant ptq --output` reloads with packed weights, its online "
                        "rotations and its activation/KV quantizers.")
-    add_model_args(p)
+    add_config_flags(p, ModelConfig)
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--kernel", default="auto", choices=["auto", "reference", "int4mm", "int8mm"],
+    p.add_argument("--kernel", default="auto", choices=KERNELS,
                    help="quantized exports: the matmul kernel (default: auto = the fastest that applies)")
     p.set_defaults(func=cmd_generate)
 
@@ -244,10 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "weights/activations/KV (straight-through gradients). The output feeds "
                        "`rotaquant ptq --rotation-path` and `rotaquant rotate --rotation-path`. Under "
                        "`torchrun --nproc-per-node N` the batch is split across the GPUs.")
-    add_model_args(p)
-    from .learn.cli_args import add_optimize_args
-
-    add_optimize_args(p)
+    p.add_argument("--config", default=None, help="YAML of the keys below; flags given here override it")
+    p.add_argument("--output", required=True, help="rotation file to write (rotaquant safetensors)")
+    p.add_argument("--spinquant-output", default=None,
+                   help="also write SpinQuant's torch format (R1, model.layers.i.self_attn.R2)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUTPUT.ckpt)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--json", default=None, metavar="PATH", help="write settings, losses and timings as JSON")
+    add_config_flags(p, OptimizeConfig, helps={
+        "nsamples": "calibration windows", "split": "split of a named set (test is refused)",
+        "data": "calibration text: wikitext2 (validation split) or a local .txt/.jsonl path"})
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("analyze", help="layer-wise error of QuaRot/SpinQuant/SmoothQuant-style processing -> CSV, PNGs",
@@ -256,10 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "each layer fed the FP input and its own input); also the kurtosis and channel "
                        "magnitudes of the linear inputs. Writes analysis.csv, summary.txt, "
                        "side_by_side.md, analysis.json and PNGs into --output.")
-    add_model_args(p)
-    from .eval.analyze_args import add_analyze_args
-
-    add_analyze_args(p)
+    p.add_argument("--config", default=None, help="YAML of the keys below; flags given here override it")
+    p.add_argument("--output", required=True, help="output folder (CSV, summary, table, PNGs)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous rotaquant output folder")
+    add_config_flags(p, AnalyzeConfig, helps={"w_method": "weight quantizer (default: rtn)",
+                                              "rotation_path": "R1/R2 file for spinquant (default: random Hadamard)"})
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo", help="the main job: FP vs W4A4KV4 without and with rotation",

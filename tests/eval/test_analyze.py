@@ -77,12 +77,12 @@ def test_identical_processing_without_quantization_gives_cosine_one():
 
 def test_cli_flags_map_onto_the_config():
     from rotaquant.cli import build_parser
-    from rotaquant.eval.analyze_args import analyze_overrides
+    from rotaquant.cli_flags import config_overrides
 
     args = build_parser().parse_args(
         ["analyze", "--model", "m", "--methods", "none,smoothquant", "--w-bits", "4", "--a-bits", "8",
          "--nsamples", "2", "--seqlen", "64", "--threshold", "0.9", "--plot-layers", "0,3", "--output", "o"])
-    over = analyze_overrides(args)
+    over = config_overrides(args, AnalyzeConfig)
     assert over == {"model": "m", "methods": ["none", "smoothquant"], "w_bits": 4, "a_bits": 8, "nsamples": 2,
                     "seqlen": 64, "threshold": 0.9, "plot_layers": [0, 3]}
     cfg = AnalyzeConfig.load(None, **over)

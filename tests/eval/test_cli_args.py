@@ -39,7 +39,8 @@ def data_dir(tmp_path, monkeypatch):
 
 def test_task_flags_parse():
     args = build_parser().parse_args(["eval", "--tasks", "piqa,boolq", "--limit", "5", "--no-ppl", "--bos", "never"])
-    assert (args.tasks, args.limit, args.no_ppl, args.bos, args.task_batch_size) == ("piqa,boolq", 5, True, "never", 32)
+    # --limit is the old spelling of --task-limit; unset flags are None (the config's default applies)
+    assert (args.tasks, args.task_limit, args.ppl, args.bos, args.task_batch_size) == ("piqa,boolq", 5, False, "never", None)
     assert build_parser().parse_args(["eval"]).tasks is None  # plain `eval` stays a perplexity run
 
 

@@ -7,8 +7,8 @@ import torch
 import yaml
 
 from rotaquant.cli import build_parser, main
+from rotaquant.cli_flags import config_overrides
 from rotaquant.errors import ConfigError
-from rotaquant.quant.cli_args import recipe_overrides
 from rotaquant.quant.gptq import NonFiniteActivationError
 from rotaquant.quant.pipeline import load_recipe, quantize
 from rotaquant.quant.recipe import PTQRecipe
@@ -95,7 +95,7 @@ def test_cli_flags_equal_yaml_recipe(tmp_path):
             "--a-asym", "--k-asym", "--w-clip", "--a-clip-ratio", "0.9", "--k-clip-ratio", "0.95", "--gptq",
             "--no-rotate", "--nsamples", "16", "--seqlen", "256", "--seed", "3", "--max-windows", "2",
             "--batch-size", "2", "--device", "cpu", "--dtype", "bf16", "--percdamp", "0.05", "--act-order"]
-    from_flags = load_recipe(None, **recipe_overrides(build_parser().parse_args(argv)))
+    from_flags = load_recipe(None, **config_overrides(build_parser().parse_args(argv), PTQRecipe))
     recipe = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 8, "w_groupsize": 32, "a_asym": True,
               "k_asym": True, "w_clip": True, "a_clip_ratio": 0.9, "k_clip_ratio": 0.95, "w_method": "gptq",
               "rotate": False, "nsamples": 16, "seqlen": 256, "cal_seqlen": 256, "seed": 3, "max_windows": 2,
@@ -105,7 +105,7 @@ def test_cli_flags_equal_yaml_recipe(tmp_path):
     assert from_flags == load_recipe(path)
     # a recipe file plus flags: flags win
     args = build_parser().parse_args(["ptq", "--recipe", str(path), "--w-bits", "3"])
-    mixed = load_recipe(args.recipe, **recipe_overrides(args))
+    mixed = load_recipe(args.recipe, **config_overrides(args, PTQRecipe))
     assert mixed.w_bits == 3 and mixed.v_bits == 8
 
 

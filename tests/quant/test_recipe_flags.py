@@ -6,15 +6,16 @@ from __future__ import annotations
 import pytest
 
 from rotaquant.cli import build_parser
-from rotaquant.quant.cli_args import recipe_overrides
+from rotaquant.cli_flags import config_overrides
 from rotaquant.quant.pipeline import load_recipe
+from rotaquant.quant.recipe import PTQRecipe
 
 
 def _recipe(tmp_path, text, *flags):
     path = tmp_path / "r.yaml"
     path.write_text(text)
     args = build_parser().parse_args(["ptq", "--recipe", str(path), *flags])
-    return load_recipe(args.recipe, **recipe_overrides(args))
+    return load_recipe(args.recipe, **config_overrides(args, PTQRecipe))
 
 
 def test_seqlen_flag_keeps_the_recipes_cal_seqlen(tmp_path):
@@ -34,7 +35,7 @@ def test_recipe_seqlen_flows_to_cal_seqlen_when_unset(tmp_path):
                                             (["--cal-seqlen", "32"], (2048, 32))])
 def test_flags_alone(flags, expected):
     args = build_parser().parse_args(["ptq", *flags])
-    rec = load_recipe(None, **recipe_overrides(args))
+    rec = load_recipe(None, **config_overrides(args, PTQRecipe))
     assert (rec.seqlen, rec.cal_seqlen) == expected
 
 

@@ -6,7 +6,14 @@ import torch
 
 from rotaquant.errors import ConfigError
 from rotaquant.quant.gptq import GPTQConfig, gptq_quantize_weight, quantization_objective
-from rotaquant.quant.quantizer import ActQuantizer, QuantSpec, fake_quantize, quant_params, quantize_to_int, to_groups
+from rotaquant.quant.quantizer import (
+    ActQuantizer,
+    QuantSpec,
+    fake_quantize,
+    quant_params,
+    quantize_to_int,
+    to_groups,
+)
 from rotaquant.quant.recipe import PTQRecipe
 from rotaquant.quant.rtn import rtn_quantize_weight
 from rotaquant.quant.weights import attach_quantized_weight
@@ -121,14 +128,11 @@ def test_recipe_keys_reach_every_spec():
 
 
 def test_cli_flags_map_to_recipe_keys():
-    import argparse
+    from rotaquant.cli import build_parser
+    from rotaquant.cli_flags import config_overrides
 
-    from rotaquant.quant.cli_args import add_ptq_args, recipe_overrides
-
-    parser = argparse.ArgumentParser()
-    add_ptq_args(parser)
-    args = parser.parse_args(["--sym-grid", "full", "--a-sym-grid", "restricted"])
-    assert recipe_overrides(args) == {"sym_grid": "full", "a_sym_grid": "restricted"}
+    args = build_parser().parse_args(["ptq", "--sym-grid", "full", "--a-sym-grid", "restricted"])
+    assert config_overrides(args, PTQRecipe) == {"sym_grid": "full", "a_sym_grid": "restricted"}
 
 
 def test_act_quantizer_stage_uses_the_grid():
