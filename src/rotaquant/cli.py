@@ -19,8 +19,8 @@ logger = logging.getLogger("rotaquant")
 EPILOG = """examples:
   rotaquant eval --model smollm2-135m --max-windows 2 --seqlen 512
   rotaquant eval --model ./my-hf-folder --dtype bf16 --device cuda --batch-size 8 --json out.json
-  rotaquant eval --model smollm2-135m --tasks piqa,arc_easy --limit 200 --no-ppl --json zs.json
-  rotaquant rotate --model smollm2-135m --mode hadamard --output ./smollm2-rotated
+  rotaquant eval --model smollm2-135m --tasks piqa,arc_easy --task-limit 200 --no-ppl --json zs.json
+  rotaquant rotate --model smollm2-135m --rotation-mode hadamard --output ./smollm2-rotated
   rotaquant ptq --model smollm2-135m --w-bits 4 --a-bits 4 --k-bits 4 --v-bits 4 --gptq
   rotaquant ptq --model smollm2-135m --w-bits 4 --w-groupsize 128 --output ./smollm2-w4
   rotaquant generate --model ./smollm2-w4 --prompt "The capital of France is" --max-new-tokens 32
