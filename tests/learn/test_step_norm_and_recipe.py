@@ -8,7 +8,13 @@ import torch
 
 import rotaquant
 from rotaquant.errors import ConfigError
-from rotaquant.learn.cayley import CayleyAdam, CayleySGD, orthogonality_error, skew_direction, step_cap_norm
+from rotaquant.learn.cayley import (
+    CayleyAdam,
+    CayleySGD,
+    orthogonality_error,
+    skew_direction,
+    step_cap_norm,
+)
 from rotaquant.learn.config import OptimizeConfig
 from rotaquant.learn.train import learn, make_optimizer
 from rotaquant.learn.trainable import make_trainable

@@ -30,10 +30,9 @@ checkpointed recomputation, backward) and never reduce-scatters.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
-
-import logging
 
 import torch
 import torch.distributed as dist
