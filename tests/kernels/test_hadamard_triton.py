@@ -105,7 +105,7 @@ def test_dispatch_picks_kernel_and_falls_back(monkeypatch):
 
 
 SPECS = [QuantSpec(4), QuantSpec(4, symmetric=False, group_size=32), QuantSpec(8, clip_ratio=0.9),
-         QuantSpec(8, symmetric=False, group_size=128)]
+         QuantSpec(8, symmetric=False, group_size=128), QuantSpec(4, group_size=64, sym_grid="full")]
 FUSED = ([pytest.param(spec, n, torch.float16, id=f"fp16-{n}-{spec}")
           for spec in SPECS for n in (64, 576, 1536, 4096, 14336)]
          + [pytest.param(QuantSpec(4), n, torch.bfloat16, id=f"bf16-{n}-int4") for n in (576, 4096)])

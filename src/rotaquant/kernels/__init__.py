@@ -6,7 +6,9 @@ and fall back to the torch reference otherwise, so callers never branch on the d
 
 * :func:`rotaquant.rotation.transform.hadamard_transform` (dispatches here automatically),
 * :func:`hadamard_quantize`: Hadamard + dynamic quantization to integer codes and scales,
-* :func:`hadamard_fake_quantize`: Hadamard + quantize-dequantize (the fake-quant stages).
+* :func:`hadamard_fake_quantize`: Hadamard + quantize-dequantize (the fake-quant stages),
+* :func:`rotaquant.quant.quantizer.fake_quantize` with dynamic parameters (dispatches to the
+  per-row kernel of :mod:`rotaquant.kernels.fake_quant` automatically).
 
 :func:`triton_available` tells whether the kernels can run at all in this process.
 """

@@ -4,9 +4,9 @@ KV quantizer compute), with the torch reference as fallback.
 Both functions quantize ``hadamard_transform(x, normalize)`` (rounded to ``x.dtype`` first) on
 the grid of :mod:`rotaquant.quant.quantizer`, per row of the last dim or per group of
 ``spec.group_size``.  The Triton kernel runs when :func:`rotaquant.kernels.hadamard_supported`
-holds, the spec is a 2..8-bit one, and the groups fit the kernel (a power-of-two group size, or
-one group per row); otherwise the reference runs.  ``backend`` works as in
-:func:`~rotaquant.rotation.transform.hadamard_transform`.
+holds, the spec is a 2..8-bit integer one (either symmetric grid), and the groups fit the kernel
+(a power-of-two group size, or one group per row); otherwise the reference runs.  ``backend``
+works as in :func:`~rotaquant.rotation.transform.hadamard_transform`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ def _use_kernel(x: torch.Tensor, spec: QuantSpec, backend: str | None) -> bool:
 
     ok = fused_supported(x.shape[-1], spec)
     if backend == "triton" and not ok:
-        raise ConfigError(f"the fused kernel cannot compute {spec} groups for order {x.shape[-1]}; it needs a "
-                          "power-of-two group size and an asymmetric or restricted symmetric grid; "
-                          "or use backend='auto'")
+        raise ConfigError(f"the fused kernel cannot compute {spec} groups for order {x.shape[-1]}; it needs an "
+                          "integer grid and a power-of-two group size; or use backend='auto'")
     return ok
 
 

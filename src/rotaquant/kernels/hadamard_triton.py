@@ -38,7 +38,7 @@ from triton.language.extra import libdevice
 
 from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, sylvester
 
-__all__ = ["Plan", "hadamard_autograd", "hadamard_fake_quant_autograd", "launch", "plan_for"]
+__all__ = ["Plan", "grid_divisor", "hadamard_autograd", "hadamard_fake_quant_autograd", "launch", "plan_for"]
 
 # Padded elements per program, 4 warps: the best of a (tile, warps) sweep on an H100 at 16384 rows
 # (benchmarks/results/hadamard_sweep_h100.json); with a core the larger tile wins (1536: 2.4x vs 3.5x copy)
@@ -120,14 +120,16 @@ def _sylvester_stages(z, P: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr,
 
 @triton.jit
 def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm, clip,
-            rcp, R: tl.constexpr, W: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
+            rcp, div, R: tl.constexpr, W: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
             QMIN: tl.constexpr, QMAX: tl.constexpr, GP: tl.constexpr, ON_GPU: tl.constexpr):
     """Scale, round and write the transformed tile ``y`` ``[R, W]`` (columns ``col0 + [0, W)``).
 
     MODE 0 writes the transform; MODE 1 the codes and scales (and zero points when asymmetric);
     MODE 2 the quantize-dequantized values.  Groups are ``GP`` consecutive columns, ``G`` a row.
-    The range is divided by ``qmax`` as torch does it on the same device: on CUDA a tensor divided
-    by a Python number is multiplied by the float32 reciprocal ``rcp``; on CPU it is divided.
+    The range is divided by the grid's ``div`` (``QuantSpec.range_divisor``: ``qmax``, or
+    ``(2^b - 1) / 2`` for the full symmetric grid) as torch does it on the same device: on CUDA a
+    tensor divided by a Python number is multiplied by the float32 reciprocal ``rcp``; on CPU it
+    is divided.
     """
     cols = col0 + tl.arange(0, W)
     offs = rr.to(tl.int64)[:, None] * stride_o + cols[None, :]
@@ -143,7 +145,7 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
             if ON_GPU:
                 scale = amax * rcp
             else:
-                scale = tl.math.div_rn(amax, tl.full([R, NG], QMAX, tl.float32))
+                scale = tl.math.div_rn(amax, tl.full([R, NG], div, tl.float32))
             scale = tl.where(scale > 0, scale, 1.0)
             zero = tl.zeros([R, NG], tl.float32)
         else:
@@ -152,7 +154,7 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
             if ON_GPU:
                 scale = (hi - lo) * rcp
             else:
-                scale = tl.math.div_rn(hi - lo, tl.full([R, NG], QMAX, tl.float32))
+                scale = tl.math.div_rn(hi - lo, tl.full([R, NG], div, tl.float32))
             scale = tl.where(scale > 0, scale, 1.0)
             zero = _rint(tl.math.div_rn(-lo, scale), ON_GPU)
             zero = tl.minimum(tl.maximum(zero, 0.0), QMAX)
@@ -172,7 +174,7 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
 
 @triton.jit(do_not_specialize=["rows", "stride_x"])
 def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
-                     rows, n, G, stride_x, stride_o, norm, clip, rcp,
+                     rows, n, G, stride_x, stride_o, norm, clip, rcp, div,
                      M: tl.constexpr, MP: tl.constexpr, IB: tl.constexpr, KB: tl.constexpr,
                      H: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr, R: tl.constexpr,
                      NS_IN: tl.constexpr, NS: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
@@ -188,7 +190,7 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
         xt = tl.load(x_ptr + rows64[:, None] * stride_x + jj[None, :], mask=rmask[:, None], other=0.0)
         y = _sylvester_stages(xt, R, F1, F2, NS_IN, NS, SPLIT_DT)
         _finish(y, rr, rmask, 0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm, clip,
-                rcp, R, H, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
+                rcp, div, R, H, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
     elif H == 1:  # core only (small Sylvester parts are folded into it): the tile is [R, IB]
         ii = tl.program_id(1) * IB + tl.arange(0, IB)
         acc = tl.zeros([R, IB], tl.float32)
@@ -199,7 +201,7 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
             c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
             acc = _dot_split(xt, c, acc, NS_IN)
         _finish(acc, rr, rmask, tl.program_id(1) * IB, n, G, out_ptr, stride_o, codes_ptr, scale_ptr,
-                zero_ptr, norm, clip, rcp, R, IB, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
+                zero_ptr, norm, clip, rcp, div, R, IB, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
     else:  # core then Sylvester: the tile is [R, IB, H], loaded as [R, H, KB] for the core dot
         jj = tl.arange(0, H)
         ii = tl.program_id(1) * IB + tl.arange(0, IB)
@@ -214,7 +216,7 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
         z = tl.reshape(tl.permute(tl.reshape(acc, [R, H, IB]), (0, 2, 1)), [R * IB, H])
         y = tl.reshape(_sylvester_stages(z, R * IB, F1, F2, NS, NS, SPLIT_DT), [R, IB * H])
         _finish(y, rr, rmask, tl.program_id(1) * IB * H, n, G, out_ptr, stride_o, codes_ptr,
-                scale_ptr, zero_ptr, norm, clip, rcp, R, IB * H, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
+                scale_ptr, zero_ptr, norm, clip, rcp, div, R, IB * H, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
 
 
 # -- host code ------------------------------------------------------------------------------
@@ -346,11 +348,11 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     half = x2.dtype in (torch.float16, torch.bfloat16)
     core = _core_operand(n, transpose, x2.dtype if half else SPLIT_DTYPE, x2.device) if plan.MP > 1 else x2
     norm = 1.0 / math.sqrt(n) if normalize else 1.0
-    sym, qmin, qmax, gp, clip, groups, rcp = True, 0, 0, plan.width, 1.0, 1, 1.0
+    sym, qmin, qmax, gp, clip, groups, rcp, div = True, 0, 0, plan.width, 1.0, 1, 1.0, 1.0
     out = codes = scale = zero = x2
     if mode:
         sym, qmin, qmax, clip = spec.symmetric, spec.qmin, spec.qmax, float(spec.clip_ratio)
-        rcp = float(np.float32(1.0) / np.float32(qmax))  # what torch's CUDA division by qmax uses
+        div, rcp = grid_divisor(spec)
         gp = spec.group_size if spec.group_size and spec.group_size != n else plan.width
         groups = n // spec.group_size if spec.group_size else 1
     if mode == 1:
@@ -361,7 +363,7 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     else:
         out = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
     if rows:
-        args = (x2, out, core, codes, scale, zero, rows, n, groups, x2.stride(0), n, norm, clip, rcp,
+        args = (x2, out, core, codes, scale, zero, rows, n, groups, x2.stride(0), n, norm, clip, rcp, div,
                 plan.M, plan.MP, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R,
                 1 if half else 3, 2 if half else 3, mode, sym, qmin, qmax, gp, _SPLIT_TL, not _INTERPRET)
         key = (plan, x2.dtype, mode, sym, qmin, qmax, gp, groups, rows >= 2**31, x2.stride(0) >= 2**31)
@@ -377,12 +379,17 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     return (out,)
 
 
+def grid_divisor(spec) -> tuple[float, float]:
+    """``(div, rcp)``: what the range is divided by (``spec.range_divisor``) and its float32
+    reciprocal, which torch's CUDA division of a tensor by a Python number multiplies by."""
+    div = float(spec.range_divisor)
+    return div, float(np.float32(1.0) / np.float32(div))
+
+
 def fused_supported(n: int, spec) -> bool:
     """Whether the fused kernel computes ``spec``'s groups for order ``n`` in one pass."""
-    if getattr(spec, "type", "int") != "int":
+    if getattr(spec, "type", "int") != "int" or not spec.enabled:
         return False  # FP8 codes: the kernel computes integer grids; the torch reference does FP8
-    if spec.symmetric and getattr(spec, "sym_grid", "restricted") != "restricted":
-        return False  # the kernel divides by qmax (the restricted grid); the torch reference does the rest
     plan = plan_for(n)
     g = spec.group_size
     if g is None or g == n:  # one group per row: the whole row must be in one block

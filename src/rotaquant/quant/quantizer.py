@@ -290,9 +290,17 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None =
     given, in a shape broadcastable against ``to_groups(x, spec)`` (e.g. ``[..., G, 1]``);
     a missing ``zero`` then means 0. The arithmetic runs in ``scale``'s dtype (float32 for
     fp16/bf16/fp32 inputs with dynamic parameters) and the result is cast back to ``x.dtype``.
+    With dynamic parameters on CUDA a Triton kernel computes the same values in one pass where it
+    applies (see :mod:`rotaquant.kernels.fake_quant`).
     """
     if not spec.enabled:
         return x
+    if scale is None and x.is_cuda:
+        from ..kernels.fake_quant import kernel_fake_quantize
+
+        out = kernel_fake_quantize(x, spec)
+        if out is not None:
+            return out
     xg = to_groups(x, spec)
     if scale is None:
         scale, zero = quant_params(x, spec)

@@ -1,0 +1,67 @@
+"""Triton dynamic fake quantization of rows: one launch reads ``x`` once and writes the result once.
+
+Imported only when Triton is available (see :mod:`rotaquant.kernels`).
+
+Each row of ``[rows, g]`` is one quantization group (a token, a token's group, or a head's
+``head_dim``): the host views the tensor's memory as such rows (see
+:func:`rotaquant.kernels.fake_quant.rows_view`).  A program loads ``R`` rows padded with zeros
+to the power of two ``W >= g``; the padding changes neither ``max|x|`` nor the asymmetric range,
+which is widened to contain 0 anyway.  The grid arithmetic is the fused Hadamard kernel's
+:func:`~rotaquant.kernels.hadamard_triton._finish` (IEEE division, round half to even, the
+reciprocal torch's CUDA division by a Python number uses), which equals
+:func:`rotaquant.quant.quantizer.fake_quantize` bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .hadamard_triton import _finish, grid_divisor
+
+__all__ = ["MAX_WIDTH", "launch_fake_quant"]
+
+MAX_WIDTH = 16384  # padded row width one program holds in registers
+TILE = 4096  # padded elements per program (R rows of W)
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _fake_quant_kernel(x_ptr, out_ptr, rows, g, clip, rcp, div, R: tl.constexpr, W: tl.constexpr,
+                       SYM: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, ON_GPU: tl.constexpr):
+    """Program ``i``: rows ``[i R, (i + 1) R)`` of ``g`` contiguous elements each."""
+    rr = tl.program_id(0) * R + tl.arange(0, R)
+    rmask = rr < rows
+    cols = tl.arange(0, W)
+    offs = rr.to(tl.int64)[:, None] * g + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=rmask[:, None] & (cols < g)[None, :], other=0.0)
+    # MODE 2 (quantize-dequantize), one group per row; norm 1.0 keeps x exactly
+    _finish(x.to(tl.float32), rr, rmask, 0, g, 1, out_ptr, g, out_ptr, out_ptr, out_ptr, 1.0, clip, rcp, div,
+            R, W, 2, SYM, QMIN, QMAX, W, ON_GPU)
+
+
+def _width(g: int) -> int:
+    return max(16, 1 << (g - 1).bit_length())
+
+
+def launch_fake_quant(x2: torch.Tensor, out2: torch.Tensor, spec) -> None:
+    """Fake-quantize each row of the contiguous ``x2`` ``[rows, g]`` into ``out2`` (same shape
+    and dtype) on ``spec``'s integer grid; ``g <= MAX_WIDTH``."""
+    rows, g = x2.shape
+    if rows == 0:
+        return
+    w = _width(g)
+    r = max(1, TILE // w)
+    div, rcp = grid_divisor(spec)
+    warps = 4 if w <= 4096 else 8
+    grid = (triton.cdiv(rows, r),)
+    if not _INTERPRET and x2.device.index != torch.cuda.current_device():
+        with torch.cuda.device(x2.device):  # Triton launches on the current device
+            _fake_quant_kernel[grid](x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric,
+                                     spec.qmin, spec.qmax, not _INTERPRET, num_warps=warps)
+        return
+    _fake_quant_kernel[grid](x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric,
+                             spec.qmin, spec.qmax, not _INTERPRET, num_warps=warps)
