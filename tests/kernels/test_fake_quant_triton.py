@@ -111,3 +111,36 @@ def test_dispatch_on_cuda(monkeypatch):
     assert torch.equal(xg.grad, torch.ones_like(xg))
     fp8 = QuantSpec(8, type="float")  # not covered: the reference runs
     assert kernel_fake_quantize(x, fp8) is None
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the fused stages run on CUDA tensors")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_w4a4kv4_model_equals_reference_quantizers(dtype, monkeypatch):
+    """A rotated W4A4KV4 model (online R3/R4 fused with their quantizers, per-row kernel at the
+    other sites) gives bit-identical logits to the same model with the torch quantizers."""
+    from rotaquant.kernels import fused_quant, quant_triton
+    from rotaquant.quant.pipeline import quantize
+    from rotaquant.rotation.rotate import rotate
+    from tests.conftest import tiny_model
+
+    model = tiny_model("llama", dtype=dtype).cuda()
+    rotate(model, seed=0, progress=False)
+    quantize(model, w_bits=4, a_bits=4, k_bits=4, v_bits=4, a_asym=True, preset="none", progress=False)
+    ids = torch.randint(0, 96, (3, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    calls = {"fused": 0, "rows": 0}
+    fused, rows = fused_quant.hadamard_fake_quantize, quant_triton.launch_fake_quant
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(fused_quant, "hadamard_fake_quantize", count("fused", fused))
+    monkeypatch.setattr(quant_triton, "launch_fake_quant", count("rows", rows))
+    with torch.no_grad():
+        fast = model(ids).logits
+        assert calls["fused"] > 0 and calls["rows"] > 0
+        monkeypatch.setenv("ROTAQUANT_QUANT_BACKEND", "reference")
+        ref = model(ids).logits
+    assert torch.equal(fast, ref)

@@ -153,3 +153,36 @@ def test_head_mixing_preserves_the_function():
     assert stage_map(model)["model.layers.0.self_attn.o_proj:input"] == ["rh"]
     out = logits(model)
     assert ((out - ref).abs().max() / ref.abs().max()) < 1e-6
+
+
+def test_pipeline_lets_a_stage_compute_the_next_one():
+    """A stage whose ``fused_forward`` answers replaces itself and its successor; one that
+    returns None (the default, and every stage on CPU) leaves both to run one after the other."""
+    from rotaquant.stages import Stage
+
+    class Double(Stage):
+        order = 0
+
+        def forward(self, x):
+            return 2 * x
+
+        def fused_forward(self, x, following):
+            return 2 * x + 100 if isinstance(following, AddOne) else None
+
+    class AddOne(Stage):
+        order = 10
+
+        def forward(self, x):
+            return x + 1
+
+    pipe = StagePipeline()
+    pipe.add("b", AddOne())
+    pipe.add("a", Double())
+    x = torch.ones(3)
+    assert torch.equal(pipe(x), torch.full((3,), 102.0))  # fused: 2 * 1 + 100
+    pipe.remove("b")
+    assert torch.equal(pipe(x), torch.full((3,), 2.0))
+    model = processed()  # on CPU nothing fuses: the online Hadamard + quantizer run as two stages
+    down = model.model.layers[0].mlp.down_proj.rq_input
+    h = torch.randn(2, 5, 96)
+    assert torch.equal(down(h), down.stages["a_quant"](down.stages["r4"](h)))

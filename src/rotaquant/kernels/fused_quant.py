@@ -23,7 +23,7 @@ from rotaquant.quant.quantizer import (
 )
 from rotaquant.rotation.transform import _backend, hadamard_transform
 
-__all__ = ["hadamard_fake_quantize", "hadamard_quantize"]
+__all__ = ["fusion_applies", "hadamard_fake_quantize", "hadamard_quantize"]
 
 
 def _use_kernel(x: torch.Tensor, spec: QuantSpec, backend: str | None) -> bool:
@@ -36,6 +36,25 @@ def _use_kernel(x: torch.Tensor, spec: QuantSpec, backend: str | None) -> bool:
         raise ConfigError(f"the fused kernel cannot compute {spec} groups for order {x.shape[-1]}; it needs an "
                           "integer grid and a power-of-two group size; or use backend='auto'")
     return ok
+
+
+def fusion_applies(x: torch.Tensor, spec: QuantSpec) -> bool:
+    """Whether :func:`hadamard_fake_quantize` of ``x`` runs the fused kernel *and* equals, bit for
+    bit, what the automatic backends give for ``fake_quantize(hadamard_transform(x), spec)``: a
+    CUDA tensor without a gradient (the straight-through quantizer's value ``y + (fq(y) - y)``
+    can differ from ``fq(y)`` in the last bit), the Hadamard kernel chosen for it, a spec the fused
+    kernel covers, and neither backend forced to the reference by its environment variable."""
+    import os
+
+    from .fake_quant import BACKEND_ENV
+
+    if not x.is_cuda or not isinstance(spec, QuantSpec) or not spec.enabled or spec.type != "int":
+        return False
+    if torch.is_grad_enabled() and x.requires_grad:
+        return False
+    if os.environ.get(BACKEND_ENV, "auto") == "reference":
+        return False
+    return _use_kernel(x, spec, None)
 
 
 def _check(x: torch.Tensor, spec: QuantSpec) -> None:

@@ -55,6 +55,23 @@ class OnlineHadamard(Stage):
             x = x * self.signs.to(x.dtype)
         return hadamard_transform(x)
 
+    def fused_forward(self, x: torch.Tensor, following: Stage) -> torch.Tensor | None:
+        """The transform and a following quantizer stage in one Triton launch (on CUDA, without
+        a gradient, where :func:`rotaquant.kernels.fused_quant.fusion_applies`): the same values
+        as the two stages one after the other on the GPU. None elsewhere."""
+        spec = getattr(following, "spec", None)
+        if following.kind != "quantizer" or spec is None or not x.is_cuda or x.shape[-1] != self.n:
+            return None
+        if getattr(following, "ste", False):  # its value y + (fq(y) - y) may differ from fq(y) in the last bit
+            return None
+        from ..kernels.fused_quant import fusion_applies, hadamard_fake_quantize
+
+        if not fusion_applies(x, spec):
+            return None
+        if self.signs is not None:
+            x = x * self.signs.to(x.dtype)
+        return hadamard_fake_quantize(x, spec)
+
     def matrix(self, dtype=torch.float64) -> torch.Tensor:
         """The dense ``R`` (for tests and fusion checks)."""
         eye = torch.eye(self.n, dtype=torch.float64)

@@ -31,6 +31,12 @@ class Stage(nn.Module):
     kind: ClassVar[str] = "transform"
     order: ClassVar[int] = 50
 
+    def fused_forward(self, x: torch.Tensor, following: Stage) -> torch.Tensor | None:
+        """``following(self(x))`` computed in one step, or None where this stage has no fused
+        form for ``following`` (then the pipeline calls both). Overridden where a kernel fuses
+        two stages with the same result (the online Hadamard and a quantizer)."""
+        return None
+
 
 class StagePipeline(nn.Module):
     """An ordered, named set of stages applied one after the other to a tensor."""
@@ -68,6 +74,13 @@ class StagePipeline(nn.Module):
         return len(self.stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages.values():
-            x = stage(x)
+        stages = list(self.stages.values())
+        i = 0
+        while i < len(stages):
+            if i + 1 < len(stages):  # a stage may compute itself and the next one in one step
+                fused = stages[i].fused_forward(x, stages[i + 1])
+                if fused is not None:
+                    x, i = fused, i + 2
+                    continue
+            x, i = stages[i](x), i + 1
         return x
