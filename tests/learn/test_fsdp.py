@@ -58,8 +58,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_fsdp_two_ranks_equal_one_rank(tmp_path):
-    torch.set_num_threads(1)
-    _, single = _learn(None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: the same summation order (and no oversubscription)
+    try:
+        _, single = _learn(None)
+    finally:
+        torch.set_num_threads(threads)  # later tests in this process keep their numerics
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["sharded"] and r1["sharded"] and r0["div"] == 0.0
