@@ -34,7 +34,7 @@ from .jobs.learn import optimize
 from .learn.api import learn_rotations
 from .learn.config import OptimizeConfig as LearnConfig
 from .models.loading import load_model
-from .models.registry import register_model
+from .rotation.registry import register_model
 from .quant.pipeline import quantize
 from .quant.recipe import PTQRecipe, QuantConfig
 from .rotation.rotate import rotate, rotation_record

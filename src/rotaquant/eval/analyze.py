@@ -150,7 +150,7 @@ def input_sites(model: nn.Module) -> list[str]:
     layer = decoder_layers(model)[0][1]
     linears = [n for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
     try:
-        from ..models.registry import lookup
+        from ..rotation.registry import lookup
 
         groups = lookup(model).config.norm_fuse_config.decoder_layer_fuse
     except Exception:

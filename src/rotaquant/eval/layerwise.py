@@ -102,7 +102,7 @@ def decoder_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, layer)`` of every decoder layer (the registry config's ``layers_pattern``)."""
     pattern = DEFAULT_LAYERS
     try:
-        from ..models.registry import lookup
+        from ..rotation.registry import lookup
 
         pattern = getattr(lookup(model).config, "layers_pattern", None) or DEFAULT_LAYERS
     except Exception:  # an unregistered class: the default pattern, logged
@@ -179,7 +179,7 @@ def _final_head(model: nn.Module):
     """``h -> logits`` after the last decoder layer (the rotation config's ``lm_head_fuse`` pair:
     final norm, then head), or None when the config does not name them."""
     try:
-        from ..models.registry import lookup
+        from ..rotation.registry import lookup
 
         pairs = lookup(model).config.norm_fuse_config.lm_head_fuse
         norm, head = (model.get_submodule(n) for n in pairs[0])

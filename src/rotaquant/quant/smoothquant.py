@@ -47,7 +47,7 @@ def _rotation_spec(model: nn.Module, config):
 
     if config not in (None, "auto"):
         return load_spec(config)
-    from ..models.registry import lookup
+    from ..rotation.registry import lookup
 
     spec = getattr(lookup(model), "config", None)
     if spec is None:

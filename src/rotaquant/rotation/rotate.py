@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import RotationConfig
 from ..errors import ConfigError
-from ..models.registry import lookup
+from .registry import lookup
 from .apply import apply_fused_rotations
 from .fuse import fuse_norms, untie_embeddings
 from .matrices import RotationFile, RotationStore

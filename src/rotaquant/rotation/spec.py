@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..models.architecture import ArchitectureSpec
 from .hadamard import ROTATION_MODES
 
-SPECS_DIR = Path(__file__).resolve().parents[1] / "models" / "specs"
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
 
 class RotationConfigError(ConfigError):

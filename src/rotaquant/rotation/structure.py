@@ -330,4 +330,4 @@ def require_rotation_structure(model: nn.Module, spec: RotationSpec, origin: str
             f"{origin} does not cover the residual stream of {type(model).__name__}; rotating would change the "
             f"model's function, so nothing was changed. Gaps:\n{format_gaps(gaps)}\n"
             "Add the keys above to the config (or register one for this class: rotaquant.register_model), or use a "
-            f"built-in config for it (see rotaquant.models.registry.registered_models()).", gaps)
+            f"built-in config for it (see rotaquant.rotation.registry.registered_models()).", gaps)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import rotaquant
-from rotaquant.models.registry import (
+from rotaquant.rotation.registry import (
     RegistrationCheckError,
     UnknownArchitectureError,
     lookup,
@@ -23,7 +23,7 @@ def test_unknown_architecture_falls_back_to_universal_or_lists_known(caplog):
     class GPTFooForCausalLM(torch.nn.Module):
         pass
 
-    with caplog.at_level("INFO", logger="rotaquant.models.registry"):
+    with caplog.at_level("INFO", logger="rotaquant.rotation.registry"):
         entry = lookup(GPTFooForCausalLM())
     assert entry.config.rotation_matrices.keys() == {"r1", "r2"} and "transformer_universal" in caplog.text
     with pytest.raises(UnknownArchitectureError, match=r"LlamaForCausalLM.*register_model\('GPTFooForCausalLM'"):

@@ -1,5 +1,9 @@
 """Architectures as data: model class name -> rotation config (with its ``architecture:`` sites).
 
+The registry lives in ``rotation/`` because what it stores is a rotation spec; ``models/`` only
+loads models and describes their architecture, and never imports ``rotation`` (the dependency
+runs one way, rotation -> models; tests/test_import_layers.py checks it).
+
 Each entry is a rotation config (a built-in name, a YAML path, a dict or a
 :class:`~rotaquant.rotation.spec.RotationSpec`). Register your own with :func:`register_model`,
 which checks on a tiny instance of the class (when transformers has it) that the config
@@ -14,6 +18,10 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..models.tiny import tiny_instance
+from .spec import RotationSpec, load_spec
+from .structure import check_rotation_structure, format_gaps
+from .verify import rotation_error
 
 logger = logging.getLogger(__name__)
 FALLBACK = "transformer_universal"
@@ -50,8 +58,6 @@ def register_model(class_name: str, config: str | os.PathLike | dict | object, *
         ConfigError: the class is registered already (and not ``overwrite``) or the config is
             invalid; RegistrationCheckError: the check found a changed function.
     """
-    from ..rotation.spec import load_spec
-
     if class_name in _REGISTRY and not overwrite:
         raise ConfigError(f"{class_name} is already registered; pass overwrite=True to replace it")
     spec = load_spec(config)
@@ -63,16 +69,11 @@ def register_model(class_name: str, config: str | os.PathLike | dict | object, *
     return entry
 
 
-def _verify(class_name: str, spec) -> None:
-    from .tiny import tiny_instance
-
+def _verify(class_name: str, spec: RotationSpec) -> None:
     model = tiny_instance(class_name)
     if model is None:
         logger.debug("no tiny instance of %s could be built; skipping the function check", class_name)
         return
-    from ..rotation.structure import check_rotation_structure, format_gaps
-    from ..rotation.verify import rotation_error
-
     gaps = check_rotation_structure(model, spec)
     err = rotation_error(model, spec)
     if gaps or not err <= 1e-6:
@@ -109,8 +110,6 @@ def lookup(model_or_class, fallback: bool = True) -> ModelEntry:
             f"Pass config={FALLBACK!r} (or your own YAML) to rotate(), or register it: "
             f"rotaquant.register_model({name!r}, config='path/to/rotation.yaml')"
         )
-    from ..rotation.spec import load_spec
-
     logger.info("no rotation config is registered for %s; using %s (register one with "
                 "rotaquant.register_model(%r, config=...))", name, FALLBACK, name)
     return ModelEntry(name, load_spec(FALLBACK))
@@ -125,4 +124,4 @@ for _cls, _spec in {
     "BambaForCausalLM": "bamba",
     "NemotronHForCausalLM": "nemotron_h",
 }.items():
-    register_model(_cls, _spec, verify=False)  # checked by tests/models/test_registry.py
+    register_model(_cls, _spec, verify=False)  # checked by tests/rotation/test_registry.py
