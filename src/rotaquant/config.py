@@ -31,14 +31,7 @@ class StrictModel(BaseModel):
             path = Path(source)
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
-            try:
-                loaded = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
-            except UnicodeDecodeError as exc:
-                raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); a config is a YAML text file") from None
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-            except RecursionError:
-                raise ConfigError(f"{path} is nested too deeply to be a config") from None
+            loaded = read_yaml(path) or {}
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path} must hold a mapping of settings, not {type(loaded).__name__}")
             data.update(loaded)
@@ -47,7 +40,7 @@ class StrictModel(BaseModel):
             data.update({k: v for k, v in overrides.items() if v is not None})
             return cls(**data)
         except (ValidationError, ValueError) as exc:
-            detail = _explain(exc) if isinstance(exc, ValidationError) else f"  {exc}"
+            detail = explain_validation_error(exc) if isinstance(exc, ValidationError) else f"  {exc}"
             raise ConfigError(f"invalid {cls.__name__}:\n{detail}") from None
 
     @classmethod
@@ -59,7 +52,25 @@ class StrictModel(BaseModel):
         return self.model_dump(mode="json")
 
 
-def _explain(exc: ValidationError) -> str:
+def read_yaml(path: Path, error: type[ConfigError] = ConfigError) -> Any:
+    """The YAML document in file ``path``; ``error`` (named) if it is not UTF-8 or not YAML."""
+    try:
+        return yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not UTF-8 text (byte {exc.start}); a config is a YAML text file") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise error(f"{path} is nested too deeply to be a config") from None
+
+
+def explain_validation_error(exc: ValidationError) -> str:
+    """One indented line per error of ``exc``: the dotted key, then what is wrong with it.
+
+    An unknown key says to check the spelling (configs forbid unknown keys, so a typo is an
+    error). Every StrictModel config (job configs, rotation specs, architecture specs) reports
+    through this one function.
+    """
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"

@@ -145,3 +145,30 @@ def test_layernorm_with_bias_is_refused():
     model.model.layers[0].input_layernorm = ln
     with pytest.raises(RotationConfigError, match="mean"):
         rotate(model, progress=False)
+
+
+def test_specs_share_the_strict_model_style_of_the_job_configs(tmp_path):
+    """One config base: rotation and architecture specs are StrictModels like the job configs,
+    so they forbid unknown keys, validate on assignment and report errors through one formatter."""
+    from rotaquant.config import StrictModel
+    from rotaquant.models.architecture import ArchitectureSpec
+    from rotaquant.rotation.spec import MatrixSpec, NormFuseConfig, RotationSpec
+
+    for cls in (RotationSpec, MatrixSpec, NormFuseConfig, ArchitectureSpec):
+        assert issubclass(cls, StrictModel), cls
+    spec = load_spec("llama")
+    with pytest.raises(ValueError, match="use_float64"):
+        spec.use_float64 = "sometimes"
+    with pytest.raises(ValueError, match="unknown mode 'sylvester'"):
+        spec.rotation_matrices["r1"].mode = "sylvester"
+    data = load_spec("llama").model_dump()
+    data["architecture"]["q_projection"] = "q"
+    with pytest.raises(RotationConfigError, match=r"\(dict\):\n  architecture.q_projection: unknown key \(check the spelling\)"):
+        load_spec(data)
+
+
+def test_non_utf8_rotation_file_is_a_named_error(tmp_path):
+    path = tmp_path / "rot.yaml"
+    path.write_bytes(b"rotation_matrices:\n  r1: {dim: hidden_size, mode: \xff\xfe}\n")
+    with pytest.raises(RotationConfigError, match="not UTF-8 text"):
+        load_spec(path)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from ..config import StrictModel
 from ..errors import ConfigError
 
 NormKind = Literal["rms", "rms_offset", "layernorm"]
@@ -22,7 +23,7 @@ class ArchitectureError(ConfigError):
     """The model does not have a module the architecture spec names."""
 
 
-class ArchitectureSpec(BaseModel):
+class ArchitectureSpec(StrictModel):
     """The sites rotaquant acts on, for one model family.
 
     Attributes:
@@ -41,8 +42,6 @@ class ArchitectureSpec(BaseModel):
             activations can be quantized per head or mixed across heads first.
         lm_head: path of the output head from the model root.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     layers: str = "model.layers"
     attention: str = "self_attn"

@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ..config import StrictModel, explain_validation_error, read_yaml
 from ..errors import ConfigError
 from ..models.architecture import ArchitectureSpec
 from .hadamard import ROTATION_MODES
@@ -33,11 +33,7 @@ class RotationConfigError(ConfigError):
     """A rotation config is malformed or does not fit the model it is applied to."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MatrixSpec(_Strict):
+class MatrixSpec(StrictModel):
     """One rotation matrix: its size, how it is made, and how it is shared across layers.
 
     ``dim`` is an int, a key of the model config (``hidden_size``, ``head_dim``, ...) or a
@@ -78,14 +74,14 @@ class MatrixSpec(_Strict):
         return self
 
 
-class NormFuseConfig(_Strict):
+class NormFuseConfig(StrictModel):
     """Norms folded into the linears that read them (``[norm, [linear, ...]]`` pairs)."""
 
     decoder_layer_fuse: list[tuple[str, list[str]]] = Field(default_factory=list)
     lm_head_fuse: list[tuple[str, str]] = Field(default_factory=list)
 
 
-class RotationSpec(_Strict):
+class RotationSpec(StrictModel):
     """A whole rotation config (see the module docstring)."""
 
     rotation_matrices: dict[str, MatrixSpec]
@@ -163,19 +159,11 @@ def load_spec(source: str | os.PathLike | dict | RotationSpec) -> RotationSpec:
                 f"rotation config {text!r} is neither a built-in config ({', '.join(builtin_specs())}) "
                 "nor an existing YAML file"
             )
-        try:
-            source = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise RotationConfigError(f"{path} is not valid YAML: {exc}") from None
+        source = read_yaml(path, RotationConfigError)
         origin = str(path)
         if not isinstance(source, dict):
             raise RotationConfigError(f"{path} must hold a mapping, not {type(source).__name__}")
     try:
         return RotationSpec(**source)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  {where}: {msg}")
-        raise RotationConfigError(f"invalid rotation config ({origin}):\n" + "\n".join(lines)) from None
+        raise RotationConfigError(f"invalid rotation config ({origin}):\n{explain_validation_error(exc)}") from None
