@@ -21,9 +21,16 @@ Sections (``--sections``):
   kernel  GPTQ of one stacked q/k/v weight [3*hidden, hidden] (7B shapes): torch column loop vs
           Triton block kernel, and whether they agree bit for bit
   eval    perplexity wall time of the model in FP16 and with W4A4KV4 fake quantization (RTN
-          weights: the overhead is in the activation/KV quantizer stages), and the ratio
+          weights: the overhead is in the activation/KV quantizer stages), and the ratio; the
+          W4A4KV4 model once more with the torch quantizers (``ROTAQUANT_QUANT_BACKEND=reference``:
+          no Triton fake-quant, no fused Hadamard+quant) and whether its perplexity is identical
   learn   rotation learning (W16A4KV4, ``learn_rotations``): seconds per step (the loop's own
-          mean over the steps after the first) and peak GPU memory
+          mean over the steps after the first) and peak GPU memory, with the Triton quantizers
+          and with the torch ones
+  zeroshot  HellaSwag on its first ``--zs-limit`` items, FP16 and W4A4KV4: fixed batches of
+          ``--zs-batch`` rows vs batches filled to ``--zs-batch-tokens`` tokens (and W4A4KV4 with
+          the torch quantizers); seconds, acc_norm, and the largest |log-likelihood| difference
+          from the first run of the same model
 Times are medians over ``--repeats`` runs (after a warm-up where a section has one).
 """
 
@@ -141,42 +148,133 @@ def section_kernel(args) -> list[dict]:
     return rows
 
 
+class _QuantBackend:
+    """``ROTAQUANT_QUANT_BACKEND`` set for a block (``None``: left as it is)."""
+
+    def __init__(self, value: str | None):
+        self.value, self.saved = value, None
+
+    def __enter__(self):
+        self.saved = os.environ.get("ROTAQUANT_QUANT_BACKEND")
+        if self.value is not None:
+            os.environ["ROTAQUANT_QUANT_BACKEND"] = self.value
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            os.environ.pop("ROTAQUANT_QUANT_BACKEND", None)
+        else:
+            os.environ["ROTAQUANT_QUANT_BACKEND"] = self.saved
+
+
+def _w4a4kv4(args, dtype: str):
+    model, tok = _load(args, dtype)
+    quantize(model, {**W4A4KV4, "preset": "spinquant", "w_method": "rtn"}, tokenizer=tok, device=args.device,
+             progress=False)
+    return model, tok
+
+
 def section_eval(args) -> list[dict]:
-    rows, medians = [], {}
-    for label, recipe in (("fp", None), ("w4a4kv4", {**W4A4KV4, "preset": "spinquant", "w_method": "rtn"})):
-        model, tok = _load(args, args.eval_dtype)
-        if recipe:
-            quantize(model, recipe, tokenizer=tok, device=args.device, progress=False)
+    rows, medians, ppls = [], {}, {}
+    runs = (("fp", False, None), ("w4a4kv4", True, None), ("w4a4kv4 torch quantizers", True, "reference"))
+    for label, quantized, backend in runs:
+        model, tok = _w4a4kv4(args, args.eval_dtype) if quantized else _load(args, args.eval_dtype)
         times, ppl = [], None
-        for _ in range(args.repeats + 1):  # the first run warms up (kernels, allocator)
-            _sync(args.device)
-            t = time.perf_counter()
-            ppl = perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
-                             max_windows=args.eval_windows, progress=False).ppl
-            _sync(args.device)
-            times.append(time.perf_counter() - t)
-        medians[label] = _median(times[1:])
+        with _QuantBackend(backend):
+            if args.profile is not None:  # one profiled run, apart from the timed ones
+                with _Profile(args, f"eval_{label.replace(' ', '_')}"):
+                    perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
+                               max_windows=args.eval_windows, progress=False)
+            for _ in range(args.repeats + 1):  # the first run warms up (kernels, allocator)
+                _sync(args.device)
+                t = time.perf_counter()
+                ppl = perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
+                                 max_windows=args.eval_windows, progress=False).ppl
+                _sync(args.device)
+                times.append(time.perf_counter() - t)
+        medians[label], ppls[label] = _median(times[1:]), ppl
         rows.append({"section": "eval", "what": f"perplexity {label} ({args.eval_dtype}), {args.eval_windows or 'all'}"
                      f" windows x {args.eval_seqlen}, batch {args.eval_batch}", "median_s": medians[label],
                      "runs_s": times[1:], "ppl": ppl})
         del model
     rows.append({"section": "eval", "what": f"W4A4KV4 / FP ({args.eval_dtype}) evaluation time",
-                 "ratio": medians["w4a4kv4"] / medians["fp"]})
+                 "ratio": medians["w4a4kv4"] / medians["fp"],
+                 "ppl_identical_to_torch_quantizers": ppls["w4a4kv4"] == ppls["w4a4kv4 torch quantizers"]})
+    rows.append({"section": "eval", "what": f"W4A4KV4 torch quantizers / FP ({args.eval_dtype}) evaluation time",
+                 "ratio": medians["w4a4kv4 torch quantizers"] / medians["fp"]})
     return rows
 
 
+class _Profile:
+    """With ``--profile DIR``: torch.profiler over the block, its op table (by device time) written
+    to ``DIR/<name>.txt``; otherwise nothing."""
+
+    def __init__(self, args, name: str):
+        self.dir, self.name, self.prof = args.profile, name, None
+
+    def __enter__(self):
+        if self.dir is not None:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.prof = profile(activities=acts)
+            self.prof.__enter__()
+
+    def __exit__(self, *exc):
+        if self.prof is not None:
+            self.prof.__exit__(*exc)
+            key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+            self.dir.mkdir(parents=True, exist_ok=True)
+            table = self.prof.key_averages().table(sort_by=key, row_limit=40)
+            (self.dir / f"{self.name}.txt").write_text(table)
+
+
 def section_learn(args) -> list[dict]:
-    model, tok = _load(args, "float32")
-    result = learn_rotations(model, tok, a_bits=4, k_bits=4, v_bits=4, iterations=args.learn_steps,
-                             batch_size=args.learn_batch, nsamples=args.learn_batch * args.learn_steps,
-                             seqlen=args.seqlen, device=args.device, progress=False)
-    return [{"section": "learn", "what": f"W16A4KV4 learning step, {args.learn_batch}x{args.seqlen}",
-             "median_s": result.seconds_per_step, "peak_memory_gib": result.peak_memory_gib,
-             "steps": args.learn_steps}]
+    rows = []
+    for label, backend in (("", None), (", torch quantizers", "reference")):
+        model, tok = _load(args, "float32")
+        with _QuantBackend(backend), _Profile(args, f"learn{'_torchq' if backend else ''}"):
+            result = learn_rotations(model, tok, a_bits=4, k_bits=4, v_bits=4, iterations=args.learn_steps,
+                                     batch_size=args.learn_batch, nsamples=args.learn_batch * args.learn_steps,
+                                     seqlen=args.seqlen, device=args.device, progress=False)
+        rows.append({"section": "learn", "what": f"W16A4KV4 learning step, {args.learn_batch}x{args.seqlen}{label}",
+                     "median_s": result.seconds_per_step, "peak_memory_gib": result.peak_memory_gib,
+                     "steps": args.learn_steps, "final_loss": result.losses[-1] if result.losses else None})
+        del model
+    return rows
+
+
+def section_zeroshot(args) -> list[dict]:
+    from rotaquant.eval.zeroshot import evaluate_tasks
+
+    rows = []
+    runs = (("fp", False, None), ("w4a4kv4", True, None), ("w4a4kv4 torch quantizers", True, "reference"))
+    for label, quantized, backend in runs:
+        model, tok = _w4a4kv4(args, args.eval_dtype) if quantized else _load(args, args.eval_dtype)
+        first = None
+        for batching in ({"batch_size": args.zs_batch}, {"batch_tokens": args.zs_batch_tokens}):
+            times, res = [], None
+            with _QuantBackend(backend):
+                for _ in range(args.repeats + 1):  # the first run warms up
+                    _sync(args.device)
+                    t = time.perf_counter()
+                    res = evaluate_tasks(model, tok, ["hellaswag"], limit=args.zs_limit, keep_samples=True,
+                                         progress=False, **batching)
+                    _sync(args.device)
+                    times.append(time.perf_counter() - t)
+            task = res.tasks["hellaswag"]
+            lls = [ll for s in task.samples for ll in s["logliks"]]
+            first = first or lls
+            what = ", ".join(f"{k} {v}" for k, v in batching.items())
+            rows.append({"section": "zeroshot", "what": f"hellaswag {args.zs_limit} items {label} ({args.eval_dtype}),"
+                         f" {what}", "median_s": _median(times[1:]), "runs_s": times[1:],
+                         "acc_norm": task.metrics.get("acc_norm"),
+                         "max_abs_loglik_diff_vs_first": max(abs(a - b) for a, b in zip(first, lls, strict=True))})
+        del model
+    return rows
 
 
 SECTIONS = {"gptq": section_gptq, "layer": section_layer, "kernel": section_kernel, "eval": section_eval,
-            "learn": section_learn}
+            "learn": section_learn, "zeroshot": section_zeroshot}
 
 
 def machine() -> dict:
@@ -217,6 +315,11 @@ def main() -> None:
     p.add_argument("--eval-batch", type=int, default=8)
     p.add_argument("--learn-steps", type=int, default=6)
     p.add_argument("--learn-batch", type=int, default=8)
+    p.add_argument("--zs-limit", type=int, default=300, help="HellaSwag items of the zeroshot section")
+    p.add_argument("--zs-batch", type=int, default=64, help="rows per forward (fixed batches)")
+    p.add_argument("--zs-batch-tokens", type=int, default=32768, help="tokens per forward (budgeted batches)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="folder for torch.profiler op tables of the eval and learn sections")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 

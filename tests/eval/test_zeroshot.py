@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rotaquant.errors import ConfigError
 from rotaquant.eval.loglikelihood import PairEncoder, Score, score_requests
 from rotaquant.eval.tasks import Doc, build_lambada, build_winogrande
 from rotaquant.eval.zeroshot import (
@@ -217,3 +218,25 @@ def test_limit_must_be_positive(tmp_path):
 
     with pytest.raises(ConfigError, match="limit"):
         evaluate_tasks(BigramLM(torch.zeros(V, V)), CharTokenizer(), "boolq", limit=0, data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("budget", [1, 40, 100_000])
+def test_token_budgeted_batches_give_the_same_scores(budget):
+    """Batches filled up to a token budget (one row each at budget 1, everything at once at
+    100k) score every request as fixed-size batches do; the row count follows the budget."""
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(1)
+    rand = lambda n: torch.randint(3, 96, (n,), generator=gen).tolist()  # noqa: E731
+    reqs = [(rand(int(n)), rand(int(m))) for n, m in torch.randint(1, 20, (15, 2), generator=gen)]
+    fixed, fixed_stats = score_requests(model, reqs, batch_size=4, progress=False)
+    scores, stats = score_requests(model, reqs, batch_tokens=budget, progress=False)
+    for a, b in zip(fixed, scores, strict=True):
+        assert b.loglik == pytest.approx(a.loglik, abs=1e-5) and b.greedy == a.greedy
+    assert stats["forward_rows"] == fixed_stats["forward_rows"]
+    expected = {1: stats["forward_rows"], 100_000: 1}.get(budget)
+    if expected is not None:
+        assert stats["batches"] == expected
+    else:
+        assert 1 < stats["batches"] < stats["forward_rows"]
+    with pytest.raises(ConfigError, match="batch_tokens"):
+        score_requests(model, reqs, batch_tokens=0, progress=False)

@@ -9,11 +9,13 @@ truncated to ``max_length + 1`` tokens first), and a request's log-likelihood is
 the log-probabilities of its continuation tokens; it is *greedy* when every continuation token
 is the argmax. Requests are scored without a KV cache, padded on the right with token 0 and no
 attention mask (a causal model never looks right), longest first, ``batch_size`` rows per
-forward. One forward serves every request whose input is a prefix of that row's input: exact
-duplicates, and the choices of a question whose continuations are a single token (their inputs
-are all just the context), which is how lm-eval shares a context between choices. This relies on
-logits at a position depending only on earlier tokens of the same row, which holds for causal
-LMs with per-token activation and KV quantizers.
+forward (or as many rows as fit a token budget, ``batch_tokens``). One forward serves every
+request whose input is a prefix of that row's input: exact duplicates, and the choices of a
+question whose continuations are a single token (their inputs are all just the context), which
+is how lm-eval shares a context between choices. This relies on logits at a position depending
+only on earlier tokens of the same row, which holds for causal LMs with per-token activation and
+KV quantizers. Per-token results stay on the device until every batch has run, so the host
+never waits for the GPU between batches.
 """
 
 from __future__ import annotations
@@ -119,6 +121,27 @@ def _hosts(inputs: list[tuple[int, ...]], share: bool) -> list[int]:
     return host
 
 
+def _batches(rows: list[int], lengths: list[int], batch_size: int, batch_tokens: int | None) -> list[list[int]]:
+    """Consecutive slices of ``rows`` (longest first): ``batch_size`` rows each, or with
+    ``batch_tokens`` as many rows as keep ``rows x width`` (the first row's length) within it."""
+    if batch_tokens is None:
+        return [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
+    out, start = [], 0
+    while start < len(rows):
+        take = max(1, min(len(rows) - start, batch_tokens // lengths[rows[start]]))
+        out.append(rows[start:start + take])
+        start += take
+    return out
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to CUDA through pinned memory without waiting for the GPU, so the
+    host builds the next batch while the current one runs."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -132,6 +155,7 @@ def score_requests(
     encoded: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
     batch_size: int = 32,
+    batch_tokens: int | None = None,
     max_length: int | None = None,
     share_prefixes: bool = True,
     progress: bool = True,
@@ -142,7 +166,11 @@ def score_requests(
     Args:
         model: a causal LM; put in eval mode for the call and restored afterwards (not modified).
         encoded: token ids per request (see :class:`PairEncoder`); contexts must be non-empty.
-        batch_size: rows per forward pass.
+        batch_size: rows per forward pass (when ``batch_tokens`` is None).
+        batch_tokens: instead of a fixed row count, fill each forward pass with as many rows
+            as fit ``rows x padded length <= batch_tokens`` (rows are sorted longest first, so
+            short requests come in large batches and the GPU stays busy; at least one row).
+            Scores are the same up to the rounding of differently shaped matrix products.
         max_length: the model's window (default: ``config.max_position_embeddings`` or 2048);
             longer requests are truncated on the left like lm-eval does.
         share_prefixes: let one forward serve every request whose input is a prefix of its row.
@@ -153,6 +181,8 @@ def score_requests(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_tokens is not None and batch_tokens < 1:
+        raise ConfigError(f"batch_tokens must be >= 1 (or None for batch_size rows), got {batch_tokens}")
     if max_length is None:
         max_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
     inputs, targets = [], []
@@ -172,13 +202,17 @@ def score_requests(
 
     device = next(model.parameters()).device
     keep_arg = _accepts_logits_to_keep(model)
-    scores: list[Score | None] = [None] * len(inputs)
+    batches = _batches(rows, [len(u) for u in unique], batch_size, batch_tokens)
+    # per batch: the requests of each scored token (host) and their log-probs and hits (device),
+    # read back once at the end so no batch waits for the GPU
+    owners: list[list[int]] = []
+    token_lps: list[torch.Tensor] = []
+    hits: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(inputs), desc=desc, unit="req", disable=not progress)
     try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
+        for chunk in batches:
             width = len(unique[chunk[0]])
             batch = torch.zeros(len(chunk), width, dtype=torch.long)
             for j, r in enumerate(chunk):
@@ -187,7 +221,6 @@ def score_requests(
             first = min(len(inputs[q]) - len(targets[q]) for r in chunk for q in served[r])
             keep = width - first
             kwargs = {"logits_to_keep": keep} if keep_arg else {}
-            logits = model(input_ids=batch.to(device), use_cache=False, **kwargs).logits
             rows_i, pos_i, tgt_i, owner = [], [], [], []
             for j, r in enumerate(chunk):
                 for q in served[r]:
@@ -197,23 +230,30 @@ def score_requests(
                     pos_i += range(end - n, end)
                     tgt_i += targets[q]
                     owner += [q] * n
-            rows_t, pos_t, tgt_t = (torch.tensor(v, device=device) for v in (rows_i, pos_i, tgt_i))
+            rows_t, pos_t, tgt_t = _to_device(torch.tensor([rows_i, pos_i, tgt_i]), device)
+            logits = model(input_ids=_to_device(batch, device), use_cache=False, **kwargs).logits
             # normalise only the positions that are scored: [tokens, vocab] instead of [B, keep, vocab]
             picked = logits[:, -keep:][rows_t, pos_t].float().log_softmax(dim=-1)
-            token_lp = picked.gather(-1, tgt_t[:, None]).squeeze(-1).double().cpu()
-            hit = (picked.argmax(dim=-1) == tgt_t).cpu()
-            totals: dict[int, float] = dict.fromkeys(owner, 0.0)
-            greedy: dict[int, bool] = dict.fromkeys(owner, True)
-            for q, lp, h in zip(owner, token_lp.tolist(), hit.tolist(), strict=True):
-                totals[q] += lp
-                greedy[q] = greedy[q] and h
-            for q in totals:
-                scores[q] = Score(totals[q], greedy[q])
+            token_lps.append(picked.gather(-1, tgt_t[:, None]).squeeze(-1).double())
+            hits.append(picked.argmax(dim=-1) == tgt_t)
+            owners.append(owner)
+            del logits, picked
             bar.update(sum(len(served[r]) for r in chunk))
+        token_lp = torch.cat(token_lps).cpu().tolist() if token_lps else []
+        hit = torch.cat(hits).cpu().tolist() if hits else []
     finally:
         bar.close()
         model.train(was_training)
-    stats = {"requests": len(inputs), "forward_rows": len(rows), "batches": -(-len(rows) // batch_size),
+    scores: list[Score | None] = [None] * len(inputs)
+    totals: dict[int, float] = {}
+    greedy: dict[int, bool] = {}
+    flat = [q for owner in owners for q in owner]
+    for q, lp, h in zip(flat, token_lp, hit, strict=True):  # per request, its tokens in order
+        totals[q] = totals.get(q, 0.0) + lp
+        greedy[q] = greedy.get(q, True) and h
+    for q in totals:
+        scores[q] = Score(totals[q], greedy[q])
+    stats = {"requests": len(inputs), "forward_rows": len(rows), "batches": len(batches),
              "tokens": sum(len(unique[r]) for r in rows)}
     logger.debug("%s: %s", desc, stats)
     return scores, stats  # type: ignore[return-value]
