@@ -74,6 +74,7 @@ def run_setting(key: str, overrides: dict, base, tok, args) -> dict:
               "nsamples": args.nsamples, "seed": args.seed, "data_dir": args.data_dir, **overrides}
     ptq = run_ptq(None, progress=args.progress, preloaded=(model, tok), **recipe)
     zs = evaluate_tasks(model, tok, args.tasks, limit=args.limit, batch_size=args.task_batch_size,
+                        batch_tokens=args.task_batch_tokens,
                         data_dir=args.data_dir, progress=args.progress)
     label = "FP" if key == "fp" else ptq["label"]
     ps = ptq["seconds"]
@@ -115,6 +116,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="all", help=f"comma-separated subset of {','.join(TASKS)}")
     ap.add_argument("--limit", type=int, default=None, help="first N items per task (default: all)")
     ap.add_argument("--task-batch-size", type=int, default=64)
+    ap.add_argument("--task-batch-tokens", type=int, default=None,
+                    help="fill each task forward up to N padded tokens instead of --task-batch-size rows")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8, help="perplexity windows per forward")
     ap.add_argument("--max-windows", type=int, default=None, help="perplexity on the first N windows only")
