@@ -21,11 +21,13 @@ Each (row, seed) loads its own fp16 copy (learning: float32) and evaluates the f
 test at seqlen 2048 (GPTQ: 128 x 2048 validation windows). The JSON is rewritten after every
 run; with ``--append`` the runs of an earlier call in the same file are kept (a rerun of a
 (row, seed) replaces it), so the sweep can be split over several calls. Timings on one H100:
-GPTQ PTQ ~55 s a run, RTN ~15 s, learning 100 steps ~95 s. A split that fits 8-minute calls:
+GPTQ PTQ ~55 s a run, RTN ~15 s, learning 100 steps ~95 s (estimates from earlier runs). A
+split into calls of at most ~6 minutes (18 runs in all):
 
-    --rows default-random llmc-w4a16 llmc-w4a16-restricted llmc-rtn-restricted llmc-rtn-full
-    --rows default-learned --seeds 0 1 --append
-    --rows default-learned --seeds 2 --append
+    --rows default-random llmc-rtn-restricted llmc-rtn-full            # ~4.5 min
+    --rows llmc-w4a16 llmc-w4a16-restricted --append                   # ~5.5 min
+    --rows default-learned --seeds 0 1 --append                        # ~5.5 min
+    --rows default-learned --seeds 2 --append                          # ~3 min
 
 CPU smoke test: ``--model smollm2-135m --max-windows 2 --seqlen 128 --nsamples 4 --steps 2
 --learn-nsamples 4``.
