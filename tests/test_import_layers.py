@@ -72,3 +72,43 @@ def test_importing_models_loads_no_rotation_module():
 def test_rotation_registry_imports_first():
     loaded = _fresh_import("rotaquant.rotation.registry", "rotaquant.rotation.rotate")
     assert "rotaquant.models.architecture" in loaded and "rotaquant.models.tiny" in loaded
+
+
+WRITERS = {"atomic_write_bytes", "atomic_write_json", "atomic_directory", "write_text", "write_bytes",
+           "save_file", "save_pretrained", "savefig"}
+
+
+def _file_writes(path: Path) -> list[str]:
+    """Calls in ``path`` that write files: the writers above, ``torch.save`` to a path (not to a
+    buffer), and ``open`` for writing."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name in WRITERS:
+            found.append(f"{name}:{node.lineno}")
+        elif name == "save" and isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "torch":
+            target = node.args[1] if len(node.args) > 1 else None
+            if not (isinstance(target, ast.Name) and target.id in {"buf", "buffer", "fh"}):
+                found.append(f"torch.save:{node.lineno}")
+        elif name == "open" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) \
+                and any(c in str(node.args[1].value) for c in "wax"):
+            found.append(f"open:{node.lineno}")
+    return found
+
+
+def test_the_write_scan_sees_each_kind_of_write(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import torch\ndef f(p, buf):\n    atomic_write_bytes(p, b'')\n    p.write_text('x')\n"
+                      "    torch.save({}, p)\n    torch.save({}, buf)\n    open(p, 'wb')\n    open(p, 'rb')\n")
+    assert [w.split(":")[0] for w in _file_writes(module)] == ["atomic_write_bytes", "write_text", "torch.save", "open"]
+
+
+def test_algorithm_packages_write_no_files():
+    """The jobs write rotation files and checkpoints (rotaquant.jobs.files); the algorithms only
+    compute and serialize. (``export`` writes by definition; ``models`` keeps its GGUF cache.)"""
+    offenders = {str(p.relative_to(SRC)): w for pkg in ("rotation", "learn", "quant", "eval", "stages", "kernels")
+                 for p in sorted((SRC / pkg).rglob("*.py")) if (w := _file_writes(p))}
+    assert not offenders, offenders

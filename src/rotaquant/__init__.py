@@ -34,9 +34,9 @@ from .jobs.learn import optimize
 from .learn.api import learn_rotations
 from .learn.config import OptimizeConfig as LearnConfig
 from .models.loading import load_model
-from .rotation.registry import register_model
 from .quant.pipeline import quantize
 from .quant.recipe import PTQRecipe, QuantConfig
+from .rotation.registry import register_model
 from .rotation.rotate import rotate, rotation_record
 
 __version__ = "0.1.0"

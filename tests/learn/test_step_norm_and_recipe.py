@@ -8,6 +8,7 @@ import torch
 
 import rotaquant
 from rotaquant.errors import ConfigError
+from rotaquant.jobs.files import write_rotation_file
 from rotaquant.learn.cayley import (
     CayleyAdam,
     CayleySGD,
@@ -18,7 +19,7 @@ from rotaquant.learn.cayley import (
 from rotaquant.learn.config import OptimizeConfig
 from rotaquant.learn.train import learn, make_optimizer
 from rotaquant.learn.trainable import make_trainable
-from rotaquant.rotation.matrices import RotationStore, write_rotation_file
+from rotaquant.rotation.matrices import RotationStore
 from rotaquant.rotation.rotate import resolve_spec
 from tests.conftest import tiny_model
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rotaquant.errors import ConfigError
+from rotaquant.jobs.files import CheckpointFile
 from rotaquant.learn.config import OptimizeConfig
 from rotaquant.learn.train import _loss, batch_indices, learn, lr_factor
 from rotaquant.learn.trainable import make_trainable
@@ -76,7 +77,7 @@ def test_a_few_steps_reduce_the_quantized_loss(trained_state):
 def test_resume_equals_uninterrupted(tmp_path):
     cfg = _cfg(momentum=0.9)
     windows = _windows()
-    full = learn(_setup(cfg), windows, cfg, checkpoint=tmp_path / "a.ckpt", progress=False)
+    full = learn(_setup(cfg), windows, cfg, checkpoint=CheckpointFile(tmp_path / "a.ckpt"), progress=False)
 
     class Crash(Exception):
         pass
@@ -85,7 +86,7 @@ def test_resume_equals_uninterrupted(tmp_path):
         if step == 7:
             raise Crash
 
-    ckpt = tmp_path / "b.ckpt"
+    ckpt = CheckpointFile(tmp_path / "b.ckpt")
     with pytest.raises(Crash):
         learn(_setup(cfg), windows, cfg, checkpoint=ckpt, callback=crash_after_7, progress=False)
     resumed = learn(_setup(cfg), windows, cfg, checkpoint=ckpt, resume=True, progress=False)
@@ -98,10 +99,10 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     cfg = _cfg(iterations=3)
-    learn(_setup(cfg), _windows(), cfg, checkpoint=tmp_path / "c.ckpt", progress=False)
+    learn(_setup(cfg), _windows(), cfg, checkpoint=CheckpointFile(tmp_path / "c.ckpt"), progress=False)
     other = _cfg(iterations=3, lr=0.5)
     with pytest.raises(ConfigError, match="lr"):
-        learn(_setup(other), _windows(), other, checkpoint=tmp_path / "c.ckpt", resume=True, progress=False)
+        learn(_setup(other), _windows(), other, checkpoint=CheckpointFile(tmp_path / "c.ckpt"), resume=True, progress=False)
 
 
 def test_micro_batches_accumulate_to_the_full_batch():

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from rotaquant import quantize, rotate
-from rotaquant.rotation.registry import lookup
 from rotaquant.models.tiny import tiny_instance
+from rotaquant.rotation.registry import lookup
 from rotaquant.rotation.structure import RotationStructureError, check_rotation_structure
 from rotaquant.stages import stage_map
 

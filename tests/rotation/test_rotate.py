@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from rotaquant.errors import ConfigError
 from rotaquant.export.hf import export_hf
+from rotaquant.jobs.files import write_rotation_file
 from rotaquant.rotation.rotate import rotate, rotation_record
 from rotaquant.stages import remove_stages, stage_map
 from tests.conftest import tiny_model
@@ -109,7 +110,7 @@ def test_universal_config_on_llama_skips_missing_patterns():
 def test_saved_rotations_reproduce_the_same_model(tmp_path):
     a, b = tiny_model("llama", dtype=torch.float64), tiny_model("llama", dtype=torch.float64)
     state = rotate(a, mode="orthogonal", seed=7, online=False, progress=False)
-    state.save(tmp_path / "rot.safetensors")
+    write_rotation_file(tmp_path / "rot.safetensors", state.store.state_dict())
     rotate(b, mode="orthogonal", seed=99, rotation_path=tmp_path / "rot.safetensors", online=False, progress=False)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=n)

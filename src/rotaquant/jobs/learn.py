@@ -19,7 +19,7 @@ from ..learn.distributed import init_distributed
 from ..learn.train import LearnResult
 from ..models.loading import load_model
 from ..preflight import check_rotation_file
-from ..rotation.matrices import write_rotation_file
+from .files import CheckpointFile, write_rotation_file
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,9 @@ def optimize(
             model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=str(device))
         else:
             model, tokenizer = preloaded
-        result: LearnResult = learn_rotations(model, tokenizer, cfg, checkpoint=checkpoint if ctx.main else None,
-                                              resume=resume, ctx=ctx, progress=progress)
+        writer = CheckpointFile(checkpoint) if ctx.main and checkpoint is not None else None
+        result: LearnResult = learn_rotations(model, tokenizer, cfg, checkpoint=writer, resume=resume, ctx=ctx,
+                                              progress=progress)
         summary = {
             "config": cfg.to_dict(),
             "bits": cfg.bits_label(),

@@ -1,8 +1,8 @@
 """``rotaquant.learn_rotations``: the in-memory verb that learns R1/R2 of a loaded model.
 
-It reads nothing but the model and the calibration text and writes nothing but an optional
-checkpoint; the job that loads a model and writes rotation files is
-:func:`rotaquant.jobs.learn.optimize`.
+It reads nothing but the model and the calibration text and writes no files (an optional
+checkpoint goes to a writer object the caller passes); the job that loads a model and writes
+rotation files and checkpoints is :func:`rotaquant.jobs.learn.optimize`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..rotation.rotate import resolve_spec
 from ..rotation.spec import RotationSpec
 from .config import OptimizeConfig
 from .distributed import DistContext
-from .train import LearnResult, learn
+from .train import Checkpointer, LearnResult, learn
 from .trainable import make_trainable
 
 
@@ -38,7 +38,7 @@ def learn_rotations(
     config: OptimizeConfig | dict | str | os.PathLike | None = None,
     *,
     windows: torch.Tensor | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: Checkpointer | None = None,
     resume: bool = False,
     ctx: DistContext | None = None,
     progress: bool = True,
@@ -58,7 +58,9 @@ def learn_rotations(
             more keys (``w_bits=4, a_bits=4, iterations=50, ...``).
         windows: token ids ``[nsamples, seqlen]`` to learn on (default: the config's data,
             sampled with its seed; the WikiText-2 test split is refused).
-        checkpoint: file written every ``checkpoint_every`` steps; ``resume`` continues from it.
+        checkpoint: where the state goes every ``checkpoint_every`` steps, an object with
+            ``read()``/``write(state)`` (the optimize job passes a
+            :class:`~rotaquant.jobs.files.CheckpointFile`); ``resume`` continues from it.
         ctx: the ranks of a ``torchrun`` run (default: this process alone).
 
     Returns:

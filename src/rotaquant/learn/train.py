@@ -9,20 +9,17 @@ CUDA backward kernels).
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, load_torch_file
 from .cayley import CayleyAdam, CayleySGD, orthogonality_error
 from .config import OptimizeConfig
 from .distributed import DistContext, shard_frozen_model
@@ -79,23 +76,35 @@ def autocast_dtype(cfg: OptimizeConfig, device: torch.device) -> torch.dtype | N
 
 
 # -- checkpoints ---------------------------------------------------------------------------
-def save_checkpoint(path: Path, step: int, cfg: OptimizeConfig, tm: TrainableModel,
-                    opt: torch.optim.Optimizer, losses: list[float]) -> None:
-    buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "step": step, "config": cfg.fingerprint(),
-                "rotations": tm.rotations.state(), "optimizer": opt.state_dict(), "losses": list(losses)}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+class Checkpointer(Protocol):
+    """Where :func:`learn` keeps its checkpoint. The job that runs the loop provides it
+    (:class:`rotaquant.jobs.files.CheckpointFile` keeps one file, replaced atomically), so the
+    training loop itself writes no files."""
+
+    def read(self) -> Any | None:
+        """The last state written, or None if there is none."""
+
+    def write(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` (replacing the previous one)."""
 
 
-def load_checkpoint(path: Path, cfg: OptimizeConfig, tm: TrainableModel, opt: torch.optim.Optimizer) -> tuple[int, list]:
-    """Restore matrices and optimizer state; returns (next step, losses so far)."""
-    ckpt = load_torch_file(path, "checkpoint", ConfigError)
+def checkpoint_state(step: int, cfg: OptimizeConfig, tm: TrainableModel, opt: torch.optim.Optimizer,
+                     losses: list[float]) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly: matrices, optimizer state, losses."""
+    return {"format": CHECKPOINT_FORMAT, "step": step, "config": cfg.fingerprint(),
+            "rotations": tm.rotations.state(), "optimizer": opt.state_dict(), "losses": list(losses)}
+
+
+def restore_checkpoint(ckpt: Any, where: str, cfg: OptimizeConfig, tm: TrainableModel,
+                       opt: torch.optim.Optimizer) -> tuple[int, list]:
+    """Restore matrices and optimizer state from ``ckpt`` (read from ``where``); returns
+    (next step, losses so far). Mutates ``tm.rotations`` and ``opt``."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not a rotaquant learning checkpoint")
+        raise ConfigError(f"{where} is not a rotaquant learning checkpoint")
     now, then = cfg.fingerprint(), ckpt["config"]
     differ = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
     if differ:
-        raise ConfigError(f"checkpoint {path} was made with other settings ({', '.join(differ)}); resuming would not "
+        raise ConfigError(f"checkpoint {where} was made with other settings ({', '.join(differ)}); resuming would not "
                           "give the run you asked for. Use the same settings, or start without --resume")
     saved = ckpt["rotations"]
     with torch.no_grad():
@@ -128,12 +137,15 @@ def _loss(model, ids: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
 
 
 def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: DistContext | None = None,
-          checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
+          checkpoint: Checkpointer | None = None, resume: bool = False, progress: bool = True,
           callback: Callable[[int, float], None] | None = None) -> LearnResult:
     """Train the rotations of ``tm`` on ``windows`` ``[nsamples, seqlen]``; returns the matrices.
 
     Mutates ``tm.rotations`` (the matrices). The batch of each step is split across the ranks
-    of ``ctx``; ``callback(step, loss)`` runs after each step (on every rank).
+    of ``ctx``; ``callback(step, loss)`` runs after each step (on every rank). ``checkpoint``
+    is a writer object from the calling job (the loop writes no files itself): the main rank
+    hands it the state every ``checkpoint_every`` steps and at the end; with ``resume`` the loop
+    continues from ``checkpoint.read()`` when that holds a state.
     """
     ctx = ctx or DistContext()
     model, params = tm.model, list(tm.rotations.matrices)
@@ -150,11 +162,11 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
             raise ConfigError("fsdp needs the decoder layers of the trainable model (make_trainable records them)")
         shard_frozen_model(model, tm.layers, ctx, device)
     opt = make_optimizer(cfg, params)
-    ckpt_path = Path(checkpoint) if checkpoint else None
     start, losses, grad_norms, steps = 0, [], [], []
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        start, losses = load_checkpoint(ckpt_path, cfg, tm, opt)
-        logger.info("resumed from %s at step %d", ckpt_path, start)
+    saved = checkpoint.read() if resume and checkpoint is not None else None
+    if saved is not None:
+        start, losses = restore_checkpoint(saved, str(checkpoint), cfg, tm, opt)
+        logger.info("resumed from %s at step %d", checkpoint, start)
     if cfg.gradient_checkpointing:
         set_checkpointing(model, True)
     model.train()
@@ -190,8 +202,8 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
                         grad=f"{grad_norm:.3g}")
         if callback is not None:
             callback(step, total)
-        if ckpt_path is not None and ctx.main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.iterations):
-            save_checkpoint(ckpt_path, step + 1, cfg, tm, opt, losses)
+        if checkpoint is not None and ctx.main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.iterations):
+            checkpoint.write(checkpoint_state(step + 1, cfg, tm, opt, losses))
         ctx.barrier()
     elapsed = time.perf_counter() - t0
     model.eval()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, load_torch_file
+from ..io import load_torch_file
 from .hadamard import make_rotation
 from .spec import MatrixSpec, RotationConfigError, RotationSpec
 
@@ -109,11 +109,9 @@ class RotationStore:
 
     # -- files ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The matrices made so far, keyed ``name`` / ``name@group`` (what a rotation file holds;
+        the jobs write it: :func:`rotaquant.jobs.files.write_rotation_file`)."""
         return {(n if not g else f"{n}@{g}"): m.contiguous() for (n, g), m in self.matrices.items()}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the matrices made so far to a safetensors file (atomically)."""
-        return write_rotation_file(path, self.state_dict())
 
     def load(self, path: str | os.PathLike, allow_partial: bool | None = None) -> None:
         """Load matrices from a rotaquant safetensors file or a SpinQuant torch file.
@@ -194,12 +192,6 @@ def _keys(keys: list[tuple[str, str]], limit: int = 8) -> str:
 
 
 FILE_FORMAT = "rotaquant-rotations-v1"
-
-
-def write_rotation_file(path: str | os.PathLike, matrices: dict[str, torch.Tensor],
-                        metadata: dict[str, str] | None = None) -> Path:
-    """Matrices keyed ``name`` / ``name@group`` as a rotaquant safetensors file (atomically)."""
-    return atomic_write_bytes(path, rotation_file_bytes(matrices, metadata))
 
 
 def rotation_file_bytes(matrices: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:

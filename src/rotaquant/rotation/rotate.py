@@ -11,11 +11,11 @@ from torch import nn
 
 from ..config import RotationConfig
 from ..errors import ConfigError
-from .registry import lookup
 from .apply import apply_fused_rotations
 from .fuse import fuse_norms, untie_embeddings
 from .matrices import RotationFile, RotationStore
 from .online import apply_online_rotations
+from .registry import lookup
 from .spec import RotationSpec, load_spec
 from .structure import require_rotation_structure
 from .verify import FunctionChangedError, probe_ids, probe_logits, relative_change, verify_tolerance
@@ -55,10 +55,6 @@ class RotationState:
     fused_modules: int = 0
     folded_norms: int = 0
     untied: bool = False
-
-    def save(self, path: str | os.PathLike):
-        """Write the fused matrices (R1, R2, ...) to a safetensors file."""
-        return self.store.save(path)
 
 
 def rotation_record(model: nn.Module) -> RotationRecord | None:
