@@ -10,7 +10,8 @@ Small CPU check of the script itself (seconds, meaningless numbers)::
 
     .venv/bin/python benchmarks/pipeline_bench.py --model smollm2-135m --device cpu --dtype float32 \\
       --max-layers 2 --nsamples 2 --seqlen 64 --layer-hidden 256 --layer-mlp 512 --layer-heads 4 --eval-windows 2 \\
-      --eval-seqlen 64 --eval-batch 1 --learn-steps 2 --learn-batch 1 --repeats 1 --sections gptq layer kernel eval learn
+      --eval-seqlen 64 --eval-batch 1 --learn-steps 2 --learn-batch 1 --repeats 1 --zs-limit 4 \\
+      --sections gptq layer kernel eval learn zeroshot
 
 Sections (``--sections``):
   gptq    GPTQ stage of ``rotaquant.quantize`` (W4A4KV4, SpinQuant recipe: clip search, per-channel)
