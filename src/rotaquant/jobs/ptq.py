@@ -66,11 +66,11 @@ def run_ptq(recipe: PTQRecipe | dict | str | os.PathLike | None = None, json_pat
         "zeroshot": zeroshot,
     }
     if rec.output:
-        from ..export.compressed import export_quantized
+        from .. import export
 
         t = time.perf_counter()
-        result["export"] = export_quantized(model, tokenizer, rec.output, overwrite=rec.overwrite,
-                                            metadata={"recipe": rec.to_dict(), "ppl": ppl["ppl"]})
+        result["export"] = export(model, tokenizer, rec.section("output"),
+                                  metadata={"recipe": rec.to_dict(), "ppl": ppl["ppl"]})
         times["export"] = time.perf_counter() - t
     if json_path:
         atomic_write_json(json_path, result)
