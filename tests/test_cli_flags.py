@@ -89,3 +89,60 @@ def test_old_rotate_config_keys_load():
     assert (cfg.rotation_config, cfg.rotation_mode) == ("llama", "hadamard")
     with pytest.raises(ValueError, match="same setting"):
         RotateConfig(config="llama", rotation_config="qwen2", output="o")
+
+
+@pytest.mark.parametrize("command", ["ptq", "optimize", "analyze"])
+def test_recipe_means_the_jobs_yaml_and_config_is_never_shown(command):
+    """``--recipe`` is the job's YAML in every command that reads one; ``--rotation-config`` the
+    rotation spec; no command shows a bare ``--config``."""
+    args = build_parser().parse_args([command, "--recipe", "r.yaml", "--output", "o"])
+    assert args.recipe == "r.yaml"
+    help_text = _subparser(command).format_help()
+    assert "--recipe RECIPE" in help_text
+    assert "--config" not in help_text.replace("--rotation-config", "")
+
+
+def test_analyze_extra_quantize_keys_are_its_quant_key(tmp_path):
+    """analyze's extra quantize() keys were `recipe` (flag --recipe YAML); now `quant` like a recipe's
+    section, so --recipe is free for the job's YAML; the old key still loads."""
+    keys = tmp_path / "q.yaml"
+    keys.write_text("w_groupsize: 32\n")
+    args = build_parser().parse_args(["analyze", "--quant", str(keys), "--output", "o"])
+    assert config_overrides(args, AnalyzeConfig) == {"quant": {"w_groupsize": 32}}
+    assert AnalyzeConfig.load(None, recipe={"w_groupsize": 32}).quant == {"w_groupsize": 32}
+    assert AnalyzeConfig.load({"quant": {"w_groupsize": 32}}).quant_overrides()["w_groupsize"] == 32
+    with pytest.raises(ValueError, match="same setting"):
+        AnalyzeConfig(recipe={"w_groupsize": 32}, quant={"w_groupsize": 64})
+
+
+@pytest.mark.parametrize("command", ["optimize", "analyze"])
+def test_config_is_a_deprecated_alias_of_recipe(command, caplog):
+    from rotaquant.cli import recipe_path
+    from rotaquant.errors import ConfigError
+
+    args = build_parser().parse_args([command, "--config", "old.yaml", "--output", "o"])
+    with caplog.at_level("WARNING", logger="rotaquant"):
+        assert recipe_path(args) == "old.yaml"
+    assert "--config is deprecated, use --recipe" in caplog.text
+    assert recipe_path(build_parser().parse_args([command, "--recipe", "r.yaml", "--output", "o"])) == "r.yaml"
+    both = build_parser().parse_args([command, "--recipe", "r.yaml", "--config", "old.yaml", "--output", "o"])
+    with pytest.raises(ConfigError, match="give the recipe once"):
+        recipe_path(both)
+
+
+def test_optimize_reads_its_recipe_with_either_spelling(tmp_path, monkeypatch):
+    import rotaquant.jobs.learn as job
+    from rotaquant.cli import main
+
+    seen = []
+
+    def fake_optimize(config, **kwargs):
+        seen.append(job.load_config(config, **{k: v for k, v in kwargs.items() if k in OptimizeConfig.model_fields}))
+        raise KeyboardInterrupt  # stop before any work; main maps it to exit 130
+
+    monkeypatch.setattr(job, "optimize", fake_optimize)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"w_bits": 16, "a_bits": 4, "iterations": 7}))
+    for flag in ("--recipe", "--config"):
+        assert main(["optimize", "-q", flag, str(path), "--output", str(tmp_path / "R.safetensors")]) == 130
+    assert [(c.a_bits, c.iterations) for c in seen] == [(4, 7), (4, 7)]

@@ -152,7 +152,7 @@ def test_malformed_optimize_config(case, content, tmp_path, monkeypatch, capsys)
     config = tmp_path / "config.yaml"
     config.write_bytes(content)
     out = tmp_path / "R.safetensors"
-    code = main(["optimize", "-q", "--config", str(config), "--output", str(out), "--json", str(tmp_path / "s.json")])
+    code = main(["optimize", "-q", "--recipe", str(config), "--output", str(out), "--json", str(tmp_path / "s.json")])
     _assert_named_error(capsys, code, [out, tmp_path / "s.json", tmp_path / "R.safetensors.ckpt"], tmp_path)
 
 

@@ -10,7 +10,7 @@ import sys
 import threading
 
 from .cli_flags import add_alias, add_config_flags, config_overrides
-from .errors import RotaquantError
+from .errors import ConfigError, RotaquantError
 from .io import atomic_write_json, check_writable_output
 from .rotation.hadamard import ROTATION_MODES
 
@@ -112,11 +112,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_recipe_flag(parser: argparse.ArgumentParser) -> None:
+    """``--recipe``: the job's YAML (as in ``ptq``); ``--config``, its old spelling in ``optimize``
+    and ``analyze``, stays as a hidden deprecated alias (``--rotation-config`` is the rotation spec)."""
+    parser.add_argument("--recipe", default=None, help="YAML recipe of the keys below; flags given here override it")
+    parser.add_argument("--config", dest="recipe_alias", default=None, help=argparse.SUPPRESS)
+
+
+def recipe_path(args: argparse.Namespace) -> str | None:
+    """The ``--recipe`` path, or the deprecated ``--config`` one (with a warning); both is an error."""
+    if args.recipe_alias is None:
+        return args.recipe
+    if args.recipe is not None:
+        raise ConfigError("give the recipe once: --recipe (--config is its deprecated spelling)")
+    logger.warning("rotaquant %s: --config is deprecated, use --recipe (the job's YAML; --rotation-config "
+                   "is the rotation spec)", args.command)
+    return args.recipe_alias
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     from .jobs.learn import optimize
     from .learn.config import OptimizeConfig
 
-    res = optimize(args.config, output=args.output, spinquant_output=args.spinquant_output,
+    res = optimize(recipe_path(args), output=args.output, spinquant_output=args.spinquant_output,
                    checkpoint=args.checkpoint, resume=args.resume, json_path=args.json,
                    overwrite=bool(args.overwrite), progress=not args.quiet, **config_overrides(args, OptimizeConfig))
     if not res["main"]:
@@ -131,7 +149,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .eval.analyze import AnalyzeConfig
     from .jobs.analyze import run_analyze
 
-    res = run_analyze(args.config, output=args.output, overwrite=args.overwrite, progress=not args.quiet,
+    res = run_analyze(recipe_path(args), output=args.output, overwrite=args.overwrite, progress=not args.quiet,
                       **config_overrides(args, AnalyzeConfig))
     print(res["summary"] + "\nlayer-output cosine, side by side:\n" + res["layers_table"])
     print(f"wrote {res['output']}: {', '.join(res['files'])} ({res['seconds']['total']:.0f} s)")
@@ -235,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "weights/activations/KV (straight-through gradients). The output feeds "
                        "`rotaquant ptq --rotation-path` and `rotaquant rotate --rotation-path`. Under "
                        "`torchrun --nproc-per-node N` the batch is split across the GPUs.")
-    p.add_argument("--config", default=None, help="YAML of the keys below; flags given here override it")
+    add_recipe_flag(p)
     p.add_argument("--output", required=True, help="rotation file to write (rotaquant safetensors)")
     p.add_argument("--spinquant-output", default=None,
                    help="also write SpinQuant's torch format (R1, model.layers.i.self_attn.R2)")
@@ -254,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "each layer fed the FP input and its own input); also the kurtosis and channel "
                        "magnitudes of the linear inputs. Writes analysis.csv, summary.txt, "
                        "side_by_side.md, analysis.json and PNGs into --output.")
-    p.add_argument("--config", default=None, help="YAML of the keys below; flags given here override it")
+    add_recipe_flag(p)
     p.add_argument("--output", required=True, help="output folder (CSV, summary, table, PNGs)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous rotaquant output folder")
     add_config_flags(p, AnalyzeConfig, helps={"w_method": "weight quantizer (default: rtn)",

@@ -113,7 +113,7 @@ HELP: dict[str, str] = {
             "replicated, their gradients all-reduced)",
     # analysis
     "methods": "comma-separated processing methods: none, quarot, spinquant, smoothquant",
-    "recipe": "YAML of more quantize() keys (groupsize, clip ratios, ...), applied to every method",
+    "quant": "YAML of more quantize() keys (groupsize, clip ratios, ...), applied to every method",
     "modes": "comma-separated: isolated, accumulated",
     "threshold": "flag cosines below this",
     "outlier_k": "a channel is an outlier above k times the median magnitude",

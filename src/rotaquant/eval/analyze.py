@@ -54,13 +54,13 @@ class AnalyzeConfig(StrictModel):
     rotation_path: str | None = None
     seed: int = 0
     smoothquant_alpha: float = Field(0.5, ge=0, le=1)
-    # quantization (any other quantize() key goes in `recipe`)
+    # quantization (any other quantize() key goes in `quant`, as in a recipe's quant section)
     w_bits: int = 4
     a_bits: int = 4
     k_bits: int = 4
     v_bits: int = 4
     w_method: str | None = None
-    recipe: dict[str, Any] = Field(default_factory=dict)
+    quant: dict[str, Any] = Field(default_factory=dict)
     # calibration windows: used for SmoothQuant, GPTQ and the comparison
     nsamples: int = Field(4, ge=1)
     seqlen: int = Field(512, ge=2)
@@ -75,6 +75,17 @@ class AnalyzeConfig(StrictModel):
     plot_layers: list[int] | None = None
     device: str = "auto"
     dtype: str = "float32"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data):
+        # version 1 files said `recipe:`; `--recipe` is now the job's own YAML in every command
+        if isinstance(data, dict) and "recipe" in data:
+            data = dict(data)
+            if data.get("quant") is not None:
+                raise ValueError("'recipe' and 'quant' are the same setting; give only 'quant'")
+            data["quant"] = data.pop("recipe")
+        return data
 
     @field_validator("methods")
     @classmethod
@@ -103,14 +114,14 @@ class AnalyzeConfig(StrictModel):
 
         The analysis does each method's processing itself, so ``rotate`` is false, and the
         recipe's own defaults apply (``preset: none`` where recipes have presets: plain RTN,
-        symmetric, no clipping) unless ``recipe`` says otherwise.
+        symmetric, no clipping) unless ``quant`` says otherwise.
         """
         from ..quant.recipe import PTQRecipe
 
         base: dict[str, Any] = {"rotate": False}
         if "preset" in PTQRecipe.model_fields:
             base["preset"] = "none"
-        out = {**base, **self.recipe, "w_bits": self.w_bits, "a_bits": self.a_bits, "k_bits": self.k_bits,
+        out = {**base, **self.quant, "w_bits": self.w_bits, "a_bits": self.a_bits, "k_bits": self.k_bits,
                "v_bits": self.v_bits}
         if self.w_method is not None:
             out["w_method"] = self.w_method
