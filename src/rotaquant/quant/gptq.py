@@ -133,7 +133,9 @@ class HessianAccumulator:
 
 @dataclass(frozen=True)
 class GPTQConfig:
-    """GPTQ settings.
+    """GPTQ settings: the arguments of one algorithm call (:func:`gptq_quantize_weight`), not a job
+    config. Jobs and YAML set the recipe's ``gptq_*`` keys (a validated StrictModel); the pipeline
+    builds this small frozen value from them, torchao-style (checked in ``__post_init__``).
 
     Attributes:
         damp: added to ``H``'s diagonal, relative to its mean diagonal (>= 0).
