@@ -68,8 +68,7 @@ def test_field_axioms_full_tables(q):
     for row in mul[1:]:  # no zero divisors, every nonzero element invertible
         assert np.array_equal(np.sort(row), e)
     assert np.array_equal(F.sub(add, e[None, :]), np.broadcast_to(e[:, None], add.shape))
-    assert np.all(F.add(e, F.neg(e)) == 0)
-    assert np.all(F.mul(e[1:], F.inv(e[1:])) == 1)
+    assert np.all(F.add(e, F.sub(0, e)) == 0)
     rng = np.random.default_rng(q)
     a, b, c = rng.integers(0, q, size=(3, 4000))
     assert np.array_equal(F.mul(F.mul(a, b), c), F.mul(a, F.mul(b, c)))
@@ -77,15 +76,26 @@ def test_field_axioms_full_tables(q):
     assert np.array_equal(F.mul(a, F.add(b, c)), F.add(F.mul(a, b), F.mul(a, c)))
 
 
+def _pow(F, a, e: int):
+    """``a ** e`` in ``F`` by square and multiply (only the tests need powers)."""
+    result, base = np.ones_like(np.asarray(a)), np.asarray(a)
+    while e:
+        if e & 1:
+            result = F.mul(result, base)
+        base = F.mul(base, base)
+        e >>= 1
+    return result
+
+
 def test_frobenius_and_multiplicative_order():
     F = GaloisField(343)
     e = F.elements()
-    assert np.all(F.pow(e[1:], 342) == 1)  # Lagrange in the multiplicative group
+    assert np.all(_pow(F, e[1:], 342) == 1)  # Lagrange in the multiplicative group
     # (a + b)^p == a^p + b^p in characteristic p
     a, b = np.meshgrid(e[:50], e[::7])
-    assert np.array_equal(F.pow(F.add(a, b), 7), F.add(F.pow(a, 7), F.pow(b, 7)))
+    assert np.array_equal(_pow(F, F.add(a, b), 7), F.add(_pow(F, a, 7), _pow(F, b, 7)))
     # some element generates the multiplicative group (the field is cyclic)
-    orders_ok = [g for g in e[2:] if all(F.pow(g, 342 // r) != 1 for r in (2, 3, 19))]
+    orders_ok = [g for g in e[2:] if all(_pow(F, g, 342 // r) != 1 for r in (2, 3, 19))]
     assert orders_ok
 
 
@@ -99,7 +109,7 @@ def test_quadratic_character(q):
     assert int((chi == -1).sum()) == (q - 1) // 2
     table = F.chi(F.mul(e[:, None], e[None, :]))
     assert np.array_equal(table, chi[:, None] * chi[None, :])  # multiplicative
-    assert int(F.chi(F.neg(1))) == (1 if q % 4 == 1 else -1)
+    assert int(F.chi(F.sub(0, 1))) == (1 if q % 4 == 1 else -1)
     assert int(F.chi(4 % F.p if F.p > 2 else 1)) == 1  # scalars work too
 
 
@@ -127,8 +137,6 @@ def test_errors():
         F.add(27, 1)
     with pytest.raises(ConfigError):
         F.mul(-1, 1)
-    with pytest.raises(ZeroDivisionError):
-        F.inv(0)
     with pytest.raises(ConfigError):
         find_irreducible(4, 2)
     assert galois_field(27) is galois_field(27)
@@ -143,5 +151,5 @@ def test_distributive_and_inverse_property(q, data):
     assert F.mul(a, F.add(b, c)) == F.add(F.mul(a, b), F.mul(a, c))
     assert F.sub(F.add(a, b), b) == a
     if a:
-        assert F.mul(a, F.inv(a)) == 1
+        assert int((F.mul(a, F.elements()) == 1).sum()) == 1  # exactly one inverse
         assert F.chi(F.mul(a, a)) == 1

@@ -9,8 +9,8 @@ Euclidean gradient and retracts with the Cayley transform
 which is orthogonal for any step ``a`` because ``W`` is skew-symmetric. rotaquant solves it
 exactly, in float64, on a float64 master copy kept in the optimizer state, and writes the
 result back into the parameter's dtype, so orthogonality does not drift over thousands of
-steps. (The paper's fixed-point iteration, ``exact=False``, is kept for comparison; it is
-orthogonal only up to its truncation error.)
+steps. (The paper's fixed-point approximation of the inverse is not offered: it is orthogonal
+only up to its truncation error, and the solve costs nothing at rotation sizes.)
 
 ``CayleySGD`` follows the paper's Algorithm 1 (momentum projected on the tangent space, step
 capped at ``2 q / ||W||``); ``CayleyAdam`` its Algorithm 2 (one scalar second moment per
@@ -40,16 +40,10 @@ def skew_direction(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return w_hat - w_hat.T
 
 
-def cayley_retract(x: torch.Tensor, w: torch.Tensor, alpha: float, exact: bool = True,
-                   iterations: int = 2) -> torch.Tensor:
-    """``(I - a/2 W)^{-1} (I + a/2 W) X``; with ``exact=False`` the paper's fixed-point iteration."""
-    if exact:
-        eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
-        return torch.linalg.solve(eye - 0.5 * alpha * w, x + 0.5 * alpha * (w @ x))
-    y = x + alpha * (w @ x)
-    for _ in range(iterations):
-        y = x + 0.5 * alpha * (w @ (x + y))
-    return y
+def cayley_retract(x: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``(I - a/2 W)^{-1} (I + a/2 W) X``, solved exactly (orthogonal for any ``a``)."""
+    eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+    return torch.linalg.solve(eye - 0.5 * alpha * w, x + 0.5 * alpha * (w @ x))
 
 
 def orthogonality_error(x: torch.Tensor) -> float:
@@ -118,7 +112,7 @@ class _CayleyBase(torch.optim.Optimizer):
                 x = state["master"]
                 w = self._direction(x, p.grad.detach().to(torch.float64), state, group)
                 alpha = min(group["lr"], 2 * group["q"] / (step_cap_norm(w, group.get("step_norm", "frobenius")) + group["eps"]))
-                state["master"] = cayley_retract(x, w, alpha, group["exact"], group["iterations"])
+                state["master"] = cayley_retract(x, w, alpha)
                 state["last_alpha"] = alpha
                 p.copy_(state["master"].to(p.dtype))
         return loss
@@ -143,20 +137,17 @@ class CayleySGD(_CayleyBase):
         lr: the step size ``l``; the effective step is ``min(l, 2 q / (||W|| + eps))``.
         momentum: ``beta`` of the momentum, 0 for none.
         q: the step cap of the paper (0.5).
-        exact: exact Cayley retraction (solve) instead of the fixed-point iteration.
-        iterations: fixed-point iterations when ``exact`` is False.
         step_norm: ``"frobenius"`` or ``"one"`` (SpinQuant's): the norm of ``W`` in the cap.
 
     ``step()`` mutates the parameters in place (and they must have gradients).
     """
 
     def __init__(self, params, lr: float = 1.5, momentum: float = 0.0, q: float = 0.5, eps: float = 1e-8,
-                 exact: bool = True, iterations: int = 2, step_norm: str = "frobenius"):
+                 step_norm: str = "frobenius"):
         if lr <= 0 or not 0 <= momentum < 1 or q <= 0:
             raise ConfigError(f"CayleySGD needs lr > 0, 0 <= momentum < 1 and q > 0 (got {lr}, {momentum}, {q})")
         _check_step_norm(step_norm)
-        defaults = dict(lr=lr, momentum=momentum, q=q, eps=eps, exact=exact, iterations=iterations,
-                        step_norm=step_norm)
+        defaults = dict(lr=lr, momentum=momentum, q=q, eps=eps, step_norm=step_norm)
         super().__init__(_check_params(params), defaults)
 
     def _direction(self, x, g, state, group):
@@ -176,12 +167,11 @@ class CayleyAdam(_CayleyBase):
     """
 
     def __init__(self, params, lr: float = 0.1, betas: tuple[float, float] = (0.9, 0.999), q: float = 0.5,
-                 eps: float = 1e-8, exact: bool = True, iterations: int = 2, step_norm: str = "frobenius"):
+                 eps: float = 1e-8, step_norm: str = "frobenius"):
         if lr <= 0 or not all(0 <= b < 1 for b in betas):
             raise ConfigError(f"CayleyAdam needs lr > 0 and betas in [0, 1) (got {lr}, {betas})")
         _check_step_norm(step_norm)
-        defaults = dict(lr=lr, betas=tuple(betas), q=q, eps=eps, exact=exact, iterations=iterations,
-                        step_norm=step_norm)
+        defaults = dict(lr=lr, betas=tuple(betas), q=q, eps=eps, step_norm=step_norm)
         super().__init__(_check_params(params), defaults)
 
     def _direction(self, x, g, state, group):

@@ -145,10 +145,6 @@ class GaloisField:
         """``a - b`` elementwise (numpy broadcasting)."""
         return self._digitwise(a, b, -1)
 
-    def neg(self, a) -> np.ndarray:
-        """``-a`` elementwise."""
-        return self._digitwise(0, a, -1)
-
     # -- multiplicative group --------------------------------------------------------------
     def mul(self, a, b) -> np.ndarray:
         """``a * b`` elementwise (numpy broadcasting): polynomial product modulo ``modulus``."""
@@ -168,26 +164,6 @@ class GaloisField:
             c = prod[:, top] % p
             prod[:, top - k : top] = (prod[:, top - k : top] - c[:, None] * low) % p
         return self.from_digits(prod[:, :k]).reshape(shape)
-
-    def pow(self, a, e: int) -> np.ndarray:
-        """``a ** e`` elementwise for an integer ``e >= 0`` (square and multiply)."""
-        if e < 0:
-            raise ConfigError(f"negative exponent {e}; use inv() first")
-        result = np.ones_like(self._check(a))
-        base = np.asarray(a, dtype=np.int64)
-        while e:
-            if e & 1:
-                result = self.mul(result, base)
-            base = self.mul(base, base)
-            e >>= 1
-        return result
-
-    def inv(self, a) -> np.ndarray:
-        """Multiplicative inverse ``a ** (q - 2)``; raises for zero."""
-        a = self._check(a)
-        if np.any(a == 0):
-            raise ZeroDivisionError(f"0 has no inverse in GF({self.q})")
-        return self.pow(a, self.q - 2)
 
     # -- quadratic character ---------------------------------------------------------------
     def is_square(self) -> np.ndarray:
