@@ -9,23 +9,14 @@ as torch does on the CPU.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
-import rotaquant.kernels as kernels
 from rotaquant.kernels.fake_quant import kernel_fake_quantize
 from rotaquant.quant.quantizer import ActQuantizer, QuantSpec, fake_quantize, fake_quantize_ste
+from tests.kernels.triton_env import DEVICE, ON_GPU, TRITON_MARKS
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
-ON_GPU = kernels.triton_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not (ON_GPU or INTERPRET), reason="needs CUDA and Triton (or TRITON_INTERPRET=1)"),
-]
+pytestmark = TRITON_MARKS
 ROWS = 2048 if ON_GPU else 37
 
 SPECS = {

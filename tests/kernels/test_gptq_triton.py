@@ -6,24 +6,15 @@ run on CPU under Triton's interpreter (``TRITON_INTERPRET=1`` with Triton instal
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
-import rotaquant.kernels as kernels
 from rotaquant.errors import ConfigError
 from rotaquant.quant.gptq import GPTQConfig, HessianAccumulator, gptq_quantize_weight
 from rotaquant.quant.quantizer import QuantSpec
+from tests.kernels.triton_env import DEVICE, ON_GPU, TRITON_MARKS
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
-ON_GPU = kernels.triton_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not (ON_GPU or INTERPRET), reason="needs CUDA and Triton (or TRITON_INTERPRET=1)"),
-]
+pytestmark = TRITON_MARKS
 OUT, IN = (300, 256) if ON_GPU else (40, 48)
 
 CASES = {

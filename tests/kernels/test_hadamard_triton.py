@@ -7,9 +7,7 @@ kernel logic is checked on fewer rows.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
@@ -24,14 +22,9 @@ from rotaquant.quant.quantizer import (
 )
 from rotaquant.rotation.hadamard import hadamard_matrix
 from rotaquant.rotation.transform import hadamard_reference, hadamard_transform
+from tests.kernels.triton_env import DEVICE, INTERPRET, ON_GPU, TRITON_MARKS
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
-ON_GPU = kernels.triton_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not (ON_GPU or INTERPRET), reason="needs CUDA and Triton (or TRITON_INTERPRET=1)"),
-]
+pytestmark = TRITON_MARKS
 
 # the orders of issue 11's grid, core orders the library builds (m = 12..924; 156 and 172 from the
 # issue have no construction here), folded small
