@@ -142,7 +142,10 @@ class QuantSpec:
     @property
     def range_divisor(self) -> float:
         """What the range (``max|x|`` symmetric, ``max - min`` asymmetric) is divided by to give
-        the scale: ``2^(b-1) - 1`` (restricted), ``(2^b - 1) / 2`` (full) or ``2^b - 1``."""
+        the scale: ``2^(b-1) - 1`` (restricted), ``(2^b - 1) / 2`` (full), ``2^b - 1``
+        (asymmetric) or 448 (FP8 e4m3, whose largest finite value ``max|x|`` maps to)."""
+        if self.type == "float":
+            return FP8_E4M3_MAX
         if not self.symmetric:
             return float(self.qmax)
         if self.sym_grid == "full":
@@ -209,12 +212,7 @@ def params_from_range(xmin: torch.Tensor, xmax: torch.Tensor, spec: QuantSpec) -
     This is the single place where grids are defined; RTN, its clipping search and GPTQ all
     call it. Ranges of width 0 give ``scale = 1`` and ``zero = 0``.
     """
-    if spec.type == "float":  # FP8: max|x| maps to the largest finite e4m3 value
-        amax = torch.maximum(xmin.abs(), xmax.abs())
-        scale = amax / FP8_E4M3_MAX
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return scale, torch.zeros_like(scale)
-    if spec.symmetric:
+    if spec.symmetric:  # FP8 specs are symmetric too (max|x| maps to 448)
         amax = torch.maximum(xmin.abs(), xmax.abs())
         scale = amax / spec.range_divisor
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
