@@ -61,12 +61,12 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_common import git_commit, median_seconds
 from torch import nn
 
 import rotaquant
@@ -133,26 +133,6 @@ def quant_linear(w: torch.Tensor, spec: QuantSpec, act: QuantSpec | None) -> Qua
     return QuantLinear(codes, scale[..., 0], zero[..., 0], spec, act_spec=act)
 
 
-def time_callable(fn, device, iters: int, repeats: int = 7) -> float:
-    """Median seconds per call of ``fn`` (a CUDA graph's replay on CUDA, timed with events)."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3 / iters)
-        else:
-            t = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            times.append((time.perf_counter() - t) / iters)
-    return statistics.median(times)
-
-
 @torch.inference_mode()
 def run_linears(args, device, dtype) -> list[dict]:
     layout = LAYER_TINY if args.tiny else LAYER_7B
@@ -211,7 +191,7 @@ def run_linears(args, device, dtype) -> list[dict]:
                 else:
                     step()
                 iters = 50 if rows <= 16 else 5
-                t = time_callable(fn, device, 1 if args.tiny else iters, 3 if args.tiny else 7)
+                t = median_seconds(fn, device, 1 if args.tiny else iters, 3 if args.tiny else 7)
                 row[f"us_m{rows}"] = t * 1e6
                 row[f"tok_s_m{rows}"] = rows / t
                 if rows == 1:
@@ -404,13 +384,8 @@ def environment(args) -> dict:
         except Exception:
             return None
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except Exception:
-        commit = None
     dev = torch.device(args.device)
-    return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit or os.environ.get("RQ_COMMIT"),
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": git_commit(),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "capability": list(torch.cuda.get_device_capability(dev)) if dev.type == "cuda" else None,
             "torch": torch.__version__, "cuda": torch.version.cuda, "triton": version("triton"),

@@ -23,11 +23,11 @@ import logging
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
 
 import torch
+from bench_common import git_commit, median_seconds
 
 from rotaquant.kernels import hadamard_quantize, triton_available
 from rotaquant.quant.quantizer import QuantSpec, quant_params, quantize_to_int, to_groups
@@ -42,20 +42,8 @@ INT4 = QuantSpec(bits=4)
 
 
 def cuda_time(fn, reps: int, runs: int) -> float:
-    """Median over ``runs`` of the mean ms per call of ``reps`` back-to-back calls."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    return statistics.median(times)
+    """Median over ``runs`` of the mean ms per call of ``reps`` back-to-back calls (3 warm-up calls)."""
+    return 1e3 * median_seconds(fn, torch.device("cuda"), reps, runs, warmup=3)
 
 
 def graph_time(fn, reps: int, runs: int) -> float:
@@ -206,7 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--reps", type=int, default=100)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--commit", default=None, help="git commit of the tree being measured")
+    p.add_argument("--commit", default=None, help="git commit of the tree being measured (default: the checkout's)")
     p.add_argument("--out", default=None, help="JSON output path")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -224,7 +212,7 @@ def main(argv=None) -> int:
             if n not in skipped:
                 records.append(bench_one(rows, n, dtype, args.reps, args.runs))
                 logger.info("%s", {k: v for k, v in records[-1].items() if k != "errors"})
-    env = environment(args.commit)
+    env = environment(args.commit or git_commit())
     print(f"\n{env['gpu']}, torch {env['torch']}, triton {env['triton']}, {args.dtype}, ms per call "
           f"(median of {args.runs} x {args.reps} reps)\n")
     print(table(records))

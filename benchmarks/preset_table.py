@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
+
+from bench_common import git_commit  # noqa: E402
 
 from rotaquant.jobs.demo import format_table  # noqa: E402
 from rotaquant.jobs.ptq import run_ptq  # noqa: E402
@@ -46,14 +47,6 @@ LEARNED = {
 }
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -70,7 +63,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     machine = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     out: dict = {"meta": {"command": " ".join(sys.argv), "machine": machine, "torch": torch.__version__,
-                          "commit": commit()}, "rows": []}
+                          "commit": git_commit()}, "rows": []}
     print(f"model {args.model}, {machine}, torch {torch.__version__}", flush=True)
 
     def save():

@@ -15,14 +15,15 @@ import argparse
 import copy
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
+
+from bench_common import git_commit  # noqa: E402
 
 from rotaquant.jobs.ptq import run_ptq  # noqa: E402
 from rotaquant.models.loading import load_model  # noqa: E402
@@ -52,14 +53,9 @@ def main() -> None:
     device = next(base.parameters()).device
     if args.dtype is None and device.type == "cuda":
         base = base.half()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = None
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     out = {"meta": {"command": " ".join(sys.argv), "machine": machine, "torch": torch.__version__,
-                    "commit": commit, "settings": vars(args)}, "rows": {}}
+                    "commit": git_commit(), "settings": vars(args)}, "rows": {}}
     for key in args.variants:
         t = time.perf_counter()
         res = run_ptq(None, progress=False, preloaded=(copy.deepcopy(base), tok), **W4A4KV4, device=str(device),

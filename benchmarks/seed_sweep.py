@@ -41,7 +41,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +48,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
+
+from bench_common import git_commit  # noqa: E402
 
 from rotaquant.jobs.demo import format_table  # noqa: E402
 from rotaquant.jobs.learn import optimize  # noqa: E402
@@ -71,17 +72,6 @@ ROWS = {
     "llmc-rtn-full": {**LLMC_RTN, "sym_grid": "full"},
 }
 LEARNED = {"default-learned"}
-
-
-def git_commit() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=here).stdout.strip()
-    except OSError:
-        return "unknown"
-    return f"{sha}{'+dirty' if dirty else ''}" if sha else "unknown"
 
 
 def environment() -> dict:

@@ -1,0 +1,58 @@
+"""What the benchmark scripts share: the commit they measure and a median timer.
+
+Scripts import it as ``bench_common`` (``python benchmarks/x.py`` puts this folder on the path;
+a script loaded otherwise adds it, as the scripts do).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (``+dirty`` when tracked files differ from it); in a snapshot
+    without ``.git`` (``git archive`` on the GPU machine) the ``RQ_COMMIT`` environment
+    variable; else None."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE,
+                             timeout=10).stdout.strip()
+        dirty = sha and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                       text=True, cwd=HERE, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "", ""
+    if sha:
+        return f"{sha}{'+dirty' if dirty else ''}"
+    return os.environ.get("RQ_COMMIT") or None
+
+
+def median_seconds(fn, device: torch.device, reps: int, runs: int, warmup: int = 0) -> float:
+    """Median over ``runs`` of the mean seconds per call of ``reps`` back-to-back calls of
+    ``fn`` (CUDA events on a CUDA ``device``, the wall clock elsewhere), after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / reps)
+        else:
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times.append((time.perf_counter() - t) / reps)
+    return statistics.median(times)
