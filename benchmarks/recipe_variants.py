@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import time
@@ -25,6 +24,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 
 from bench_common import git_commit  # noqa: E402
 
+from rotaquant.io import atomic_write_json  # noqa: E402
 from rotaquant.jobs.ptq import run_ptq  # noqa: E402
 from rotaquant.models.loading import load_model  # noqa: E402
 
@@ -66,7 +66,7 @@ def main() -> None:
                             "overrides": VARIANTS[key]}
         print(f"{key:26s} ppl {res['ppl']:9.3f}  ({out['rows'][key]['seconds']:.0f} s)", flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+            atomic_write_json(args.json, out)
 
 
 if __name__ == "__main__":
