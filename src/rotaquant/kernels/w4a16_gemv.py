@@ -1,4 +1,5 @@
-"""Triton W4A16 matmul for few rows (decode): int4 codes, float32 group scales, fp16/bf16 in and out.
+"""Triton W4A16 matmul for few rows (decode): int4 codes, float32 group scales, fp16/bf16 in and out;
+and a one-pass dequantization kernel for many rows (prefill: dequantize, then a cuBLAS matmul).
 
 Decode at batch 1..16 reads every weight once per token, so it is bound by memory bandwidth, and
 by kernel launches for small layers. torch's int4 kernel (``aten._weight_int4pack_mm``,
@@ -40,9 +41,12 @@ def pack_w4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> dic
             "zp": (zero.to(torch.float32) + 8).contiguous()}
 
 
+K_TILES = (512, 256, 128, 64)
+
+
 def block_k_for(k: int, group: int | None) -> int | None:
-    """The K tile: the largest of 512/256/128 that divides ``k`` and is a multiple of ``group``."""
-    for bk in (512, 256, 128):
+    """The K tile: the largest of :data:`K_TILES` that divides ``k`` and is a multiple of ``group``."""
+    for bk in K_TILES:
         if k % bk == 0 and (group is None or (bk % group == 0 and group <= bk)):
             return bk
     return None
@@ -52,7 +56,8 @@ if triton is not None:
 
     @triton.autotune(
         configs=[triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-                 for bn, w, s in ((16, 4, 4), (32, 4, 4), (16, 2, 5), (64, 4, 3))],
+                 for bn, w, s in ((16, 4, 4), (32, 4, 4), (16, 2, 5), (64, 4, 3), (16, 4, 6), (32, 8, 4),
+                                  (128, 4, 3))],
         key=["N", "K", "M_BUCKET"],
     )
     @triton.jit
@@ -89,6 +94,46 @@ if triton is not None:
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
         y = acc.to(y_ptr.dtype.element_ty)
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok & n_ok[None, :])
+
+
+if triton is not None:
+
+    @triton.jit
+    def _w4_dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, n_groups, G: tl.constexpr,
+                           PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # one [BLOCK_N, BLOCK_K] tile of W = (u - zp) * scale, float32 math rounded once to out's dtype
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k0 = tl.program_id(1) * BLOCK_K
+        offs_kh = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        n_ok = offs_n[:, None] < N
+        b = tl.load(w_ptr + offs_n[:, None] * (K // 2) + offs_kh[None, :], mask=n_ok, other=0)
+        u = tl.interleave((b & 0xF).to(tl.float32), (b >> 4).to(tl.float32))  # [BLOCK_N, BLOCK_K]
+        if PER_CHANNEL:
+            s = tl.load(s_ptr + offs_n, mask=offs_n < N, other=0.0)[:, None]
+            z = tl.load(z_ptr + offs_n, mask=offs_n < N, other=0.0)[:, None]
+        else:
+            sz_off = offs_n[:, None] * n_groups + (offs_k // G)[None, :]
+            s = tl.load(s_ptr + sz_off, mask=n_ok, other=0.0)
+            z = tl.load(z_ptr + sz_off, mask=n_ok, other=0.0)
+        w = (u - z) * s
+        tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], w.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+def w4_dequantize(ops: dict, group: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """``W`` ``[N, K]`` in ``dtype`` from the :func:`pack_w4` operands, equal to
+    :meth:`~rotaquant.quant.qlinear.QuantLinear.dequantize` (``(codes - zero) * scale`` in float32,
+    rounded to ``dtype``) bit for bit: one read of the packed codes, one write of ``W``."""
+    packed = ops["packed"]
+    n, k = packed.shape[0], packed.shape[1] * 2
+    bk = block_k_for(k, group)
+    out = torch.empty(n, k, dtype=dtype, device=packed.device)
+    per_channel = group is None
+    grid = (triton.cdiv(n, 32), k // bk)
+    _w4_dequant_kernel[grid](packed, ops["scale"], ops["zp"], out, n, k, ops["scale"].shape[1],
+                             G=bk if per_channel else group, PER_CHANNEL=per_channel, BLOCK_N=32, BLOCK_K=bk,
+                             num_warps=4)
+    return out
 
 
 def w4a16_matmul(x2: torch.Tensor, ops: dict, group: int | None) -> torch.Tensor:
