@@ -46,8 +46,16 @@ def test_kernel_matches_the_torch_loop_bit_for_bit(case):
     w, h = _problem()
     ref = gptq_quantize_weight(w, h, spec, cfg, clip, return_params=True, backend="torch")
     got = gptq_quantize_weight(w, h, spec, cfg, clip, return_params=True, backend="triton")
-    for a, b in zip(ref, got, strict=True):
-        assert torch.equal(a, b)
+    for what, a, b in zip(("weight", "scale", "zero"), ref, got, strict=True):
+        assert torch.equal(a, b), _difference(what, a, b)
+
+
+def _difference(what, a, b):
+    """Where two results differ: enough to tell a rounding tie from a wrong column or group."""
+    diff = (a != b).reshape(a.shape[0], -1)
+    cols = diff.any(0).nonzero().flatten().tolist()
+    return (f"{what}: {int(diff.sum())} of {diff.numel()} differ, in {len(diff.any(1).nonzero())} rows and columns "
+            f"{cols[:12]}{'...' if len(cols) > 12 else ''}; max |diff| {(a - b).abs().max().item():.3g}")
 
 
 def test_kernel_refuses_what_it_cannot_run():
