@@ -307,21 +307,30 @@ def run_models(args, device, dtype, part: str) -> list[dict]:
     prefill = 64 if args.tiny else args.prefill
     steps = 4 if args.tiny else args.decode_steps
     rows = []
-    row = {"model": part, "setting": f"fp16 ({args.dtype})", "kernels": "dense"}
     t = time.perf_counter()
     base.save_pretrained(work / "fp")
-    row.update(export_s=time.perf_counter() - t, disk_mb=folder_bytes(work / "fp") / 2**20)
-    peak_reset(device)
-    t = time.perf_counter()
-    fp = AutoModelForCausalLM.from_pretrained(work / "fp", dtype=dtype, device_map=device).eval()
-    sync(device)
-    row["load_s"] = time.perf_counter() - t
-    if real:
-        row["ppl"] = _ppl(fp, tok, args)
-    row.update(throughput(fp, vocab, device, prefill, steps, reps), peak_gib=peak(device))
-    rows.append(row)
-    print(part, fmt_row(row), flush=True)
-    del fp
+    fp_export_s, fp_disk_mb = time.perf_counter() - t, folder_bytes(work / "fp") / 2**20
+    # The FP16 baseline is loaded the way rotaquant.load_model loads a folder (sdpa, then .to(device)),
+    # like the quantized models below. The H200 run of 7aba7f1 loaded it with from_pretrained(...,
+    # device_map=device) instead and decoded 10x slower than the quantized models at 1 % GPU busy;
+    # the second row keeps that loader in view (CUDA only) until its cause is known.
+    loaders = [("fp16", dict(attn_implementation="sdpa"))]
+    if device.type == "cuda":
+        loaders.append(("fp16 from_pretrained(device_map)", dict(device_map=device)))
+    for label, kwargs in loaders:
+        row = {"model": part, "setting": f"{label} ({args.dtype})", "kernels": "dense",
+               "export_s": fp_export_s, "disk_mb": fp_disk_mb}
+        peak_reset(device)
+        t = time.perf_counter()
+        fp = AutoModelForCausalLM.from_pretrained(work / "fp", dtype=dtype, **kwargs).to(device).eval()
+        sync(device)
+        row["load_s"] = time.perf_counter() - t
+        if real and not rows:
+            row["ppl"] = _ppl(fp, tok, args)
+        row.update(throughput(fp, vocab, device, prefill, steps, reps), peak_gib=peak(device))
+        rows.append(row)
+        print(part, fmt_row(row), flush=True)
+        del fp
     shutil.rmtree(work / "fp")
     names = args.settings.split(",") if part == "7b" else args.smollm2_settings.split(",")
     for name in names:
@@ -367,7 +376,7 @@ def run_models(args, device, dtype, part: str) -> list[dict]:
         rows.append(row)
         print(part, fmt_row(row), flush=True)
     fp_row = rows[0]
-    for row in rows[1:]:
+    for row in rows[len(loaders):]:
         for key in ("disk_mb", "prefill_tok_s", "decode_b1_tok_s", "decode_b16_tok_s", "peak_gib"):
             if row.get(key) and fp_row.get(key):
                 row[f"{key}_vs_fp16"] = row[key] / fp_row[key]
