@@ -99,25 +99,56 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
-    def _w4_dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, n_groups, G: tl.constexpr,
-                           PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # one [BLOCK_N, BLOCK_K] tile of W = (u - zp) * scale, float32 math rounded once to out's dtype
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        k0 = tl.program_id(1) * BLOCK_K
+    def _dequant_tile(w_ptr, s_ptr, z_ptr, offs_n, n_ok, k0, K, n_groups, G: tl.constexpr,
+                      PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Columns ``[k0, k0 + BLOCK_K)`` of rows ``offs_n`` of ``W = (u - zp) * scale`` (float32)."""
         offs_kh = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        n_ok = offs_n[:, None] < N
-        b = tl.load(w_ptr + offs_n[:, None] * (K // 2) + offs_kh[None, :], mask=n_ok, other=0)
+        b = tl.load(w_ptr + offs_n[:, None] * (K // 2) + offs_kh[None, :], mask=n_ok[:, None], other=0)
         u = tl.interleave((b & 0xF).to(tl.float32), (b >> 4).to(tl.float32))  # [BLOCK_N, BLOCK_K]
         if PER_CHANNEL:
-            s = tl.load(s_ptr + offs_n, mask=offs_n < N, other=0.0)[:, None]
-            z = tl.load(z_ptr + offs_n, mask=offs_n < N, other=0.0)[:, None]
+            s = tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)[:, None]
+            z = tl.load(z_ptr + offs_n, mask=n_ok, other=0.0)[:, None]
+            w = (u - z) * s
         else:
-            sz_off = offs_n[:, None] * n_groups + (offs_k // G)[None, :]
-            s = tl.load(s_ptr + sz_off, mask=n_ok, other=0.0)
-            z = tl.load(z_ptr + sz_off, mask=n_ok, other=0.0)
-        w = (u - z) * s
-        tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], w.to(out_ptr.dtype.element_ty), mask=n_ok)
+            GB: tl.constexpr = BLOCK_K // G
+            sz_off = offs_n[:, None] * n_groups + (k0 // G + tl.arange(0, GB))[None, :]
+            s = tl.load(s_ptr + sz_off, mask=n_ok[:, None], other=0.0)
+            z = tl.load(z_ptr + sz_off, mask=n_ok[:, None], other=0.0)
+            w = tl.reshape((tl.reshape(u, (BLOCK_N, GB, G)) - z[:, :, None]) * s[:, :, None], (BLOCK_N, BLOCK_K))
+        return w
+
+    @triton.jit
+    def _w4_dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, n_groups, G: tl.constexpr,
+                           PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # one [BLOCK_N, BLOCK_K] tile of W, float32 math rounded once to out's dtype
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k0 = tl.program_id(1) * BLOCK_K
+        n_ok = offs_n < N
+        w = _dequant_tile(w_ptr, s_ptr, z_ptr, offs_n, n_ok, k0, K, n_groups, G, PER_CHANNEL, BLOCK_N, BLOCK_K)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], w.to(out_ptr.dtype.element_ty),
+                 mask=n_ok[:, None])
+
+    @triton.autotune(
+        configs=[triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+                 for bn, w, s in ((4, 1, 4), (8, 2, 4), (8, 4, 3), (16, 4, 3), (16, 4, 4), (32, 4, 3), (32, 8, 3))],
+        key=["N", "K"],
+    )
+    @triton.jit
+    def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, n_groups, G: tl.constexpr,
+                        PER_CHANNEL: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+        # one row (decode at batch 1): no tensor-core tile to fill, so small BLOCK_N tiles spread the
+        # weight stream over many programs; products in float32 of the weight rounded to x's dtype
+        # (what the reference multiplies), float32 accumulation; K is a compile-time constant (one
+        # variant per input size) so the K loop has static bounds
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K))
+            w = _dequant_tile(w_ptr, s_ptr, z_ptr, offs_n, n_ok, k0, K, n_groups, G, PER_CHANNEL, BLOCK_N, BLOCK_K)
+            acc += tl.sum(w.to(x.dtype).to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 def w4_dequantize(ops: dict, group: int | None, dtype: torch.dtype) -> torch.Tensor:
@@ -145,6 +176,11 @@ def w4a16_matmul(x2: torch.Tensor, ops: dict, group: int | None) -> torch.Tensor
     x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
     y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     per_channel = group is None
+    if m == 1:
+        grid1 = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        _w4_gemv_kernel[grid1](x2, ops["packed"], ops["scale"], ops["zp"], y, n, k, ops["scale"].shape[1],
+                               G=bk if per_channel else group, PER_CHANNEL=per_channel, BLOCK_K=bk)
+        return y
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, BLOCK_M))  # noqa: E731
     _w4a16_kernel[grid](x2, ops["packed"], ops["scale"], ops["zp"], y, m, n, k, ops["scale"].shape[1],
                         x2.stride(0), y.stride(0), min(triton.next_power_of_2(m), 64),
