@@ -25,6 +25,7 @@ except ImportError:  # CPU-only installs: the kernel is simply unavailable
     triton = None
 
 BLOCK_M = 16  # tl.dot needs 16 rows; decode batches up to 16 fill one tile
+GEMV_ROWS = 1  # up to this many rows take the GEMV kernel (no tensor cores), more the tl.dot one
 
 
 def available(device: torch.device) -> bool:
@@ -176,7 +177,7 @@ def w4a16_matmul(x2: torch.Tensor, ops: dict, group: int | None) -> torch.Tensor
     x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
     y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     per_channel = group is None
-    if m == 1:
+    if m <= GEMV_ROWS:
         grid1 = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         _w4_gemv_kernel[grid1](x2, ops["packed"], ops["scale"], ops["zp"], y, n, k, ops["scale"].shape[1],
                                G=bk if per_channel else group, PER_CHANNEL=per_channel, BLOCK_K=bk)
