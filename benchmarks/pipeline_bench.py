@@ -207,8 +207,8 @@ def section_eval(args) -> list[dict]:
 
 
 class _Profile:
-    """With ``--profile DIR``: torch.profiler over the block, its op table (by device time) written
-    to ``DIR/<name>.txt``; otherwise nothing."""
+    """With ``--profile DIR``: torch.profiler over the block, its op tables (by device time, then by
+    host time) written to ``DIR/<name>.txt``; otherwise nothing."""
 
     def __init__(self, args, name: str):
         self.dir, self.name, self.prof = args.profile, name, None
@@ -226,8 +226,11 @@ class _Profile:
             self.prof.__exit__(*exc)
             key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
             self.dir.mkdir(parents=True, exist_ok=True)
-            table = self.prof.key_averages().table(sort_by=key, row_limit=40)
-            (self.dir / f"{self.name}.txt").write_text(table)
+            averages = self.prof.key_averages()
+            table = averages.table(sort_by=key, row_limit=40)
+            # host time too: a GPU left idle by Python, hooks and launches shows only here
+            host = averages.table(sort_by="self_cpu_time_total", row_limit=30)
+            (self.dir / f"{self.name}.txt").write_text(f"{table}\n\nby host time:\n{host}")
 
 
 def section_learn(args) -> list[dict]:
