@@ -13,7 +13,9 @@ matmul, instead of by an ``a_quant`` stage). Kernels, chosen by :meth:`QuantLine
   with ``w = (u - 8) * s + z`` per group (32..256; a per-channel scale is repeated per group).
 * ``int8mm`` (weights and per-token activations up to 8 bits, per-channel weights):
   ``torch._int_mm`` on int8 codes, zero points and scales applied in the epilogue. 4-bit codes
-  run through it exactly (no int4 tensor cores on H100).
+  run through it exactly (no int4 tensor cores on H100). On CUDA with Triton the activations are
+  quantized and the epilogue applied by one Triton pass each (:mod:`rotaquant.kernels.int8_linear`,
+  the same values as the torch ops, which ``ROTAQUANT_QUANT_BACKEND=reference`` selects).
 * ``w4triton`` (weight-only, up to 4 bits, CUDA): for up to 16 rows (decode) the Triton kernel of
   :mod:`rotaquant.kernels.w4a16_gemv` (fp16/bf16 in and out, no casts around it, dequantized
   exactly as the reference); for more rows (prefill) the weight is dequantized by one Triton pass
@@ -29,6 +31,8 @@ matmul, instead of by an ``a_quant`` stage). Kernels, chosen by :meth:`QuantLine
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -212,8 +216,8 @@ class QuantLinear(nn.Module):
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "int8mm":
-            y = self._forward_int8(x)
-        elif self.kernel == "fp8mm":
+            return self._forward_int8(x)  # the bias is added in its epilogue
+        if self.kernel == "fp8mm":
             y = self._forward_fp8(x)
         elif self.kernel == "w4triton":
             y = self._forward_w4triton(x)
@@ -246,21 +250,15 @@ class QuantLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
-        p, spec, shape = self._packed, self.act_spec, x.shape
-        x2 = x.reshape(-1, self.in_features)
-        scale, zero = quant_params(x2, spec)  # [M, 1, 1], as ActQuantizer computes them
-        off = 0 if spec.symmetric else 2 ** (spec.bits - 1)
-        xq = (quantize_to_int(to_groups(x2, spec), scale, zero, spec).reshape(x2.shape) - off).to(torch.int8)
-        m = xq.shape[0]
-        if xq.is_cuda and m <= 16:  # _int_mm on CUDA needs more than 16 rows
-            xq = F.pad(xq, (0, 0, 0, 32 - m))
-        acc = torch._int_mm(xq, p["w"].t())[:m].to(torch.float32)
-        sx, zx = scale.reshape(m, 1).to(torch.float32), (zero.reshape(m, 1) - off).to(torch.float32)
-        xsum = xq[:m].to(torch.float32).sum(1, keepdim=True)
-        # sum_k (xq - zx)(wq - zw) = acc - zw*sum(xq) - zx*sum(wq) + K*zx*zw
-        acc = acc - p["zw"][None] * xsum - zx * p["qsum"][None] + self.in_features * zx * p["zw"][None]
-        y = acc * sx * p["sw"][None]
-        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+        p, x2 = self._packed, x.reshape(-1, self.in_features)
+        args = (p["w"], p["sw"], p["zw"], p["qsum"], self.act_spec, self.bias)
+        if _int8_triton_applies(x2):  # the same values in two passes around _int_mm (see the kernels)
+            from ..kernels.int8_linear import int8_linear
+
+            y = int8_linear(x2, *args)
+        else:
+            y = int8_linear_torch(x2, *args)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def _forward_fp8(self, x: torch.Tensor) -> torch.Tensor:
         spec, shape = self.act_spec, x.shape
@@ -276,6 +274,56 @@ class QuantLinear(nn.Module):
         act = f", act={self.act_spec}" if self.act_spec is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"weight={self.spec}{act}, kernel={self.kernel}")
+
+
+def _int8_triton_applies(x2: torch.Tensor) -> bool:
+    """Whether int8mm quantizes and finishes with the Triton kernels of
+    :mod:`rotaquant.kernels.int8_linear`: CUDA with Triton, unless ``ROTAQUANT_QUANT_BACKEND`` is
+    ``reference``."""
+    from ..kernels import KERNEL_DTYPES, triton_available
+    from ..kernels.fake_quant import BACKEND_ENV
+
+    return (x2.is_cuda and x2.dtype in KERNEL_DTYPES and os.environ.get(BACKEND_ENV) != "reference"
+            and triton_available())
+
+
+def int8_quantize_torch(x2: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, ...]:
+    """int8mm's per-token quantization of ``x2`` ``[M, K]`` as ActQuantizer computes it (torch
+    reference of :func:`rotaquant.kernels.int8_linear.quantize_rows`).
+
+    Returns int8 ``codes`` ``[M, K]`` (asymmetric codes shifted by ``-2^(b-1)`` into int8) and
+    float32 ``[M]`` scale, zero point (shifted alike) and the sum of each row's codes.
+    """
+    scale, zero = quant_params(x2, spec)  # [M, 1, 1]
+    off = 0 if spec.symmetric else 2 ** (spec.bits - 1)
+    xq = (quantize_to_int(to_groups(x2, spec), scale, zero, spec).reshape(x2.shape) - off).to(torch.int8)
+    m = x2.shape[0]
+    return (xq, scale.reshape(m).to(torch.float32), (zero.reshape(m) - off).to(torch.float32),
+            xq.to(torch.float32).sum(1))
+
+
+def int8_epilogue_torch(acc: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, xsum: torch.Tensor,
+                        sw: torch.Tensor, zw: torch.Tensor, qsum: torch.Tensor, k: int, dtype: torch.dtype,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+    """int8mm's epilogue (torch reference of :func:`rotaquant.kernels.int8_linear.int8_epilogue`):
+    ``[M, N]`` in ``dtype`` from the int32 ``acc`` ``[M, N]`` of ``k``-long products of codes."""
+    sx, zx, xsum = sx[:, None], zx[:, None], xsum[:, None]
+    # sum_k (xq - zx)(wq - zw) = acc - zw*sum(xq) - zx*sum(wq) + K*zx*zw
+    acc = acc.to(torch.float32) - zw[None] * xsum - zx * qsum[None] + k * zx * zw[None]
+    y = (acc * sx * sw[None]).to(dtype)
+    return y if bias is None else y + bias.to(dtype)
+
+
+def int8_linear_torch(x2: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, qsum: torch.Tensor,
+                      spec: QuantSpec, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """int8mm in torch ops (the reference and the CPU path); arguments as
+    :func:`rotaquant.kernels.int8_linear.int8_linear`."""
+    xq, sx, zx, xsum = int8_quantize_torch(x2, spec)
+    m = xq.shape[0]
+    if xq.is_cuda and m <= 16:  # _int_mm on CUDA needs more than 16 rows
+        xq = F.pad(xq, (0, 0, 0, 32 - m))
+    acc = torch._int_mm(xq, w.t())[:m]
+    return int8_epilogue_torch(acc, sx, zx, xsum, sw, zw, qsum, x2.shape[1], x2.dtype, bias)
 
 
 def set_kernels(model: nn.Module, kernel: str = "auto") -> dict[str, int]:

@@ -1,0 +1,197 @@
+"""Triton kernels around ``torch._int_mm`` for the ``int8mm`` QuantLinear: per-token activation
+quantization before it and the zero-point/scale epilogue after it, one pass each.
+
+Imported only when Triton is available (see :mod:`rotaquant.kernels`).
+
+With activation codes ``xq = q - off`` (``off = 2^(b-1)`` for asymmetric grids, so 8-bit codes
+fit int8; the zero point is shifted alike: ``zx = zero - off``) and weight codes ``wq`` with zero
+points ``zw``, the product of the dequantized operands is
+
+    sum_k (xq - zx)(wq - zw) * sx * sw
+        = (acc - zw * sum_k xq - zx * sum_k wq + K * zx * zw) * sx * sw,   acc = xq @ wq^T,
+
+so the quantizer writes, besides the codes, each row's scale ``sx``, shifted zero ``zx`` and code
+sum; ``torch._int_mm`` computes ``acc`` exactly in int32, and the epilogue applies the rest.
+
+Both kernels do the arithmetic of the torch path of
+:meth:`~rotaquant.quant.qlinear.QuantLinear._forward_int8` in the same order, so they give the
+same values: the grid (scale, zero, round half to even, IEEE division, torch's CUDA reciprocal
+for a division by a Python number) is :func:`~rotaquant.kernels.hadamard_triton._finish`'s,
+and floating-point contraction (FMA) is disabled so ``acc - zw * xsum`` rounds twice as torch's
+separate kernels do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .hadamard_triton import _rint, grid_divisor
+
+__all__ = ["MAX_TILE", "int8_epilogue", "int8_linear", "quantize_rows"]
+
+MAX_TILE = 16384  # widest row a program holds in registers (read once); wider rows: chunks, read twice
+CHUNK = 8192  # chunk width for rows wider than MAX_TILE
+TILE = 4096  # padded elements per quantization program (several rows when K is small)
+BLOCK_M, BLOCK_N = 32, 128  # epilogue tile
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _load_chunk(x_ptr, rows64, stride_x, live, c0, K, BK: tl.constexpr):
+    cols = c0 + tl.arange(0, BK)
+    msk = live[:, None] & (cols < K)[None, :]
+    return tl.load(x_ptr + rows64[:, None] * stride_x + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["rows", "rows_pad", "stride_x"])
+def _quant_rows_kernel(x_ptr, codes_ptr, scale_ptr, zero_ptr, sum_ptr, rows, rows_pad, K, stride_x,
+                       clip, rcp, div, R: tl.constexpr, BK: tl.constexpr, NCHUNK: tl.constexpr,
+                       SYM: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, OFF: tl.constexpr,
+                       ON_GPU: tl.constexpr):
+    """Program ``i``: rows ``[i R, (i + 1) R)``; rows in ``[rows, rows_pad)`` get zero codes."""
+    rr = tl.program_id(0) * R + tl.arange(0, R)
+    live = rr < rows
+    rows64 = rr.to(tl.int64)
+    # pass 1: the range. Zero-filled padding changes neither max|x| nor the asymmetric range,
+    # which is widened to contain 0 anyway; clip > 0 commutes with min/max and with |.|.
+    v = _load_chunk(x_ptr, rows64, stride_x, live, 0, K, BK)
+    lo = tl.minimum(tl.min(v, axis=1), 0.0)
+    hi = tl.maximum(tl.max(v, axis=1), 0.0)
+    for c in range(1, NCHUNK):
+        vc = _load_chunk(x_ptr, rows64, stride_x, live, c * BK, K, BK)
+        lo = tl.minimum(lo, tl.min(vc, axis=1))
+        hi = tl.maximum(hi, tl.max(vc, axis=1))
+    # the grid of quantizer.params_from_range, as hadamard_triton._finish computes it
+    if SYM:
+        rng = tl.maximum(-lo, hi) * clip
+    else:
+        lo = lo * clip
+        rng = hi * clip - lo
+    if ON_GPU:  # torch on CUDA multiplies by the float32 reciprocal of a Python divisor
+        scale = rng * rcp
+    else:
+        scale = tl.math.div_rn(rng, tl.full([R], div, tl.float32))
+    scale = tl.where(scale > 0, scale, 1.0)
+    if SYM:
+        zero = tl.zeros([R], tl.float32)
+    else:
+        zero = tl.minimum(tl.maximum(_rint(tl.math.div_rn(-lo, scale), ON_GPU), 0.0), QMAX)
+    # pass 2: codes, shifted by OFF into int8, and their row sums (exact in int32)
+    total = tl.zeros([R], tl.int32)
+    pad = rr < rows_pad
+    for c in range(0, NCHUNK):
+        if NCHUNK > 1:  # one chunk: the tile of pass 1 is still in registers
+            v = _load_chunk(x_ptr, rows64, stride_x, live, c * BK, K, BK)
+        q = _rint(tl.math.div_rn(v, scale[:, None]), ON_GPU) + zero[:, None]
+        q = tl.minimum(tl.maximum(q, QMIN), QMAX).to(tl.int32) - OFF
+        q = tl.where(live[:, None], q, 0)
+        cols = c * BK + tl.arange(0, BK)
+        total += tl.sum(tl.where((cols < K)[None, :], q, 0), axis=1)
+        tl.store(codes_ptr + rows64[:, None] * K + cols[None, :], q.to(tl.int8),
+                 mask=pad[:, None] & (cols < K)[None, :])
+    tl.store(scale_ptr + rr, scale, mask=live)
+    tl.store(zero_ptr + rr, zero - OFF, mask=live)
+    tl.store(sum_ptr + rr, total.to(tl.float32), mask=live)
+
+
+def _pow2(v: int) -> int:
+    return max(16, 1 << (v - 1).bit_length())
+
+
+def quantize_rows(x2: torch.Tensor, spec, rows_pad: int | None = None,
+                  block_k: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Per-row dynamic quantization of ``x2`` ``[M, K]`` (float16/bfloat16/float32, last dim
+    contiguous) on ``spec``'s integer grid, as the torch path of ``QuantLinear._forward_int8``.
+
+    Returns ``(codes, scale, zero, xsum)``: int8 ``codes`` ``[rows_pad, K]`` (``rows_pad``
+    defaults to ``M``; rows past ``M`` are zeros, the padding ``torch._int_mm`` needs for few
+    rows), asymmetric codes and ``zero`` shifted by ``-2^(b-1)``; float32 ``scale``, ``zero`` and
+    ``xsum`` (the sum of each row's codes) ``[M]``. ``block_k`` forces a chunk width (tests).
+    """
+    m, k = x2.shape
+    rows_pad = m if rows_pad is None else rows_pad
+    dev = x2.device
+    codes = torch.empty(rows_pad, k, dtype=torch.int8, device=dev)
+    scale, zero, xsum = (torch.empty(m, dtype=torch.float32, device=dev) for _ in range(3))
+    if rows_pad == 0:
+        return codes, scale, zero, xsum
+    bk = block_k or (_pow2(k) if k <= MAX_TILE else CHUNK)
+    r = max(1, TILE // bk)
+    div, rcp = grid_divisor(spec)
+    off = 0 if spec.symmetric else 2 ** (spec.bits - 1)
+    with _on(dev):
+        _quant_rows_kernel[(triton.cdiv(rows_pad, r),)](
+            x2, codes, scale, zero, xsum, m, rows_pad, k, x2.stride(0), float(spec.clip_ratio), rcp, div,
+            r, bk, triton.cdiv(k, bk), spec.symmetric, spec.qmin, spec.qmax, off, not _INTERPRET,
+            num_warps=4 if bk <= 4096 else 8, enable_fp_fusion=False)
+    return codes, scale, zero, xsum
+
+
+@triton.jit(do_not_specialize=["M"])
+def _epilogue_kernel(acc_ptr, out_ptr, bias_ptr, sx_ptr, zx_ptr, xsum_ptr, sw_ptr, zw_ptr, qsum_ptr,
+                     M, N, K, BM: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Tile ``(i, j)`` of ``y = (acc - zw xsum - zx qsum + K zx zw) * sx * sw (+ bias)``."""
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    mm, mn = rm < M, rn < N
+    offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
+    msk = mm[:, None] & mn[None, :]
+    acc = tl.load(acc_ptr + offs, mask=msk, other=0).to(tl.float32)
+    sx = tl.load(sx_ptr + rm, mask=mm, other=1.0)[:, None]
+    zx = tl.load(zx_ptr + rm, mask=mm, other=0.0)[:, None]
+    xsum = tl.load(xsum_ptr + rm, mask=mm, other=0.0)[:, None]
+    sw = tl.load(sw_ptr + rn, mask=mn, other=1.0)[None, :]
+    zw = tl.load(zw_ptr + rn, mask=mn, other=0.0)[None, :]
+    qsum = tl.load(qsum_ptr + rn, mask=mn, other=0.0)[None, :]
+    # the torch epilogue's operations in its order, each rounded to float32 (no FMA)
+    acc = acc - zw * xsum
+    acc = acc - zx * qsum
+    acc = acc + (K * zx) * zw
+    y = ((acc * sx) * sw).to(out_ptr.dtype.element_ty)
+    if HAS_BIAS:  # y + bias in the output dtype: exact in float32, then one rounding (as torch)
+        b = tl.load(bias_ptr + rn, mask=mn, other=0.0).to(out_ptr.dtype.element_ty)
+        y = (y.to(tl.float32) + b.to(tl.float32)[None, :]).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, y, mask=msk)
+
+
+def int8_epilogue(acc: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, xsum: torch.Tensor,
+                  sw: torch.Tensor, zw: torch.Tensor, qsum: torch.Tensor, k: int, dtype: torch.dtype,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``[M, N]`` output in ``dtype`` from the int32 products ``acc`` of ``k``-long dot products
+    (its first ``M`` rows, ``M = sx.numel()``; contiguous ``[>= M, N]``), the float32 per-row
+    ``sx``/``zx``/``xsum`` ``[M]`` and per-column ``sw``/``zw``/``qsum`` ``[N]``, + ``bias``."""
+    m, n = sx.numel(), acc.shape[1]
+    out = torch.empty(m, n, dtype=dtype, device=acc.device)
+    if m == 0 or n == 0:
+        return out
+    grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, BLOCK_N))
+    with _on(acc.device):
+        _epilogue_kernel[grid](acc, out, out if bias is None else bias, sx, zx, xsum, sw, zw, qsum, m, n, k,
+                               BLOCK_M, BLOCK_N, bias is not None, num_warps=4, enable_fp_fusion=False)
+    return out
+
+
+def int8_linear(x2: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, qsum: torch.Tensor,
+                spec, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x2 @ W^T (+ bias)`` for CUDA ``x2`` ``[M, K]``, ``W = (w - zw) * sw`` given by int8 codes
+    ``w`` ``[N, K]`` and float32 ``sw``/``zw``/``qsum = w.sum(1)`` ``[N]``, the activations
+    quantized per row on ``spec``'s grid; returns ``[M, N]`` in ``x2``'s dtype."""
+    m, k = x2.shape
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    # torch._int_mm on CUDA needs more than 16 rows: quantize into a zero-padded 32-row buffer
+    codes, sx, zx, xsum = quantize_rows(x2, spec, rows_pad=32 if m <= 16 else m)
+    acc = torch._int_mm(codes, w.t())
+    return int8_epilogue(acc, sx, zx, xsum, sw, zw, qsum, k, x2.dtype, bias)
+
+
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device: make it ``device``'s for the launch."""
+    if device.type != "cuda" or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
