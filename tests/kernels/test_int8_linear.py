@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rotaquant.kernels.int8_linear import int8_epilogue, int8_linear, quantize_rows
 from rotaquant.quant.qlinear import (
     QuantLinear,
     int8_epilogue_torch,
@@ -20,6 +19,9 @@ from rotaquant.quant.qlinear import (
 )
 from rotaquant.quant.quantizer import QuantSpec, quant_params, quantize_to_int, to_groups
 from tests.kernels.triton_env import DEVICE, ON_GPU, TRITON_MARKS
+
+pytest.importorskip("triton")  # the kernel module imports Triton (CPU-only installs have none)
+from rotaquant.kernels.int8_linear import int8_epilogue, int8_linear, quantize_rows  # noqa: E402
 
 pytestmark = TRITON_MARKS
 
