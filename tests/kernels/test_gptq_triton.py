@@ -25,7 +25,7 @@ CASES = {
                                   GPTQConfig(block_size=16, act_order=True), True),
     "static groups, odd blocks": (QuantSpec(4, group_size=16),
                                   GPTQConfig(block_size=5, act_order=True, static_groups=True), False),
-    "groups across blocks": (QuantSpec(2, symmetric=False, group_size=24), GPTQConfig(block_size=7), True),
+    "groups across blocks": (QuantSpec(2, symmetric=False, group_size=16), GPTQConfig(block_size=7), True),
     "full symmetric grid": (QuantSpec(4, group_size=16, sym_grid="full"), GPTQConfig(block_size=32), False),
 }
 

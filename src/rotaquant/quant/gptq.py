@@ -201,9 +201,11 @@ def _kernel_backend(W: torch.Tensor, spec: QuantSpec, block_size: int, backend: 
 
     Automatic choice leaves dynamic groups (parameters computed between launches) to the torch
     loop: on an H200 (Triton 3.6) the kernel matched the loop bit for bit per channel and with
-    static groups, but not in the four dynamic-group cases of tests/kernels/test_gptq_triton.py,
-    although it does in Triton's CPU interpreter; until that difference is explained, only an
-    explicit ``backend="triton"`` runs them in the kernel."""
+    static groups, but dynamic groups differed from the second block on by an ulp (then the odd
+    code). The cause found: only the kernel path made the inverse-Hessian factor contiguous, so
+    the shared trailing-update matmul summed in another order and the groups' parameters, taken
+    from the updated columns, moved. Both paths now use one layout; until a GPU run confirms the
+    match, only an explicit ``backend="triton"`` runs dynamic groups in the kernel."""
     if backend not in (None, "torch", "triton"):
         raise ConfigError(f"unknown GPTQ backend {backend!r}; use 'torch', 'triton' or None (automatic)")
     if backend == "torch":
@@ -294,14 +296,15 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec
     if dynamic:  # permuted positions of each group's columns
         positions = invperm if invperm is not None else torch.arange(cols, device=W.device)
         members = positions.reshape(ngroups, gs)
-    U = _inverse_hessian_factor(H, cfg.damp, where).to(dtype)
+    # one memory layout for both backends: the trailing update Err1 @ U[i1:i2, i2:] is a cuBLAS
+    # call whose summation order follows U's layout, and dynamic groups take their parameters
+    # from the updated columns, so a transposed U in one backend moved them by an ulp (H200)
+    U = _inverse_hessian_factor(H, cfg.damp, where).to(dtype).contiguous()
     del H
 
     Q = torch.empty_like(W)
     use_kernel = _kernel_backend(W, spec, cfg.block_size, backend, dynamic_groups=dynamic)
     gidx = torch.tensor(group_of, dtype=torch.int32, device=W.device) if use_kernel else None
-    if use_kernel:
-        U = U.contiguous()  # the factor can come back transposed; the kernel reads rows of it
     flat_scale = scale.view(rows, ngroups) if use_kernel else None
     flat_zero = zero.view(rows, ngroups) if use_kernel else None
     for i1 in range(0, cols, cfg.block_size):
