@@ -161,3 +161,20 @@ def test_autograd(n):
     assert torch.allclose(gx, 2 * x2, atol=1e-4)  # H orthogonal: d/dx |Hx|^2 = 2x
     gx.sum().backward()
     assert x2.grad is not None
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["transform", "fake-quant"])
+def test_transposed_heads_processed_in_memory_order(fused):
+    """Queries/keys after RoPE are [batch, heads, seq, head_dim] views of [batch, seq, heads,
+    head_dim] memory: the kernel reads them in place (no reshape copy), the output keeps the
+    input's strides and equals the result on a contiguous copy."""
+    from rotaquant.kernels.hadamard_triton import hadamard_fake_quant_autograd, transform
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 3, 64, generator=g).to(DEVICE, torch.float16).transpose(1, 2)  # [2, 3, 5, 64]
+    assert not x.is_contiguous()
+    spec = QuantSpec(4, symmetric=False)
+    run = (lambda t: hadamard_fake_quant_autograd(t, spec)) if fused else (lambda t: transform(t, True))
+    got, ref = run(x), run(x.contiguous())
+    assert got.stride() == x.stride() and got.shape == x.shape
+    assert torch.equal(got, ref)

@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from rotaquant.kernels.fake_quant import rows_view
 from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, sylvester
 
 __all__ = ["Plan", "grid_divisor", "hadamard_autograd", "hadamard_fake_quant_autograd", "launch", "plan_for"]
@@ -337,11 +338,12 @@ def _hooked(hook) -> bool:
 
 
 def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int = 0,
-           spec=None) -> tuple[torch.Tensor, ...]:
+           spec=None, out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Run the kernel on the 2-D ``x2`` ``[rows, n]`` (last dim contiguous).
 
     mode 0: returns ``(y,)``; mode 1: ``(codes, scale, zero)`` with ``scale``/``zero`` float32
-    ``[rows, G]`` (``zero`` all zeros when symmetric); mode 2: ``(fake_quantized,)``.
+    ``[rows, G]`` (``zero`` all zeros when symmetric); mode 2: ``(fake_quantized,)``. Modes 0 and
+    2 write into ``out`` when given (``[rows, n]``, row stride ``n``, x2's dtype).
     """
     rows, n = x2.shape
     plan = plan_for(n)
@@ -349,7 +351,7 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     core = _core_operand(n, transpose, x2.dtype if half else SPLIT_DTYPE, x2.device) if plan.MP > 1 else x2
     norm = 1.0 / math.sqrt(n) if normalize else 1.0
     sym, qmin, qmax, gp, clip, groups, rcp, div = True, 0, 0, plan.width, 1.0, 1, 1.0, 1.0
-    out = codes = scale = zero = x2
+    codes = scale = zero = x2  # placeholders for the pointers a mode does not use
     if mode:
         sym, qmin, qmax, clip = spec.symmetric, spec.qmin, spec.qmax, float(spec.clip_ratio)
         div, rcp = grid_divisor(spec)
@@ -360,8 +362,10 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
         scale = torch.empty(rows, groups, dtype=torch.float32, device=x2.device)
         zero = torch.empty(rows, groups, dtype=torch.float32, device=x2.device)
         out = torch.empty(0, dtype=x2.dtype, device=x2.device)
-    else:
+    elif out is None:
         out = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
+    elif out.shape != (rows, n) or out.stride() != (n, 1) or out.dtype != x2.dtype:
+        raise ValueError(f"launch: out must be [{rows}, {n}] with row stride {n} in {x2.dtype}")
     if rows:
         args = (x2, out, core, codes, scale, zero, rows, n, groups, x2.stride(0), n, norm, clip, rcp, div,
                 plan.M, plan.MP, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R,
@@ -402,9 +406,25 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def _rowwise(x: torch.Tensor, *args) -> torch.Tensor:
+    """``launch(rows of x, *args)`` (modes 0 and 2: one output row per input row) shaped like ``x``.
+
+    A dense layout whose rows are not one stride apart (queries and keys as transposed
+    ``[batch, heads, seq, head_dim]`` views after RoPE) is processed in memory order and the
+    output keeps ``x``'s strides, instead of a reshape copying ``x`` first."""
+    n = x.shape[-1]
+    if not x.is_contiguous():
+        rows = rows_view(x, n)
+        if rows is not None:
+            out = torch.empty_like(x)  # same strides: dense and non-overlapping like x
+            launch(rows, *args, out=rows_view(out, n))
+            return out
+    return launch(_as_rows(x), *args)[0].reshape(x.shape)
+
+
 def transform(x: torch.Tensor, normalize: bool, transpose: bool = False) -> torch.Tensor:
     """The kernel transform of ``x`` (any leading shape), no autograd."""
-    return launch(_as_rows(x), normalize, transpose)[0].reshape(x.shape)
+    return _rowwise(x, normalize, transpose)
 
 
 class _Hadamard(torch.autograd.Function):
@@ -433,7 +453,7 @@ class _HadamardFakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spec, normalize):
         ctx.normalize = normalize
-        return launch(_as_rows(x), normalize, False, 2, spec)[0].reshape(x.shape)
+        return _rowwise(x, normalize, False, 2, spec)
 
     @staticmethod
     def backward(ctx, grad):
@@ -444,4 +464,4 @@ def hadamard_fake_quant_autograd(x: torch.Tensor, spec, normalize: bool = True) 
     """Fused ``fake_quantize(hadamard(x))``; differentiable (STE) when ``x`` requires grad."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _HadamardFakeQuant.apply(x, spec, bool(normalize))
-    return launch(_as_rows(x), bool(normalize), False, 2, spec)[0].reshape(x.shape)
+    return _rowwise(x, bool(normalize), False, 2, spec)
