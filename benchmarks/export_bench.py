@@ -70,7 +70,6 @@ from bench_common import git_commit, median_seconds
 from torch import nn
 
 import rotaquant
-from rotaquant.kernels import w4a16_gemv
 from rotaquant.quant.qlinear import QuantLinear
 from rotaquant.quant.quantizer import QuantSpec, quant_params, quantize_to_int, to_groups
 
@@ -98,8 +97,6 @@ LAYER_TINY = [((256, 256), 4), ((512, 256), 2), ((256, 512), 1)]
 LINEAR_SETTINGS = {  # name -> (weight spec, activation spec, kernel)
     "w4a16_g128_int4mm": (QuantSpec(bits=4, group_size=128), None, "int4mm"),
     "w4a16_g128_triton": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
-    # the same kernel choice with its tensor-core (tl.dot) kernel at 1 row too, to compare the GEMV
-    "w4a16_g128_triton_dot": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
     "w8a8_int8mm": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
     "w8a8_fp8mm": (QuantSpec(bits=8, type="float"), QuantSpec(bits=8, type="float"), "fp8mm"),
     "w4a4_int8mm": (QuantSpec(bits=4), QuantSpec(bits=4), "int8mm"),
@@ -143,10 +140,8 @@ def run_linears(args, device, dtype) -> list[dict]:
     weights = [torch.randn(o, i, generator=gen).mul_(0.02).to(device) for (o, i), n in layout for _ in range(n)]
     rows_list = (1, 16, 2048)
     results, base = [], {}
-    gemv_rows = w4a16_gemv.GEMV_ROWS
     for name in ("fp16", *args.linear_settings.split(",")):
         row = {"setting": name}
-        w4a16_gemv.GEMV_ROWS = 0 if name.endswith("_dot") else gemv_rows
         try:
             if name == "fp16":
                 mods = [nn.Linear(w.shape[1], w.shape[0], bias=False, device=device, dtype=dtype) for w in weights]
@@ -208,7 +203,6 @@ def run_linears(args, device, dtype) -> list[dict]:
                 del xs, fn
         except Exception as exc:  # one failing setting must not lose the others' numbers
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
-        w4a16_gemv.GEMV_ROWS = gemv_rows
         results.append(row)
         print("linears", fmt_row(row), flush=True)
     return results

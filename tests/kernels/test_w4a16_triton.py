@@ -68,24 +68,3 @@ def test_matmul_matches_reference(name, rows):
     assert got.dtype == torch.float16 and got.shape == (rows, 48)
     assert ((got.float() - ref).abs().max() / ref.abs().max()).item() < 2e-3
 
-
-@pytest.mark.parametrize("name", ["asym g64", "sym g128", "asym per-channel", "int3 g64"])
-def test_one_row_gemv_matches_reference(name, monkeypatch):
-    """The batch-1 kernel (many small programs, no tensor cores); under the interpreter with one
-    fixed tile, since the autotuner benchmarks on a GPU."""
-    spec = SPECS[name]
-    in_f = 1024 if name == "sym g128" else 576
-    layer, ops = _layer(40, in_f, spec)
-    if INTERPRET:
-        tuned = w4a16_gemv._w4_gemv_kernel
-
-        class _OneTile:
-            def __getitem__(self, grid):
-                return lambda *a, **kw: tuned.fn[grid({"BLOCK_N": 8})](*a, **kw, BLOCK_N=8)
-
-        monkeypatch.setattr(w4a16_gemv, "_w4_gemv_kernel", _OneTile())
-    x = torch.randn(1, in_f, generator=torch.Generator().manual_seed(1)).to(torch.float16)
-    ref = torch.nn.functional.linear(x.float(), layer.dequantize(torch.float16).float())
-    got = w4a16_gemv.w4a16_matmul(x.to(DEVICE), ops, spec.group_size).cpu()
-    assert got.dtype == torch.float16 and got.shape == (1, 40)
-    assert ((got.float() - ref).abs().max() / ref.abs().max()).item() < 1e-3

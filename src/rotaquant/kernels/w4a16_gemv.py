@@ -25,7 +25,6 @@ except ImportError:  # CPU-only installs: the kernel is simply unavailable
     triton = None
 
 BLOCK_M = 16  # tl.dot needs 16 rows; decode batches up to 16 fill one tile
-GEMV_ROWS = 1  # up to this many rows take the GEMV kernel (no tensor cores), more the tl.dot one
 
 
 def available(device: torch.device) -> bool:
@@ -130,27 +129,6 @@ if triton is not None:
         tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], w.to(out_ptr.dtype.element_ty),
                  mask=n_ok[:, None])
 
-    @triton.autotune(
-        configs=[triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-                 for bn, w, s in ((4, 1, 4), (8, 2, 4), (8, 4, 3), (16, 4, 3), (16, 4, 4), (32, 4, 3), (32, 8, 3))],
-        key=["N", "K"],
-    )
-    @triton.jit
-    def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, n_groups, G: tl.constexpr,
-                        PER_CHANNEL: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-        # one row (decode at batch 1): no tensor-core tile to fill, so small BLOCK_N tiles spread the
-        # weight stream over many programs; products in float32 of the weight rounded to x's dtype
-        # (what the reference multiplies), float32 accumulation; K is a compile-time constant (one
-        # variant per input size) so the K loop has static bounds
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < N
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            x = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K))
-            w = _dequant_tile(w_ptr, s_ptr, z_ptr, offs_n, n_ok, k0, K, n_groups, G, PER_CHANNEL, BLOCK_N, BLOCK_K)
-            acc += tl.sum(w.to(x.dtype).to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
-        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
-
 
 def w4_dequantize(ops: dict, group: int | None, dtype: torch.dtype) -> torch.Tensor:
     """``W`` ``[N, K]`` in ``dtype`` from the :func:`pack_w4` operands, equal to
@@ -177,11 +155,6 @@ def w4a16_matmul(x2: torch.Tensor, ops: dict, group: int | None) -> torch.Tensor
     x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
     y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     per_channel = group is None
-    if m <= GEMV_ROWS:
-        grid1 = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        _w4_gemv_kernel[grid1](x2, ops["packed"], ops["scale"], ops["zp"], y, n, k, ops["scale"].shape[1],
-                               G=bk if per_channel else group, PER_CHANNEL=per_channel, BLOCK_K=bk)
-        return y
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, BLOCK_M))  # noqa: E731
     _w4a16_kernel[grid](x2, ops["packed"], ops["scale"], ops["zp"], y, m, n, k, ops["scale"].shape[1],
                         x2.stride(0), y.stride(0), min(triton.next_power_of_2(m), 64),
