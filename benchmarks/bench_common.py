@@ -18,9 +18,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def git_commit() -> str | None:
-    """The checkout's commit (``+dirty`` when tracked files differ from it); in a snapshot
-    without ``.git`` (``git archive`` on the GPU machine) the ``RQ_COMMIT`` environment
-    variable; else None."""
+    """The ``RQ_COMMIT`` environment variable when set (a ``git archive`` snapshot run on the GPU
+    machine, whose copy of the repository may hold an older ``.git``), else the checkout's commit
+    (``+dirty`` when tracked files differ from it), else None."""
+    if os.environ.get("RQ_COMMIT"):
+        return os.environ["RQ_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE,
                              timeout=10).stdout.strip()
@@ -28,9 +30,7 @@ def git_commit() -> str | None:
                                        text=True, cwd=HERE, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", ""
-    if sha:
-        return f"{sha}{'+dirty' if dirty else ''}"
-    return os.environ.get("RQ_COMMIT") or None
+    return f"{sha}{'+dirty' if dirty else ''}" if sha else None
 
 
 def median_seconds(fn, device: torch.device, reps: int, runs: int, warmup: int = 0) -> float:
