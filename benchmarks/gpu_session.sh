@@ -1,0 +1,62 @@
+# The measurements still owed on the GPU, as parts of at most ~9 minutes each. Run on the GPU
+# machine after the two carry calls of ../shared/DEVICE.md (call 2 carries .carry/b, plus
+# .carry/export/whl for compressed-tensors, loguru and psutil):
+#
+#   RQ_COMMIT=$(sha) bash benchmarks/gpu_session.sh PART [PART ...]   # PART: check speed export seeds learned
+#
+# (RQ_COMMIT: the commit the working tree holds; the machine's copy of .git may be older.)
+#
+# Everything a part writes goes to /root/rq/out/PART/ and is packed into ONE file,
+# $OUT/PART.tgz: the device returns at most 8 files from $OUT (a run that wrote more lost its
+# seed results on 2026-12-03). Each step has its own timeout, so a slow step costs only itself.
+#   check    GPU kernel tests (GPTQ/W4A16/int8/fake-quant kernels vs their torch references)
+#   speed    pipeline_bench eval + learn with op profiles, and the 7B-layer GPTQ section
+#   export   export_bench: the LLaMA-7B layer's linears, the 7B-shaped model, SmolLM2
+#   seeds    seed_sweep default-random (3 seeds) and the llm-compressor parity rows
+#   learned  seed_sweep default-learned, the three seeds as concurrent processes
+set -u
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+source benchmarks/device_setup.sh
+for whl in .carry/export/whl/*.whl; do
+  [ -f "$whl" ] && [ ! -f /tmp/site/.rq-export ] && python3 -m pip install -q --no-index --no-deps --target /tmp/site \
+    .carry/export/whl/*.whl && touch /tmp/site/.rq-export
+  break
+done
+export RQ_COMMIT=${RQ_COMMIT:-}
+t0=$(date +%s)
+step() {  # step NAME SECONDS COMMAND...: run with a timeout, log to the part's folder
+  local name=$1 secs=$2; shift 2
+  timeout -s INT "$secs" "$@" > "$dir/$name.log" 2>&1
+  echo "$name rc=$? at $(( $(date +%s) - t0 )) s"
+  grep -v "Loading weights\|Converting\|it/s\]" "$dir/$name.log" | tail -15 | cut -c1-300
+}
+for part in "$@"; do
+  dir=/root/rq/out/$part
+  mkdir -p "$dir"
+  case $part in
+    check)
+      step kernels 240 python3 -m pytest -m gpu tests/kernels tests/quant/test_qlinear.py -k "not flex" -q -rf \
+        --tb=short -p no:cacheprovider ;;
+    speed)
+      step eval_learn 200 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
+        --sections eval learn --profile "$dir/profile" --json "$dir/pipeline_eval_learn.json"
+      step layer 120 python3 benchmarks/pipeline_bench.py --device cuda --repeats 3 --sections layer kernel \
+        --json "$dir/pipeline_layer.json" ;;
+    export)
+      step export 420 python3 benchmarks/export_bench.py --model "$RQ_MODEL" --json "$dir/export_bench.json" ;;
+    seeds)
+      step seeds 420 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-random \
+        llmc-rtn-restricted llmc-rtn-full llmc-w4a16 llmc-w4a16-restricted --out-dir "$dir" \
+        --json "$dir/seed_sweep.json" ;;
+    learned)
+      for s in 0 1 2; do
+        timeout 480 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-learned --seeds $s \
+          --out-dir "$dir" --json "$dir/learned_$s.json" > "$dir/learned_$s.log" 2>&1 &
+      done
+      wait
+      echo "learned done at $(( $(date +%s) - t0 )) s"; tail -n 4 "$dir"/learned_*.log | cut -c1-300 ;;
+    *) echo "unknown part $part (check speed export seeds learned)"; continue ;;
+  esac
+  tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
+done
