@@ -101,6 +101,7 @@ LINEAR_SETTINGS = {  # name -> (weight spec, activation spec, kernel)
     "w8a8_fp8mm": (QuantSpec(bits=8, type="float"), QuantSpec(bits=8, type="float"), "fp8mm"),
     "w4a4_int8mm": (QuantSpec(bits=4), QuantSpec(bits=4), "int8mm"),
 }
+GEMM_ONLY = {"gemm_int8_only": "int8", "gemm_fp8_only": "fp8"}  # the bare GEMMs, see GemmOnly
 
 
 def sync(device):
@@ -133,6 +134,37 @@ def quant_linear(w: torch.Tensor, spec: QuantSpec, act: QuantSpec | None) -> Qua
     return QuantLinear(codes, scale[..., 0], zero[..., 0], spec, act_spec=act)
 
 
+class GemmOnly(nn.Module):
+    """The bare low-precision GEMM of a quantized linear, without its activation quantizer or
+    epilogue (``torch._int_mm`` on int8 codes, or ``torch._scaled_mm`` on FP8 ones, with inputs
+    quantized once beforehand): the floor that the int8mm/fp8mm settings' overhead is read from."""
+
+    def __init__(self, w: torch.Tensor, kind: str):
+        super().__init__()
+        self.kind = kind
+        amax = w.abs().amax(1, keepdim=True).clamp_min(1e-8)
+        if kind == "int8":
+            self.w = torch.round(w / amax * 127).to(torch.int8)
+        else:
+            self.w = (w / amax * 448).to(torch.float8_e4m3fn)
+            self.sw = (amax / 448).reshape(1, -1).float()
+        self.inputs: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape)
+        if key not in self.inputs:  # quantized once, outside the timed graph's warm-up
+            amax = x.abs().amax(-1, keepdim=True).clamp_min(1e-8)
+            if self.kind == "int8":
+                xq = torch.round(x / amax * 127).to(torch.int8)
+                self.inputs[key] = torch.nn.functional.pad(xq, (0, 0, 0, max(0, 32 - xq.shape[0])))
+            else:
+                self.inputs[key] = ((x / amax * 448).to(torch.float8_e4m3fn), (amax / 448).float())
+        if self.kind == "int8":
+            return torch._int_mm(self.inputs[key], self.w.t())
+        xq, sx = self.inputs[key]
+        return torch._scaled_mm(xq, self.w.t(), scale_a=sx, scale_b=self.sw, out_dtype=torch.bfloat16)
+
+
 @torch.inference_mode()
 def run_linears(args, device, dtype) -> list[dict]:
     layout = LAYER_TINY if args.tiny else LAYER_7B
@@ -149,6 +181,12 @@ def run_linears(args, device, dtype) -> list[dict]:
                     m.weight.copy_(w)
                 row["kernel"] = "cuBLAS" if device.type == "cuda" else "dense"
                 nbytes = sum(w.numel() * 2 for w in weights)
+            elif name in GEMM_ONLY:
+                if name == "gemm_fp8_only" and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
+                    raise RuntimeError("torch._scaled_mm with row-wise scales needs CUDA sm89+")
+                mods = [GemmOnly(w, GEMM_ONLY[name]) for w in weights]
+                row["kernel"] = "torch._int_mm alone" if GEMM_ONLY[name] == "int8" else "torch._scaled_mm alone"
+                nbytes = sum(w.numel() for w in weights)
             else:
                 spec, act, kernel = LINEAR_SETTINGS[name]
                 mods = [quant_linear(w.float(), spec, act).to(device) for w in weights]
@@ -164,7 +202,7 @@ def run_linears(args, device, dtype) -> list[dict]:
                     for m, x in zip(mods, xs, strict=True):
                         m(x)
 
-                if name != "fp16":  # agreement with the reference path (dequantize, then matmul)
+                if name not in ("fp16", *GEMM_ONLY):  # agreement with the reference path (dequantize, then matmul)
                     got = [m(x) for m, x in zip(mods, xs, strict=True)]
                     kernel = mods[0].kernel
                     for m in mods:
@@ -417,7 +455,7 @@ def main() -> int:
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--parts", default="linears,model7b,smollm2")
     p.add_argument("--layers", type=int, default=4, help="layers of the 7B-shaped model")
-    p.add_argument("--linear-settings", default=",".join(LINEAR_SETTINGS))
+    p.add_argument("--linear-settings", default=",".join([*LINEAR_SETTINGS, *GEMM_ONLY]))
     p.add_argument("--settings", default="w4a16_g128,w4a16_g128_triton,w8a8_int8,w8a8_fp8,w4a4kv4_r1r4",
                    help="settings of the 7B-shaped model")
     p.add_argument("--smollm2-settings", default="w4a16_g64,w4a16_g64_triton,w8a8_int8,w8a8_fp8,w4a4kv4_r1r4")
