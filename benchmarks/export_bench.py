@@ -98,6 +98,8 @@ LINEAR_SETTINGS = {  # name -> (weight spec, activation spec, kernel)
     "w4a16_g128_int4mm": (QuantSpec(bits=4, group_size=128), None, "int4mm"),
     "w4a16_g128_triton": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
     "w8a8_int8mm": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
+    # the same layers with the GEMM and epilogue fused in one Triton kernel (int8_linear.INT8_GEMM)
+    "w8a8_int8_triton": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
     "w8a8_fp8mm": (QuantSpec(bits=8, type="float"), QuantSpec(bits=8, type="float"), "fp8mm"),
     "w4a4_int8mm": (QuantSpec(bits=4), QuantSpec(bits=4), "int8mm"),
 }
@@ -132,6 +134,19 @@ def quant_linear(w: torch.Tensor, spec: QuantSpec, act: QuantSpec | None) -> Qua
     scale, zero = quant_params(w, spec)
     codes = quantize_to_int(to_groups(w, spec), scale, zero, spec).reshape(w.shape)
     return QuantLinear(codes, scale[..., 0], zero[..., 0], spec, act_spec=act)
+
+
+def _int8_gemm(choice: str | None) -> str | None:
+    """Set ``rotaquant.kernels.int8_linear.INT8_GEMM`` (None: leave it); returns the previous
+    value (None where Triton is not installed)."""
+    try:
+        from rotaquant.kernels import int8_linear
+    except ImportError:
+        return None
+    previous = int8_linear.INT8_GEMM
+    if choice is not None:
+        int8_linear.INT8_GEMM = choice
+    return previous
 
 
 class GemmOnly(nn.Module):
@@ -174,6 +189,7 @@ def run_linears(args, device, dtype) -> list[dict]:
     results, base = [], {}
     for name in ("fp16", *args.linear_settings.split(",")):
         row = {"setting": name}
+        gemm = _int8_gemm("triton" if name.endswith("_int8_triton") else None)
         try:
             if name == "fp16":
                 mods = [nn.Linear(w.shape[1], w.shape[0], bias=False, device=device, dtype=dtype) for w in weights]
@@ -241,6 +257,7 @@ def run_linears(args, device, dtype) -> list[dict]:
                 del xs, fn
         except Exception as exc:  # one failing setting must not lose the others' numbers
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
+        _int8_gemm(gemm)
         results.append(row)
         print("linears", fmt_row(row), flush=True)
     return results

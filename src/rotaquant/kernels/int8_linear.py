@@ -32,12 +32,13 @@ import triton.language as tl
 
 from .hadamard_triton import _rint, grid_divisor
 
-__all__ = ["MAX_TILE", "int8_epilogue", "int8_linear", "quantize_rows"]
+__all__ = ["INT8_GEMM", "MAX_TILE", "int8_epilogue", "int8_gemm_linear", "int8_linear", "quantize_rows"]
 
 MAX_TILE = 16384  # widest row a program holds in registers (read once); wider rows: chunks, read twice
 CHUNK = 8192  # chunk width for rows wider than MAX_TILE
 TILE = 4096  # padded elements per quantization program (several rows when K is small)
 BLOCK_M, BLOCK_N = 32, 128  # epilogue tile
+INT8_GEMM = "cublas"  # "cublas": torch._int_mm + the epilogue kernel; "triton": one fused kernel (unmeasured)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -132,16 +133,11 @@ def quantize_rows(x2: torch.Tensor, spec, rows_pad: int | None = None,
     return codes, scale, zero, xsum
 
 
-@triton.jit(do_not_specialize=["M"])
-def _epilogue_kernel(acc_ptr, out_ptr, bias_ptr, sx_ptr, zx_ptr, xsum_ptr, sw_ptr, zw_ptr, qsum_ptr,
-                     M, N, K, BM: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Tile ``(i, j)`` of ``y = (acc - zw xsum - zx qsum + K zx zw) * sx * sw (+ bias)``."""
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)
-    mm, mn = rm < M, rn < N
-    offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
-    msk = mm[:, None] & mn[None, :]
-    acc = tl.load(acc_ptr + offs, mask=msk, other=0).to(tl.float32)
+@triton.jit
+def _epilogue_tile(acc, rm, rn, mm, mn, out_ptr, bias_ptr, sx_ptr, zx_ptr, xsum_ptr, sw_ptr, zw_ptr, qsum_ptr,
+                   N, K, HAS_BIAS: tl.constexpr):
+    """Store tile ``(rm, rn)`` of ``y = (acc - zw xsum - zx qsum + K zx zw) * sx * sw (+ bias)``
+    from its float32 ``acc``."""
     sx = tl.load(sx_ptr + rm, mask=mm, other=1.0)[:, None]
     zx = tl.load(zx_ptr + rm, mask=mm, other=0.0)[:, None]
     xsum = tl.load(xsum_ptr + rm, mask=mm, other=0.0)[:, None]
@@ -156,7 +152,57 @@ def _epilogue_kernel(acc_ptr, out_ptr, bias_ptr, sx_ptr, zx_ptr, xsum_ptr, sw_pt
     if HAS_BIAS:  # y + bias in the output dtype: exact in float32, then one rounding (as torch)
         b = tl.load(bias_ptr + rn, mask=mn, other=0.0).to(out_ptr.dtype.element_ty)
         y = (y.to(tl.float32) + b.to(tl.float32)[None, :]).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + offs, y, mask=msk)
+    offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
+    tl.store(out_ptr + offs, y, mask=mm[:, None] & mn[None, :])
+
+
+@triton.jit(do_not_specialize=["M"])
+def _epilogue_kernel(acc_ptr, out_ptr, bias_ptr, sx_ptr, zx_ptr, xsum_ptr, sw_ptr, zw_ptr, qsum_ptr,
+                     M, N, K, BM: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Tile ``(i, j)`` of the epilogue from ``torch._int_mm``'s int32 ``acc``."""
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    mm, mn = rm < M, rn < N
+    offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
+    acc = tl.load(acc_ptr + offs, mask=mm[:, None] & mn[None, :], other=0).to(tl.float32)
+    _epilogue_tile(acc, rm, rn, mm, mn, out_ptr, bias_ptr, sx_ptr, zx_ptr, xsum_ptr, sw_ptr, zw_ptr, qsum_ptr,
+                   N, K, HAS_BIAS)
+
+
+@triton.autotune(
+    configs=[triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
+             for bm, bn, bk, w, st in ((128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 64, 4, 4),
+                                       (64, 128, 128, 4, 4), (64, 64, 128, 4, 5), (32, 64, 128, 4, 5),
+                                       (16, 64, 256, 4, 4), (16, 128, 128, 4, 4))],
+    key=["M_BUCKET", "N", "K"],
+)
+@triton.jit(do_not_specialize=["M"])
+def _int8_gemm_kernel(a_ptr, w_ptr, out_ptr, bias_ptr, sx_ptr, zx_ptr, xsum_ptr, sw_ptr, zw_ptr, qsum_ptr,
+                      M, N, K: tl.constexpr, stride_a, M_BUCKET, HAS_BIAS: tl.constexpr, BM: tl.constexpr,
+                      BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """``acc = codes @ w^T`` exactly in int32 (int8 tensor cores), then the same epilogue: the
+    ``torch._int_mm`` result without its int32 round trip through memory."""
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+    in_group = GROUP_M * num_n  # programs of GROUP_M row tiles walk the column tiles together (L2 reuse)
+    first_m = (pid // in_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % size_m
+    pid_n = (pid % in_group) // size_m
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    mm, mn = rm < M, rn < N
+    acc = tl.zeros((BM, BN), dtype=tl.int32)
+    for k0 in range(0, K, BK):  # K is a compile-time constant: static bounds
+        km = (k0 + rk) < K
+        a = tl.load(a_ptr + rm.to(tl.int64)[:, None] * stride_a + (k0 + rk)[None, :], mask=mm[:, None] & km[None, :],
+                    other=0)
+        b = tl.load(w_ptr + rn.to(tl.int64)[None, :] * K + (k0 + rk)[:, None], mask=mn[None, :] & km[:, None],
+                    other=0)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+    _epilogue_tile(acc.to(tl.float32), rm, rn, mm, mn, out_ptr, bias_ptr, sx_ptr, zx_ptr, xsum_ptr, sw_ptr,
+                   zw_ptr, qsum_ptr, N, K, HAS_BIAS)
 
 
 def int8_epilogue(acc: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, xsum: torch.Tensor,
@@ -181,6 +227,8 @@ def int8_linear(x2: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, zw: torch.T
     """``x2 @ W^T (+ bias)`` for CUDA ``x2`` ``[M, K]``, ``W = (w - zw) * sw`` given by int8 codes
     ``w`` ``[N, K]`` and float32 ``sw``/``zw``/``qsum = w.sum(1)`` ``[N]``, the activations
     quantized per row on ``spec``'s grid; returns ``[M, N]`` in ``x2``'s dtype."""
+    if INT8_GEMM == "triton":
+        return int8_gemm_linear(x2, w, sw, zw, qsum, spec, bias)
     m, k = x2.shape
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -188,6 +236,27 @@ def int8_linear(x2: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, zw: torch.T
     codes, sx, zx, xsum = quantize_rows(x2, spec, rows_pad=32 if m <= 16 else m)
     acc = torch._int_mm(codes, w.t())
     return int8_epilogue(acc, sx, zx, xsum, sw, zw, qsum, k, x2.dtype, bias)
+
+
+def int8_gemm_linear(x2: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, qsum: torch.Tensor,
+                     spec, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`int8_linear` with the GEMM and the epilogue in one Triton kernel (int8 tensor cores,
+    int32 accumulation, so the same values): no int32 ``[M, N]`` round trip through memory and no
+    padding of small ``M``. Selected by ``INT8_GEMM = "triton"``, ``torch._int_mm`` otherwise."""
+    m, k = x2.shape
+    n = w.shape[0]
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    codes, sx, zx, xsum = quantize_rows(x2, spec)
+    out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    if m == 0 or n == 0:
+        return out
+    grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
+    with _on(x2.device):
+        _int8_gemm_kernel[grid](codes, w, out, out if bias is None else bias, sx, zx, xsum, sw, zw, qsum, m, n, k,
+                                codes.stride(0), min(triton.next_power_of_2(m), 256), bias is not None,
+                                enable_fp_fusion=False)
+    return out
 
 
 def _on(device: torch.device):
