@@ -120,17 +120,41 @@ def _sylvester_stages(z, P: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr,
 
 
 @triton.jit
+def grid_params(lo, hi, clip, rcp, div, SYM: tl.constexpr, QMAX: tl.constexpr, ON_GPU: tl.constexpr):
+    """Scale and zero point of :func:`rotaquant.quant.quantizer.params_from_range` from groups'
+    ranges ``lo <= 0 <= hi`` (any shape), clipped by ``clip``, in torch's operation order.
+
+    The range is divided by the grid's ``div`` (``QuantSpec.range_divisor``: ``qmax``, or
+    ``(2^b - 1) / 2`` for the full symmetric grid) as torch does it on the same device: on CUDA a
+    tensor divided by a Python number is multiplied by the float32 reciprocal ``rcp``; on CPU it
+    is divided. (``clip > 0`` commutes with the min/max that made ``lo``/``hi``.)
+    """
+    if SYM:
+        rng = tl.maximum(-lo, hi) * clip
+    else:
+        lo = lo * clip
+        rng = hi * clip - lo
+    if ON_GPU:
+        scale = rng * rcp
+    else:
+        scale = tl.math.div_rn(rng, tl.zeros_like(rng) + div)
+    scale = tl.where(scale > 0, scale, 1.0)
+    if SYM:
+        zero = tl.zeros_like(scale)
+    else:
+        zero = tl.minimum(tl.maximum(_rint(tl.math.div_rn(-lo, scale), ON_GPU), 0.0), QMAX)
+    return scale, zero
+
+
+@triton.jit
 def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm, clip,
             rcp, div, R: tl.constexpr, W: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
             QMIN: tl.constexpr, QMAX: tl.constexpr, GP: tl.constexpr, ON_GPU: tl.constexpr):
     """Scale, round and write the transformed tile ``y`` ``[R, W]`` (columns ``col0 + [0, W)``).
 
     MODE 0 writes the transform; MODE 1 the codes and scales (and zero points when asymmetric);
-    MODE 2 the quantize-dequantized values.  Groups are ``GP`` consecutive columns, ``G`` a row.
-    The range is divided by the grid's ``div`` (``QuantSpec.range_divisor``: ``qmax``, or
-    ``(2^b - 1) / 2`` for the full symmetric grid) as torch does it on the same device: on CUDA a
-    tensor divided by a Python number is multiplied by the float32 reciprocal ``rcp``; on CPU it
-    is divided.
+    MODE 2 the quantize-dequantized values.  Groups are ``GP`` consecutive columns, ``G`` a row;
+    their grid is :func:`grid_params`'s.
     """
     cols = col0 + tl.arange(0, W)
     offs = rr.to(tl.int64)[:, None] * stride_o + cols[None, :]
@@ -141,24 +165,9 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
     else:
         NG: tl.constexpr = W // GP
         v = tl.reshape(yq.to(tl.float32), [R, NG, GP])
-        if SYM:
-            amax = tl.max(tl.abs(v), axis=2) * clip
-            if ON_GPU:
-                scale = amax * rcp
-            else:
-                scale = tl.math.div_rn(amax, tl.full([R, NG], div, tl.float32))
-            scale = tl.where(scale > 0, scale, 1.0)
-            zero = tl.zeros([R, NG], tl.float32)
-        else:
-            lo = tl.minimum(tl.min(v, axis=2) * clip, 0.0)
-            hi = tl.maximum(tl.max(v, axis=2) * clip, 0.0)
-            if ON_GPU:
-                scale = (hi - lo) * rcp
-            else:
-                scale = tl.math.div_rn(hi - lo, tl.full([R, NG], div, tl.float32))
-            scale = tl.where(scale > 0, scale, 1.0)
-            zero = _rint(tl.math.div_rn(-lo, scale), ON_GPU)
-            zero = tl.minimum(tl.maximum(zero, 0.0), QMAX)
+        lo = tl.minimum(tl.min(v, axis=2), 0.0)
+        hi = tl.maximum(tl.max(v, axis=2), 0.0)
+        scale, zero = grid_params(lo, hi, clip, rcp, div, SYM, QMAX, ON_GPU)
         q = _rint(tl.math.div_rn(v, scale[:, :, None]), ON_GPU) + zero[:, :, None]
         q = tl.minimum(tl.maximum(q, QMIN), QMAX)
         if MODE == 1:

@@ -16,7 +16,7 @@ sum; ``torch._int_mm`` computes ``acc`` exactly in int32, and the epilogue appli
 Both kernels do the arithmetic of the torch path of
 :meth:`~rotaquant.quant.qlinear.QuantLinear._forward_int8` in the same order, so they give the
 same values: the grid (scale, zero, round half to even, IEEE division, torch's CUDA reciprocal
-for a division by a Python number) is :func:`~rotaquant.kernels.hadamard_triton._finish`'s,
+for a division by a Python number) is :func:`~rotaquant.kernels.hadamard_triton.grid_params`,
 and floating-point contraction (FMA) is disabled so ``acc - zw * xsum`` rounds twice as torch's
 separate kernels do.
 """
@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .hadamard_triton import _rint, grid_divisor
+from .hadamard_triton import _rint, grid_divisor, grid_params
 
 __all__ = ["INT8_GEMM", "MAX_TILE", "int8_epilogue", "int8_gemm_linear", "int8_linear", "quantize_rows"]
 
@@ -67,21 +67,7 @@ def _quant_rows_kernel(x_ptr, codes_ptr, scale_ptr, zero_ptr, sum_ptr, rows, row
         vc = _load_chunk(x_ptr, rows64, stride_x, live, c * BK, K, BK)
         lo = tl.minimum(lo, tl.min(vc, axis=1))
         hi = tl.maximum(hi, tl.max(vc, axis=1))
-    # the grid of quantizer.params_from_range, as hadamard_triton._finish computes it
-    if SYM:
-        rng = tl.maximum(-lo, hi) * clip
-    else:
-        lo = lo * clip
-        rng = hi * clip - lo
-    if ON_GPU:  # torch on CUDA multiplies by the float32 reciprocal of a Python divisor
-        scale = rng * rcp
-    else:
-        scale = tl.math.div_rn(rng, tl.full([R], div, tl.float32))
-    scale = tl.where(scale > 0, scale, 1.0)
-    if SYM:
-        zero = tl.zeros([R], tl.float32)
-    else:
-        zero = tl.minimum(tl.maximum(_rint(tl.math.div_rn(-lo, scale), ON_GPU), 0.0), QMAX)
+    scale, zero = grid_params(lo, hi, clip, rcp, div, SYM, QMAX, ON_GPU)  # quantizer.params_from_range
     # pass 2: codes, shifted by OFF into int8, and their row sums (exact in int32)
     total = tl.zeros([R], tl.int32)
     pad = rr < rows_pad
