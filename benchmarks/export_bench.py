@@ -397,10 +397,13 @@ def run_models(args, device, dtype, part: str) -> list[dict]:
             rotaquant.quantize(model, {"preset": "none", **recipe}, device=device, progress=False)
             with torch.inference_mode():
                 ref = model(probe).logits.float()
-                # how far the fake-quantized model itself moves under 1e-6 relative input noise
-                # (activation codes on rounding ties flip): the floor for any kernel's agreement
+                # how far the fake-quantized model itself moves under input noise of one unit in
+                # the last place of its dtype (smaller noise rounds away in fp16: the H200 run
+                # read 0), as activation codes on rounding ties flip: the floor for any kernel's
+                # agreement
                 emb = model.get_input_embeddings()(probe)
-                noisy = model(inputs_embeds=emb * (1 + 1e-6 * torch.randn_like(emb))).logits.float()
+                eps = torch.finfo(emb.dtype).eps
+                noisy = model(inputs_embeds=emb * (1 + eps * torch.randn_like(emb))).logits.float()
                 row["fq_noise_floor_rel"] = ((noisy - ref).abs().max() / ref.abs().max()).item()
                 del noisy, emb
             if real:
