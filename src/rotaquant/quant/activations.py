@@ -20,7 +20,7 @@ from ..models.architecture import ArchitectureSpec, decoder_layers, per_head_inp
 from ..rotation.matrices import config_dim
 from ..stages import add_input_stage
 from .layerwise import selected_linears
-from .quantizer import ActQuantizer, QuantSpec
+from .quantizer import ActQuantizer, QuantSpec, SharedResult
 
 logger = logging.getLogger(__name__)
 STAGE = "a_quant"
@@ -52,12 +52,32 @@ def add_activation_quantizers(model: nn.Module, spec: QuantSpec, arch: Architect
         return 0
     heads = {name for name, _ in per_head_input_linears(model, arch)} if per_head else set()
     head_dim = config_dim(model.config, arch.head_dim) if heads else None
-    count = 0
+    quantizers = {}
     for name, module in layer_linears(model, arch, skip):
         s = head_spec(spec, head_dim) if name in heads else spec
         if s.group_size is not None and module.in_features % s.group_size:
             raise ConfigError(f"{name}: a_groupsize {s.group_size} does not divide its input size {module.in_features}")
-        add_input_stage(module, STAGE, ActQuantizer(s, ste=ste), replace=True)
-        count += 1
-    logger.info("activation quantizers on %d linears (%s%s)", count, spec, ", per head at o_proj" if heads else "")
-    return count
+        quantizers[name] = ActQuantizer(s, ste=ste)
+        add_input_stage(module, STAGE, quantizers[name], replace=True)
+    share_group_inputs(model, arch, quantizers)
+    logger.info("activation quantizers on %d linears (%s%s)", len(quantizers), spec,
+                ", per head at o_proj" if heads else "")
+    return len(quantizers)
+
+
+def share_group_inputs(model: nn.Module, arch: ArchitectureSpec, quantizers: dict[str, ActQuantizer]) -> int:
+    """Let the quantizers of each layer's linears that read one input (the spec's GPTQ groups:
+    q/k/v, gate/up) with one spec compute it once (:class:`SharedResult`; checked per call by
+    tensor identity, so a group whose inputs differ still quantizes each). Returns how many
+    groups share."""
+    prefix, layers = decoder_layers(model, arch)
+    shared = 0
+    for i in range(len(layers)):
+        for group in arch.gptq_groups:
+            members = [quantizers[f"{prefix}.{i}.{n}"] for n in group if f"{prefix}.{i}.{n}" in quantizers]
+            if len(members) > 1 and all(q.spec == members[0].spec for q in members):
+                holder = SharedResult(len(members))
+                for q in members:
+                    q.shared = holder
+                shared += 1
+    return shared

@@ -354,6 +354,32 @@ def ste_quantizer(mode: str | bool):
     raise ConfigError(f"unknown straight-through mode {mode!r}; use 'identity' or 'scale'")
 
 
+class SharedResult:
+    """One quantized result for several quantizer stages that run one after another on the very
+    same input tensor (q/k/v, or gate/up, quantizing one normed hidden state): the first computes
+    and keeps it, the other ``users - 1`` take it; then it is released. A different tensor, or the
+    same one modified in place since (its version counter moved), is computed afresh."""
+
+    def __init__(self, users: int):
+        self.users = users
+        self._release()
+
+    def _release(self) -> None:
+        self.x = self.out = self.version = None
+        self.left = 0
+
+    def get(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.left and x is self.x and x._version == self.version:
+            out, self.left = self.out, self.left - 1
+            if not self.left:
+                self._release()
+            return out
+        return None
+
+    def put(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        self.x, self.out, self.version, self.left = x, out, x._version, self.users - 1
+
+
 class ActQuantizer(Stage):
     """Dynamic fake quantizer for activations and the KV cache, over the last dimension.
 
@@ -375,12 +401,19 @@ class ActQuantizer(Stage):
         self.spec = spec
         self.ste = ste if isinstance(ste, str) else bool(ste)
         self._fq = ste_quantizer(ste) if ste else fake_quantize
+        self.shared: SharedResult | None = None  # set for quantizers of one shared input (same spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantize ``x`` per row of its last dim (or per group)."""
         if not self.spec.enabled:
             return x
-        return self._fq(x, self.spec)
+        if self.shared is None or x.requires_grad:
+            return self._fq(x, self.spec)
+        out = self.shared.get(x)
+        if out is None:
+            out = self._fq(x, self.spec)
+            self.shared.put(x, out)
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.spec}, ste={self.ste}"
