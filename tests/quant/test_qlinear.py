@@ -123,3 +123,34 @@ def test_w4triton_matches_reference(out_f, in_f, dtype):
                 assert _rel(got, ref) <= 2e-3, (spec, rows, _rel(got, ref))
             else:  # bit-identical weights, the same cuBLAS call
                 assert torch.equal(got, ref), (spec, rows, _rel(got, ref))
+
+
+@pytest.mark.parametrize("kernel", ["auto", "reference"])
+def test_reloaded_siblings_quantize_their_shared_input_once(kernel, tmp_path, monkeypatch):
+    """q/k/v (and gate/up) of a reloaded W8A8 checkpoint quantize their common input once per
+    call, with the same logits as when each quantizes it."""
+    import rotaquant
+    import rotaquant.quant.qlinear as ql
+    from tests.conftest import tiny_model
+
+    model = tiny_model("llama")
+    rotaquant.quantize(model, {"w_bits": 8, "a_bits": 8, "preset": "none", "rotate": False}, progress=False)
+    rotaquant.export(model, None, tmp_path / "q")
+    q, _ = rotaquant.load_model(tmp_path / "q", dtype="float32", device="cpu", kernel=kernel)
+    linears = [m for m in q.modules() if isinstance(m, QuantLinear)]
+    assert sum(m.shared_act is not None for m in linears) == 5 * q.config.num_hidden_layers
+    calls = []
+    for name in ("int8_quantize_torch", "fake_quantize"):
+        real = getattr(ql, name)
+        monkeypatch.setattr(ql, name, lambda *a, _real=real, **kw: calls.append(1) or _real(*a, **kw))
+    ids = torch.randint(0, q.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        shared = q(ids).logits
+    n_shared = len(calls)
+    for m in linears:
+        m.shared_act = None
+    calls.clear()
+    with torch.no_grad():
+        separate = q(ids).logits
+    assert torch.equal(shared, separate)
+    assert len(calls) - n_shared == 3 * q.config.num_hidden_layers

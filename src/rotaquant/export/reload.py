@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
-from ..quant.qlinear import QuantLinear, set_kernels
+from ..quant.qlinear import QuantLinear, set_kernels, share_inputs
 from ..quant.quantizer import QuantSpec
 from .compressed import EXPORT_KIND, ct_offset
 from .stages_io import (
@@ -150,6 +150,23 @@ def _empty_model(folder: Path, dtype: torch.dtype, attn_implementation: str | No
     return model
 
 
+def _input_groups(model: nn.Module) -> list[list[str]]:
+    """Full names of each decoder layer's linears that read one input (the architecture spec's
+    GPTQ groups: q/k/v, gate/up); none when the architecture is not known."""
+    from ..models.architecture import decoder_layers
+    from ..rotation.registry import lookup
+
+    try:
+        arch = lookup(model).config.architecture
+        prefix, layers = decoder_layers(model, arch)
+    except Exception as exc:  # sharing is an optimisation: without the spec every linear quantizes its input
+        logger.info("no input sharing between linears (%s)", exc)
+        return []
+    names = {n for n, _ in model.named_modules()}
+    return [[f"{prefix}.{i}.{n}" for n in group if f"{prefix}.{i}.{n}" in names]
+            for i in range(len(layers)) for group in arch.gptq_groups]
+
+
 def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                    kernel: str = "auto", attn_implementation: str | None = "sdpa"):
     """``(model, tokenizer)`` from a rotaquant compressed-tensors export.
@@ -237,6 +254,7 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, devic
         if isinstance(module, QuantLinear) and module.bias is not None:
             module.bias.data = module.bias.data.to(dtype)
     counts = set_kernels(model, kernel)
+    share_inputs(model, _input_groups(model))
     logger.info("loaded %s: %s", folder, ", ".join(f"{v} linears on {k}" for k, v in counts.items()))
     tokenizer = None
     if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():

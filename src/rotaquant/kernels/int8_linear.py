@@ -32,7 +32,7 @@ import triton.language as tl
 
 from .hadamard_triton import _rint, grid_divisor, grid_params
 
-__all__ = ["INT8_GEMM", "MAX_TILE", "int8_epilogue", "int8_gemm_linear", "int8_linear", "quantize_rows"]
+__all__ = ["INT8_GEMM", "MAX_TILE", "int8_epilogue", "int8_linear", "int8_quantize", "quantize_rows"]
 
 MAX_TILE = 16384  # widest row a program holds in registers (read once); wider rows: chunks, read twice
 CHUNK = 8192  # chunk width for rows wider than MAX_TILE
@@ -208,37 +208,41 @@ def int8_epilogue(acc: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, xsum: t
     return out
 
 
-def int8_linear(x2: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, qsum: torch.Tensor,
-                spec, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x2 @ W^T (+ bias)`` for CUDA ``x2`` ``[M, K]``, ``W = (w - zw) * sw`` given by int8 codes
-    ``w`` ``[N, K]`` and float32 ``sw``/``zw``/``qsum = w.sum(1)`` ``[N]``, the activations
-    quantized per row on ``spec``'s grid; returns ``[M, N]`` in ``x2``'s dtype."""
-    if INT8_GEMM == "triton":
-        return int8_gemm_linear(x2, w, sw, zw, qsum, spec, bias)
-    m, k = x2.shape
+def int8_quantize(x2: torch.Tensor, spec) -> tuple[torch.Tensor, ...]:
+    """:func:`quantize_rows` of ``x2`` as :func:`int8_linear` needs it (padded to the 32 rows
+    ``torch._int_mm`` needs on CUDA for few rows), to share among linears of one input."""
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    # torch._int_mm on CUDA needs more than 16 rows: quantize into a zero-padded 32-row buffer
-    codes, sx, zx, xsum = quantize_rows(x2, spec, rows_pad=32 if m <= 16 else m)
+    m = x2.shape[0]
+    return quantize_rows(x2, spec, rows_pad=32 if m <= 16 and INT8_GEMM != "triton" else m)
+
+
+def int8_linear(x2: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, qsum: torch.Tensor,
+                spec, bias: torch.Tensor | None = None, quantized: tuple | None = None) -> torch.Tensor:
+    """``x2 @ W^T (+ bias)`` for CUDA ``x2`` ``[M, K]``, ``W = (w - zw) * sw`` given by int8 codes
+    ``w`` ``[N, K]`` and float32 ``sw``/``zw``/``qsum = w.sum(1)`` ``[N]``, the activations
+    quantized per row on ``spec``'s grid (or ``quantized``: :func:`int8_quantize` of ``x2`` done
+    before); returns ``[M, N]`` in ``x2``'s dtype."""
+    m, k = x2.shape
+    codes, sx, zx, xsum = quantized if quantized is not None else int8_quantize(x2, spec)
+    if INT8_GEMM == "triton":
+        return _fused_gemm(codes, sx, zx, xsum, m, w, sw, zw, qsum, x2.dtype, bias)
+    if m <= 16 and codes.shape[0] < 32:  # torch._int_mm on CUDA needs more than 16 rows
+        codes = torch.nn.functional.pad(codes, (0, 0, 0, 32 - codes.shape[0]))
     acc = torch._int_mm(codes, w.t())
     return int8_epilogue(acc, sx, zx, xsum, sw, zw, qsum, k, x2.dtype, bias)
 
 
-def int8_gemm_linear(x2: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, qsum: torch.Tensor,
-                     spec, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`int8_linear` with the GEMM and the epilogue in one Triton kernel (int8 tensor cores,
-    int32 accumulation, so the same values): no int32 ``[M, N]`` round trip through memory and no
-    padding of small ``M``. Selected by ``INT8_GEMM = "triton"``, ``torch._int_mm`` otherwise."""
-    m, k = x2.shape
-    n = w.shape[0]
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    codes, sx, zx, xsum = quantize_rows(x2, spec)
-    out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+def _fused_gemm(codes, sx, zx, xsum, m, w, sw, zw, qsum, dtype, bias) -> torch.Tensor:
+    """The GEMM and the epilogue in one Triton kernel (int8 tensor cores, int32 accumulation, so
+    the same values as ``torch._int_mm`` + :func:`int8_epilogue`): no int32 ``[M, N]`` round trip
+    through memory and no padding of small ``M``. Used when ``INT8_GEMM = "triton"``."""
+    n, k = w.shape
+    out = torch.empty(m, n, dtype=dtype, device=codes.device)
     if m == 0 or n == 0:
         return out
     grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
-    with _on(x2.device):
+    with _on(codes.device):
         _int8_gemm_kernel[grid](codes, w, out, out if bias is None else bias, sx, zx, xsum, sw, zw, qsum, m, n, k,
                                 codes.stride(0), min(triton.next_power_of_2(m), 256), bias is not None,
                                 enable_fp_fusion=False)

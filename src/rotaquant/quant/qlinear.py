@@ -39,7 +39,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .quantizer import QuantSpec, fake_quantize, quant_params, quantize_to_int, to_groups
+from .quantizer import (
+    QuantSpec,
+    SharedResult,
+    fake_quantize,
+    quant_params,
+    quantize_to_int,
+    to_groups,
+)
 
 KERNELS = ("auto", "reference", "int4mm", "int8mm", "fp8mm", "w4triton")
 _TRITON_ROWS = 16  # w4triton's Triton kernel serves up to this many rows, tinygemm the rest
@@ -91,6 +98,7 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.kernel = "reference"
         self._packed: dict[str, torch.Tensor] = {}
+        self.shared_act: SharedResult | None = None  # one quantized input for q/k/v, gate/up (share_inputs)
 
     # -- weights ------------------------------------------------------------------------------
     def int_codes(self) -> torch.Tensor:
@@ -225,7 +233,7 @@ class QuantLinear(nn.Module):
             y = self._forward_int4(x)
         else:
             if self.act_spec is not None:
-                x = fake_quantize(x, self.act_spec)
+                x = self._shared(x, lambda t: fake_quantize(t, self.act_spec))
             y = F.linear(x, self.dequantize(x.dtype))
             return y if self.bias is None else y + self.bias
         return y if self.bias is None else y + self.bias.to(y.dtype)
@@ -249,15 +257,27 @@ class QuantLinear(nn.Module):
             y = F.linear(x2, w4_dequantize(self._packed["tri"], self.spec.group_size, x.dtype))
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def _shared(self, x: torch.Tensor, quantize):
+        """``quantize(x)``, or the result a sibling linear computed from the very same ``x``."""
+        if self.shared_act is None or x.requires_grad:
+            return quantize(x)
+        out = self.shared_act.get(x)
+        if out is None:
+            out = quantize(x)
+            self.shared_act.put(x, out)
+        return out
+
     def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
         p, x2 = self._packed, x.reshape(-1, self.in_features)
         args = (p["w"], p["sw"], p["zw"], p["qsum"], self.act_spec, self.bias)
         if _int8_triton_applies(x2):  # the same values in two passes around _int_mm (see the kernels)
-            from ..kernels.int8_linear import int8_linear
+            from ..kernels.int8_linear import int8_linear, int8_quantize
 
-            y = int8_linear(x2, *args)
+            q = self._shared(x, lambda t: int8_quantize(t.reshape(-1, self.in_features), self.act_spec))
+            y = int8_linear(x2, *args, quantized=q)
         else:
-            y = int8_linear_torch(x2, *args)
+            q = self._shared(x, lambda t: int8_quantize_torch(t.reshape(-1, self.in_features), self.act_spec))
+            y = int8_linear_torch(x2, *args, quantized=q)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _forward_fp8(self, x: torch.Tensor) -> torch.Tensor:
@@ -315,15 +335,32 @@ def int8_epilogue_torch(acc: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, x
 
 
 def int8_linear_torch(x2: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, qsum: torch.Tensor,
-                      spec: QuantSpec, bias: torch.Tensor | None = None) -> torch.Tensor:
+                      spec: QuantSpec, bias: torch.Tensor | None = None, quantized: tuple | None = None) -> torch.Tensor:
     """int8mm in torch ops (the reference and the CPU path); arguments as
-    :func:`rotaquant.kernels.int8_linear.int8_linear`."""
-    xq, sx, zx, xsum = int8_quantize_torch(x2, spec)
+    :func:`rotaquant.kernels.int8_linear.int8_linear` (``quantized``: ``int8_quantize_torch(x2,
+    spec)`` computed before, e.g. by a linear that reads the same input)."""
+    xq, sx, zx, xsum = quantized if quantized is not None else int8_quantize_torch(x2, spec)
     m = xq.shape[0]
     if xq.is_cuda and m <= 16:  # _int_mm on CUDA needs more than 16 rows
         xq = F.pad(xq, (0, 0, 0, 32 - m))
     acc = torch._int_mm(xq, w.t())[:m]
     return int8_epilogue_torch(acc, sx, zx, xsum, sw, zw, qsum, x2.shape[1], x2.dtype, bias)
+
+
+def share_inputs(model: nn.Module, groups: list[list[str]]) -> int:
+    """Let the QuantLinears named by each group (full module names; e.g. a layer's q/k/v) that
+    quantize their input with one spec do it once per call (:class:`SharedResult`, checked by
+    tensor identity, so siblings fed different tensors still quantize each). Mutates them;
+    returns how many groups share."""
+    shared = 0
+    for names in groups:
+        members = [m for n in names if isinstance(m := model.get_submodule(n), QuantLinear) and m.act_spec is not None]
+        if len(members) > 1 and all(m.act_spec == members[0].act_spec for m in members):
+            holder = SharedResult(len(members))
+            for m in members:
+                m.shared_act = holder
+            shared += 1
+    return shared
 
 
 def set_kernels(model: nn.Module, kernel: str = "auto") -> dict[str, int]:
