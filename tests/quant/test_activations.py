@@ -65,3 +65,15 @@ def test_shared_result_checks_identity_and_version_and_releases():
     assert not torch.equal(c(z), y2)  # another tensor is quantized afresh
     grad_x = torch.randn(4, 16, requires_grad=True)
     assert a(grad_x) is not b(grad_x)  # no sharing with autograd (rotation learning)
+
+
+def test_sharing_under_inference_mode():
+    """Inference tensors have no version counter: generation runs under torch.inference_mode."""
+    model = tiny_model("llama")
+    rotaquant.quantize(model, W4A4KV4, progress=False)
+    ids = torch.randint(0, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        got = model(ids).logits
+    with torch.no_grad():
+        ref = model(ids).logits
+    assert torch.equal(got, ref)

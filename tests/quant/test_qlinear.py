@@ -144,7 +144,7 @@ def test_reloaded_siblings_quantize_their_shared_input_once(kernel, tmp_path, mo
         real = getattr(ql, name)
         monkeypatch.setattr(ql, name, lambda *a, _real=real, **kw: calls.append(1) or _real(*a, **kw))
     ids = torch.randint(0, q.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.inference_mode():  # as generation runs it: inference tensors keep no version counter
         shared = q(ids).logits
     n_shared = len(calls)
     for m in linears:

@@ -358,7 +358,9 @@ class SharedResult:
     """One quantized result for several quantizer stages that run one after another on the very
     same input tensor (q/k/v, or gate/up, quantizing one normed hidden state): the first computes
     and keeps it, the other ``users - 1`` take it; then it is released. A different tensor, or the
-    same one modified in place since (its version counter moved), is computed afresh."""
+    same one modified in place since (its version counter moved), is computed afresh. Tensors
+    made under ``torch.inference_mode`` keep no version counter: for them identity alone decides
+    (the model code between sibling linears does not modify their input in place)."""
 
     def __init__(self, users: int):
         self.users = users
@@ -368,8 +370,12 @@ class SharedResult:
         self.x = self.out = self.version = None
         self.left = 0
 
+    @staticmethod
+    def _version(x: torch.Tensor) -> int | None:
+        return None if x.is_inference() else x._version
+
     def get(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.left and x is self.x and x._version == self.version:
+        if self.left and x is self.x and self._version(x) == self.version:
             out, self.left = self.out, self.left - 1
             if not self.left:
                 self._release()
@@ -377,7 +383,7 @@ class SharedResult:
         return None
 
     def put(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        self.x, self.out, self.version, self.left = x, out, x._version, self.users - 1
+        self.x, self.out, self.version, self.left = x, out, self._version(x), self.users - 1
 
 
 class ActQuantizer(Stage):
