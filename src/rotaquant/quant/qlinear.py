@@ -49,7 +49,7 @@ from .quantizer import (
 )
 
 KERNELS = ("auto", "reference", "int4mm", "int8mm", "fp8mm", "w4triton")
-_TRITON_ROWS = 16  # w4triton's Triton kernel serves up to this many rows, tinygemm the rest
+_TRITON_ROWS = 16  # w4triton's matmul kernel serves up to this many rows; dequantization + cuBLAS the rest
 _INT4_GROUPS = (256, 128, 64, 32)
 
 
@@ -261,11 +261,7 @@ class QuantLinear(nn.Module):
         """``quantize(x)``, or the result a sibling linear computed from the very same ``x``."""
         if self.shared_act is None or x.requires_grad:
             return quantize(x)
-        out = self.shared_act.get(x)
-        if out is None:
-            out = quantize(x)
-            self.shared_act.put(x, out)
-        return out
+        return self.shared_act.compute(x, quantize)
 
     def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
         p, x2 = self._packed, x.reshape(-1, self.in_features)

@@ -385,6 +385,14 @@ class SharedResult:
     def put(self, x: torch.Tensor, out: torch.Tensor) -> None:
         self.x, self.out, self.version, self.left = x, out, self._version(x), self.users - 1
 
+    def compute(self, x: torch.Tensor, fn):
+        """``fn(x)``, or the result kept from a sibling's call on the very same ``x``."""
+        out = self.get(x)
+        if out is None:
+            out = fn(x)
+            self.put(x, out)
+        return out
+
 
 class ActQuantizer(Stage):
     """Dynamic fake quantizer for activations and the KV cache, over the last dimension.
@@ -415,11 +423,7 @@ class ActQuantizer(Stage):
             return x
         if self.shared is None or x.requires_grad:
             return self._fq(x, self.spec)
-        out = self.shared.get(x)
-        if out is None:
-            out = self._fq(x, self.spec)
-            self.shared.put(x, out)
-        return out
+        return self.shared.compute(x, lambda t: self._fq(t, self.spec))
 
     def extra_repr(self) -> str:
         return f"{self.spec}, ste={self.ste}"
