@@ -12,7 +12,7 @@
 #   check    GPU kernel tests (GPTQ/W4A16/int8/fake-quant kernels vs their torch references)
 #   speed    pipeline_bench eval + learn with op profiles, and the 7B-layer GPTQ section
 #   export   export_bench: the LLaMA-7B layer's linears, the 7B-shaped model, SmolLM2
-#   seeds    seed_sweep default-random (3 seeds) and the llm-compressor parity rows
+#   seeds    recipe_variants auto vs auto+clip (3 seeds), the llm-compressor parity rows
 #   learned  seed_sweep default-learned, the three seeds as concurrent processes
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,7 +46,11 @@ for part in "$@"; do
     export)
       step export 420 python3 benchmarks/export_bench.py --model "$RQ_MODEL" --json "$dir/export_bench.json" ;;
     seeds)
-      step seeds 420 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-random \
+      for s in 0 1 2; do  # the clipping variant that helped on CPU (34.31 vs 36.xx), over 3 seeds
+        step clip_$s 120 python3 benchmarks/recipe_variants.py --model "$RQ_MODEL" --device cuda \
+          --variants auto auto+clip --seed $s --json "$dir/clip_$s.json"
+      done
+      step seeds 420 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows \
         llmc-rtn-restricted llmc-rtn-full llmc-w4a16 llmc-w4a16-restricted --out-dir "$dir" \
         --json "$dir/seed_sweep.json" ;;
     learned)
