@@ -301,17 +301,17 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None =
             return out
     xg = to_groups(x, spec)
     if scale is None:
-        scale, zero = quant_params(x, spec)
-    elif zero is None:
-        zero = torch.zeros_like(scale)
-    for name, t in (("scale", scale), ("zero", zero)):
-        try:
-            ok = torch.broadcast_shapes(xg.shape, t.shape) == xg.shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"{name} of shape {tuple(t.shape)} does not broadcast against the grouped "
-                              f"input of shape {tuple(xg.shape)}")
+        scale, zero = quant_params(x, spec)  # shaped for xg by construction
+    else:
+        zero = torch.zeros_like(scale) if zero is None else zero
+        for name, t in (("scale", scale), ("zero", zero)):  # caller-given parameters: check their shape
+            try:
+                ok = torch.broadcast_shapes(xg.shape, t.shape) == xg.shape
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"{name} of shape {tuple(t.shape)} does not broadcast against the grouped "
+                                  f"input of shape {tuple(xg.shape)}")
     out = quantize_dequantize(xg, scale, zero, spec)
     return out.reshape(x.shape).to(x.dtype)
 
