@@ -27,7 +27,7 @@ export RQ_COMMIT=${RQ_COMMIT:-}
 t0=$(date +%s)
 step() {  # step NAME SECONDS COMMAND...: run with a timeout, log to the part's folder
   local name=$1 secs=$2; shift 2
-  timeout -s INT "$secs" "$@" > "$dir/$name.log" 2>&1
+  timeout -s INT -k 20 "$secs" "$@" > "$dir/$name.log" 2>&1
   echo "$name rc=$? at $(( $(date +%s) - t0 )) s"
   grep -v "Loading weights\|Converting\|it/s\]" "$dir/$name.log" | tail -15 | cut -c1-300
 }
