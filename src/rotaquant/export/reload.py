@@ -151,20 +151,16 @@ def _empty_model(folder: Path, dtype: torch.dtype, attn_implementation: str | No
 
 
 def _input_groups(model: nn.Module) -> list[list[str]]:
-    """Full names of each decoder layer's linears that read one input (the architecture spec's
-    GPTQ groups: q/k/v, gate/up); none when the architecture is not known."""
-    from ..models.architecture import decoder_layers
+    """:func:`~rotaquant.models.architecture.input_groups` of the model's registered architecture;
+    none when it is not known."""
+    from ..models.architecture import input_groups
     from ..rotation.registry import lookup
 
     try:
-        arch = lookup(model).config.architecture
-        prefix, layers = decoder_layers(model, arch)
+        return input_groups(model, lookup(model).config.architecture)
     except Exception as exc:  # sharing is an optimisation: without the spec every linear quantizes its input
         logger.info("no input sharing between linears (%s)", exc)
         return []
-    names = {n for n, _ in model.named_modules()}
-    return [[f"{prefix}.{i}.{n}" for n in group if f"{prefix}.{i}.{n}" in names]
-            for i in range(len(layers)) for group in arch.gptq_groups]
 
 
 def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",

@@ -81,6 +81,15 @@ def decoder_layers(model: nn.Module, arch: ArchitectureSpec) -> tuple[str, nn.Mo
     return arch.layers, layers
 
 
+def input_groups(model: nn.Module, arch: ArchitectureSpec) -> list[list[str]]:
+    """Full names of each decoder layer's linears that read one input (the spec's GPTQ groups:
+    q/k/v, gate/up); names the model lacks are left out."""
+    prefix, layers = decoder_layers(model, arch)
+    names = {n for n, _ in model.named_modules()}
+    return [[f"{prefix}.{i}.{n}" for n in group if f"{prefix}.{i}.{n}" in names]
+            for i in range(len(layers)) for group in arch.gptq_groups]
+
+
 def attention_modules(model: nn.Module, arch: ArchitectureSpec) -> list[tuple[str, nn.Module]]:
     """``(full name, attention module)`` of every decoder layer that has one.
 

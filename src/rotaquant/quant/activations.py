@@ -16,11 +16,16 @@ import logging
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.architecture import ArchitectureSpec, decoder_layers, per_head_input_linears
+from ..models.architecture import (
+    ArchitectureSpec,
+    decoder_layers,
+    input_groups,
+    per_head_input_linears,
+)
 from ..rotation.matrices import config_dim
 from ..stages import add_input_stage
 from .layerwise import selected_linears
-from .quantizer import ActQuantizer, QuantSpec, SharedResult
+from .quantizer import ActQuantizer, QuantSpec, share_result
 
 logger = logging.getLogger(__name__)
 STAGE = "a_quant"
@@ -66,18 +71,12 @@ def add_activation_quantizers(model: nn.Module, spec: QuantSpec, arch: Architect
 
 
 def share_group_inputs(model: nn.Module, arch: ArchitectureSpec, quantizers: dict[str, ActQuantizer]) -> int:
-    """Let the quantizers of each layer's linears that read one input (the spec's GPTQ groups:
+    """Let the quantizers of each layer's linears that read one input (:func:`input_groups`:
     q/k/v, gate/up) with one spec compute it once (:class:`SharedResult`; checked per call by
     tensor identity, so a group whose inputs differ still quantizes each). Returns how many
     groups share."""
-    prefix, layers = decoder_layers(model, arch)
     shared = 0
-    for i in range(len(layers)):
-        for group in arch.gptq_groups:
-            members = [quantizers[f"{prefix}.{i}.{n}"] for n in group if f"{prefix}.{i}.{n}" in quantizers]
-            if len(members) > 1 and all(q.spec == members[0].spec for q in members):
-                holder = SharedResult(len(members))
-                for q in members:
-                    q.shared = holder
-                shared += 1
+    for names in input_groups(model, arch):
+        members = [quantizers[n] for n in names if n in quantizers]
+        shared += share_result(members, [q.spec for q in members], "shared")
     return shared

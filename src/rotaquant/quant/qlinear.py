@@ -45,6 +45,7 @@ from .quantizer import (
     fake_quantize,
     quant_params,
     quantize_to_int,
+    share_result,
     to_groups,
 )
 
@@ -348,14 +349,11 @@ def share_inputs(model: nn.Module, groups: list[list[str]]) -> int:
     quantize their input with one spec do it once per call (:class:`SharedResult`, checked by
     tensor identity, so siblings fed different tensors still quantize each). Mutates them;
     returns how many groups share."""
+    modules = dict(model.named_modules())
     shared = 0
     for names in groups:
-        members = [m for n in names if isinstance(m := model.get_submodule(n), QuantLinear) and m.act_spec is not None]
-        if len(members) > 1 and all(m.act_spec == members[0].act_spec for m in members):
-            holder = SharedResult(len(members))
-            for m in members:
-                m.shared_act = holder
-            shared += 1
+        members = [m for n in names if isinstance(m := modules.get(n), QuantLinear) and m.act_spec is not None]
+        shared += share_result(members, [m.act_spec for m in members], "shared_act")
     return shared
 
 

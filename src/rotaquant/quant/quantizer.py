@@ -394,6 +394,17 @@ class SharedResult:
         return out
 
 
+def share_result(members: list, specs: list[QuantSpec], attr: str) -> bool:
+    """Give ``members`` (the quantizers of one input) one :class:`SharedResult` in their attribute
+    ``attr`` when there are several and their ``specs`` agree; returns whether they share."""
+    if len(members) < 2 or any(spec != specs[0] for spec in specs):
+        return False
+    holder = SharedResult(len(members))
+    for member in members:
+        setattr(member, attr, holder)
+    return True
+
+
 class ActQuantizer(Stage):
     """Dynamic fake quantizer for activations and the KV cache, over the last dimension.
 
