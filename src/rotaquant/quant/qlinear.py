@@ -268,14 +268,12 @@ class QuantLinear(nn.Module):
         p, x2 = self._packed, x.reshape(-1, self.in_features)
         args = (p["w"], p["sw"], p["zw"], p["qsum"], self.act_spec, self.bias)
         if _int8_triton_applies(x2):  # the same values in two passes around _int_mm (see the kernels)
-            from ..kernels.int8_linear import int8_linear, int8_quantize
-
-            q = self._shared(x, lambda t: int8_quantize(t.reshape(-1, self.in_features), self.act_spec))
-            y = int8_linear(x2, *args, quantized=q)
+            from ..kernels.int8_linear import int8_linear as linear
+            from ..kernels.int8_linear import int8_quantize as quantize
         else:
-            q = self._shared(x, lambda t: int8_quantize_torch(t.reshape(-1, self.in_features), self.act_spec))
-            y = int8_linear_torch(x2, *args, quantized=q)
-        return y.reshape(*x.shape[:-1], self.out_features)
+            linear, quantize = int8_linear_torch, int8_quantize_torch
+        q = self._shared(x, lambda t: quantize(t.reshape(-1, self.in_features), self.act_spec))
+        return linear(x2, *args, quantized=q).reshape(*x.shape[:-1], self.out_features)
 
     def _forward_fp8(self, x: torch.Tensor) -> torch.Tensor:
         spec, shape = self.act_spec, x.shape
