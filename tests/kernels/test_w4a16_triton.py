@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rotaquant.kernels import w4a16_gemv
-from rotaquant.quant.qlinear import QuantLinear
-from rotaquant.quant.quantizer import QuantSpec, quant_params, quantize_to_int, to_groups
+from rotaquant.quant.quantizer import QuantSpec
+from tests.quant.test_qlinear import make_layer
 
 from .triton_env import DEVICE, INTERPRET, ON_GPU, TRITON_MARKS
 
@@ -23,12 +23,7 @@ SPECS = {
 
 
 def _layer(out_f, in_f, spec, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(out_f, in_f, generator=g) * 0.02
-    w[:, :3] *= 20
-    scale, zero = quant_params(w, spec)
-    codes = quantize_to_int(to_groups(w, spec), scale, zero, spec).reshape(w.shape)
-    layer = QuantLinear(codes, scale[..., 0], zero[..., 0], spec)
+    layer, _ = make_layer(out_f, in_f, spec, seed=seed)
     ops = w4a16_gemv.pack_w4(layer.int_codes(), layer.scale, layer.zero)
     return layer, {k: v.to(DEVICE) for k, v in ops.items()}
 
