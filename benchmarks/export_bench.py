@@ -156,27 +156,27 @@ class GemmOnly(nn.Module):
 
     def __init__(self, w: torch.Tensor, kind: str):
         super().__init__()
-        self.kind = kind
-        amax = w.abs().amax(1, keepdim=True).clamp_min(1e-8)
-        if kind == "int8":
-            self.w = torch.round(w / amax * 127).to(torch.int8)
-        else:
-            self.w = (w / amax * 448).to(torch.float8_e4m3fn)
-            self.sw = (amax / 448).reshape(1, -1).float()
-        self.inputs: dict[tuple, torch.Tensor] = {}
+        self.spec = QuantSpec(bits=8, type="int" if kind == "int8" else "float")
+        self.w, sw = self._quantize(w)
+        self.sw = sw.reshape(1, -1)
+        self.inputs: dict[tuple, tuple] = {}
+
+    def _quantize(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row codes (int8, or float8_e4m3fn) and float32 scales ``[rows, 1]`` by the project's quantizer."""
+        scale, zero = quant_params(t, self.spec)
+        codes = quantize_to_int(to_groups(t, self.spec), scale, zero, self.spec).reshape(t.shape)
+        return (codes.to(torch.int8) if self.spec.type == "int" else codes), scale.reshape(-1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key = tuple(x.shape)
         if key not in self.inputs:  # quantized once, outside the timed graph's warm-up
-            amax = x.abs().amax(-1, keepdim=True).clamp_min(1e-8)
-            if self.kind == "int8":
-                xq = torch.round(x / amax * 127).to(torch.int8)
-                self.inputs[key] = torch.nn.functional.pad(xq, (0, 0, 0, max(0, 32 - xq.shape[0])))
-            else:
-                self.inputs[key] = ((x / amax * 448).to(torch.float8_e4m3fn), (amax / 448).float())
-        if self.kind == "int8":
-            return torch._int_mm(self.inputs[key], self.w.t())
+            xq, sx = self._quantize(x)
+            if self.spec.type == "int":  # torch._int_mm on CUDA needs more than 16 rows
+                xq = torch.nn.functional.pad(xq, (0, 0, 0, max(0, 32 - xq.shape[0])))
+            self.inputs[key] = (xq, sx)
         xq, sx = self.inputs[key]
+        if self.spec.type == "int":
+            return torch._int_mm(xq, self.w.t())
         return torch._scaled_mm(xq, self.w.t(), scale_a=sx, scale_b=self.sw, out_dtype=torch.bfloat16)
 
 
