@@ -15,6 +15,7 @@ and fall back to the torch reference otherwise, so callers never branch on the d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 
@@ -33,6 +34,14 @@ __all__ = [
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_SYLVESTER_BITS = 14  # 2**k up to 16384 (two in-register factors of at most 128)
 MAX_CORE = 1024  # padded core order the kernel handles (m up to 1024: 924 = Paley II of 461)
+
+
+def on_device(device: torch.device):
+    """Context for a Triton launch on ``device``: Triton launches on the current CUDA device, so
+    make it ``device``'s when it is another GPU (nothing to do for CPU tensors: the interpreter)."""
+    if device.type != "cuda" or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 @functools.cache

@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from rotaquant.kernels import on_device
 from rotaquant.kernels.fake_quant import rows_view
 from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, sylvester
 
@@ -382,11 +383,8 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
         key = (plan, x2.dtype, mode, sym, qmin, qmax, gp, groups, rows >= 2**31, x2.stride(0) >= 2**31)
         grid = (triton.cdiv(rows, plan.R), plan.blocks)
         ptrs = (x2, out, core, codes, scale, zero)
-        if _INTERPRET or x2.device.index == torch.cuda.current_device():
+        with on_device(x2.device):  # Triton loads and launches kernels on the current device
             _launch_kernel(grid, args, plan.num_warps, ptrs, key)
-        else:  # Triton loads and launches kernels on the current device
-            with torch.cuda.device(x2.device):
-                _launch_kernel(grid, args, plan.num_warps, ptrs, key)
     if mode == 1:
         return codes, scale, zero
     return (out,)

@@ -23,13 +23,13 @@ separate kernels do.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from . import on_device
 from .hadamard_triton import _rint, grid_divisor, grid_params
 
 __all__ = ["INT8_GEMM", "MAX_TILE", "int8_epilogue", "int8_linear", "int8_quantize", "quantize_rows"]
@@ -111,7 +111,7 @@ def quantize_rows(x2: torch.Tensor, spec, rows_pad: int | None = None,
     r = max(1, TILE // bk)
     div, rcp = grid_divisor(spec)
     off = 0 if spec.symmetric else 2 ** (spec.bits - 1)
-    with _on(dev):
+    with on_device(dev):
         _quant_rows_kernel[(triton.cdiv(rows_pad, r),)](
             x2, codes, scale, zero, xsum, m, rows_pad, k, x2.stride(0), float(spec.clip_ratio), rcp, div,
             r, bk, triton.cdiv(k, bk), spec.symmetric, spec.qmin, spec.qmax, off, not _INTERPRET,
@@ -202,7 +202,7 @@ def int8_epilogue(acc: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, xsum: t
     if m == 0 or n == 0:
         return out
     grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, BLOCK_N))
-    with _on(acc.device):
+    with on_device(acc.device):
         _epilogue_kernel[grid](acc, out, out if bias is None else bias, sx, zx, xsum, sw, zw, qsum, m, n, k,
                                BLOCK_M, BLOCK_N, bias is not None, num_warps=4, enable_fp_fusion=False)
     return out
@@ -242,15 +242,8 @@ def _fused_gemm(codes, sx, zx, xsum, m, w, sw, zw, qsum, dtype, bias) -> torch.T
     if m == 0 or n == 0:
         return out
     grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
-    with _on(codes.device):
+    with on_device(codes.device):
         _int8_gemm_kernel[grid](codes, w, out, out if bias is None else bias, sx, zx, xsum, sw, zw, qsum, m, n, k,
                                 codes.stride(0), min(triton.next_power_of_2(m), 256), bias is not None,
                                 enable_fp_fusion=False)
     return out
-
-
-def _on(device: torch.device):
-    """Triton launches on the current CUDA device: make it ``device``'s for the launch."""
-    if device.type != "cuda" or device.index == torch.cuda.current_device():
-        return contextlib.nullcontext()
-    return torch.cuda.device(device)

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import on_device
 from .hadamard_triton import _finish, grid_divisor
 
 __all__ = ["MAX_WIDTH", "launch_fake_quant"]
@@ -58,10 +59,6 @@ def launch_fake_quant(x2: torch.Tensor, out2: torch.Tensor, spec) -> None:
     div, rcp = grid_divisor(spec)
     warps = 4 if w <= 4096 else 8
     grid = (triton.cdiv(rows, r),)
-    if not _INTERPRET and x2.device.index != torch.cuda.current_device():
-        with torch.cuda.device(x2.device):  # Triton launches on the current device
-            _fake_quant_kernel[grid](x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric,
-                                     spec.qmin, spec.qmax, not _INTERPRET, num_warps=warps)
-        return
-    _fake_quant_kernel[grid](x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric,
-                             spec.qmin, spec.qmax, not _INTERPRET, num_warps=warps)
+    with on_device(x2.device):
+        _fake_quant_kernel[grid](x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric,
+                                 spec.qmin, spec.qmax, not _INTERPRET, num_warps=warps)
