@@ -98,8 +98,9 @@ LINEAR_SETTINGS = {  # name -> (weight spec, activation spec, kernel)
     "w4a16_g128_int4mm": (QuantSpec(bits=4, group_size=128), None, "int4mm"),
     "w4a16_g128_triton": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
     "w8a8_int8mm": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
-    # the same layers with the GEMM and epilogue fused in one Triton kernel (int8_linear.INT8_GEMM)
-    "w8a8_int8_triton": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
+    # the same layers with torch._int_mm + the epilogue kernel instead of the default fused Triton
+    # GEMM + epilogue (int8_linear.INT8_GEMM)
+    "w8a8_int8_cublas": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
     "w8a8_fp8mm": (QuantSpec(bits=8, type="float"), QuantSpec(bits=8, type="float"), "fp8mm"),
     "w4a4_int8mm": (QuantSpec(bits=4), QuantSpec(bits=4), "int8mm"),
 }
@@ -189,7 +190,7 @@ def run_linears(args, device, dtype) -> list[dict]:
     results, base = [], {}
     for name in ("fp16", *args.linear_settings.split(",")):
         row = {"setting": name}
-        gemm = _int8_gemm("triton" if name.endswith("_int8_triton") else None)
+        gemm = _int8_gemm("cublas" if name.endswith("_int8_cublas") else None)
         try:
             if name == "fp16":
                 mods = [nn.Linear(w.shape[1], w.shape[0], bias=False, device=device, dtype=dtype) for w in weights]

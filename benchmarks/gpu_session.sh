@@ -55,7 +55,7 @@ for part in "$@"; do
         --json "$dir/seed_sweep.json" ;;
     learned)
       for s in 0 1 2; do
-        timeout 480 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-learned --seeds $s \
+        timeout ${RQ_LEARN_TIMEOUT:-480} python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-learned --seeds $s \
           --out-dir "$dir" --json "$dir/learned_$s.json" > "$dir/learned_$s.log" 2>&1 &
       done
       wait

@@ -121,11 +121,30 @@ def _truncate_bf16(y):
     return (y.view(torch.int32) & ~0xFFFF).view(torch.float32).to(torch.bfloat16)
 
 
+def _use_gemm(monkeypatch, choice: str, bk: int = 64) -> None:
+    """Select ``int8_linear.INT8_GEMM``; under the interpreter the fused kernel runs with one fixed
+    tile of K width ``bk`` (the autotuner benchmarks configurations on a GPU)."""
+    from rotaquant.kernels import int8_linear as mod
+
+    if INTERPRET and choice == "triton":
+        tuned = mod._int8_gemm_kernel
+
+        class _OneTile:
+            def __getitem__(self, grid):
+                meta = {"BM": 16, "BN": 32, "BK": bk, "GROUP_M": 8}
+                return lambda *a, enable_fp_fusion=False, **kw: tuned.fn[grid(meta)](*a, **kw, **meta)
+
+        monkeypatch.setattr(mod, "_int8_gemm_kernel", _OneTile())
+    monkeypatch.setattr(mod, "INT8_GEMM", choice)
+
+
+@pytest.mark.parametrize("gemm", ["cublas", "triton"])
 @pytest.mark.parametrize("rows", [1, 17])
 @pytest.mark.parametrize("name", ["int8 sym", "int4 asym"])
-def test_int8_linear_equals_torch_path(name, rows):
+def test_int8_linear_equals_torch_path(name, rows, gemm, monkeypatch):
     """The launcher QuantLinear calls: quantize, torch._int_mm (on the CPU under the interpreter,
-    then on the padded 32 rows too), epilogue with bias."""
+    then on the padded 32 rows too) or the fused GEMM, epilogue with bias."""
+    _use_gemm(monkeypatch, gemm)
     layer = _layer(SPECS[name], torch.float16 if ON_GPU else torch.float32)
     p, x = layer._packed, _input(rows, 512, layer.bias.dtype, seed=7)
     args = (p["w"], p["sw"], p["zw"], p["qsum"], layer.act_spec, layer.bias)
@@ -157,23 +176,13 @@ def test_quant_linear_int8mm_equals_torch_path(name, dtype, rows, monkeypatch):
 
 
 @pytest.mark.parametrize("rows", [1, 17, 64])
+@pytest.mark.parametrize("bk", [64, 128])
 @pytest.mark.parametrize("spec_name", ["int8 sym", "int4 asym"])
-def test_fused_gemm_equals_the_torch_path(spec_name, rows, monkeypatch):
+def test_fused_gemm_equals_the_torch_path(spec_name, rows, bk, monkeypatch):
     """The one-kernel GEMM + epilogue (INT8_GEMM = "triton") gives the torch path's values: the
-    int32 accumulation is exact, the epilogue the same arithmetic. Under the interpreter with one
-    fixed tile (the autotuner benchmarks on a GPU)."""
-    from rotaquant.kernels import int8_linear as mod
-
-    if INTERPRET:
-        tuned = mod._int8_gemm_kernel
-
-        class _OneTile:
-            def __getitem__(self, grid):
-                meta = {"BM": 16, "BN": 32, "BK": 64, "GROUP_M": 8}
-                return lambda *a, enable_fp_fusion=False, **kw: tuned.fn[grid(meta)](*a, **kw, **meta)
-
-        monkeypatch.setattr(mod, "_int8_gemm_kernel", _OneTile())
-    monkeypatch.setattr(mod, "INT8_GEMM", "triton")
+    int32 accumulation is exact, the epilogue the same arithmetic (K = 576: full K tiles of 64, a
+    masked last tile of 128). Under the interpreter with one fixed tile."""
+    _use_gemm(monkeypatch, "triton", bk)
     spec = SPECS[spec_name]
     g = torch.Generator().manual_seed(rows)
     k, n = 576, 72

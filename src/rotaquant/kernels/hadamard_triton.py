@@ -133,8 +133,10 @@ def grid_params(lo, hi, clip, rcp, div, SYM: tl.constexpr, QMAX: tl.constexpr, O
     if SYM:
         rng = tl.maximum(-lo, hi) * clip
     else:
-        lo = lo * clip
-        rng = hi * clip - lo
+        # min/max around the products keep the compiler from contracting hi * clip - lo into one
+        # FMA: torch rounds the product, then the difference (the GPU saw codes move by one)
+        lo = tl.minimum(lo * clip, 0.0)
+        rng = tl.maximum(hi * clip, 0.0) - lo
     if ON_GPU:
         scale = rng * rcp
     else:
