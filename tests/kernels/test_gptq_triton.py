@@ -64,3 +64,22 @@ def test_kernel_refuses_what_it_cannot_run():
         gptq_quantize_weight(w.double(), h, QuantSpec(4), backend="triton")
     with pytest.raises(ConfigError, match="block_size"):
         gptq_quantize_weight(w, h, QuantSpec(4), GPTQConfig(block_size=512), backend="triton")
+
+
+@pytest.mark.skipif(not ON_GPU, reason="TF32 tensor cores need a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_hessian_of_half_activations_on_tf32_is_exact_up_to_summation(dtype):
+    """Half-precision activations accumulate on TF32 tensor cores (every half value is a TF32
+    value): the Hessian equals the float64 one to float32 accumulation accuracy, and the global
+    matmul precision setting is left as it was."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(4096, 512, generator=g) * torch.linspace(0.01, 30, 512)).to(dtype)
+    before = torch.backends.cuda.matmul.fp32_precision
+    acc = HessianAccumulator(512, device="cuda")
+    for part in x.split(1000):
+        acc.add(part.to("cuda"))
+    assert torch.backends.cuda.matmul.fp32_precision == before
+    x64 = x.double()
+    ref = 2 * x64.T @ x64 / x.shape[0]
+    err = (acc.hessian.double().cpu() - ref).abs().max() / ref.abs().max()
+    assert err < 1e-5, err  # TF32 rounding of float32 inputs would give ~1e-3

@@ -252,3 +252,14 @@ def test_objective_is_the_trace():
     x = calibration()
     layer_err = ((x.double() @ d.T) ** 2).sum() * 2 / N  # = tr(D H D^T) with H = 2/N X^T X
     assert quantization_objective(w, wq, h) == pytest.approx(layer_err.item(), rel=1e-4)
+
+
+def test_tf32_matmul_restores_the_setting():
+    from rotaquant.quant.gptq import tf32_matmul
+
+    m = torch.backends.cuda.matmul
+    before = m.fp32_precision
+    with pytest.raises(RuntimeError), tf32_matmul():
+        assert m.fp32_precision == "tf32"
+        raise RuntimeError("inside")
+    assert m.fp32_precision == before
