@@ -321,19 +321,23 @@ def _core_operand(n: int, transpose: bool, dtype: torch.dtype, device: torch.dev
 _COMPILED: dict = {}
 
 
-def _launch_kernel(grid, args, num_warps, ptrs, key) -> None:
+def launch_cached(jit_fn, grid, args, num_warps, ptrs, key) -> None:
+    """``jit_fn[grid](*args, num_warps=num_warps)``, the compiled kernel launched directly after its
+    first call. ``key`` must hold everything Triton specialises the kernel on besides the 16-byte
+    alignment of ``ptrs`` (the tensor arguments) and the device: constexprs, dtypes, and for
+    specialised integer arguments their divisibility by 16, equality to 1 and 64-bit range."""
     aligned = tuple(p.data_ptr() % 16 == 0 for p in ptrs)
-    full_key = (key, aligned, args[9] % 16 == 0, ptrs[0].device.index)
+    full_key = (jit_fn, key, aligned, ptrs[0].device.index)
     kernel = _COMPILED.get(full_key)
     hooks = triton.knobs.runtime
     if kernel is None or _hooked(hooks.launch_enter_hook) or _hooked(hooks.launch_exit_hook):
-        kernel = _hadamard_kernel[grid](*args, num_warps=num_warps)  # the JIT's own launch path
+        kernel = jit_fn[grid](*args, num_warps=num_warps)  # the JIT's own launch path
         if not _INTERPRET and hasattr(kernel, "packed_metadata"):
             _COMPILED[full_key] = kernel
         return
     stream = _raw_stream(ptrs[0].device.index)
-    kernel.run(grid[0], grid[1], 1, stream, kernel.function, kernel.packed_metadata, None, None, None,
-               *args)
+    kernel.run(grid[0], grid[1] if len(grid) > 1 else 1, 1, stream, kernel.function, kernel.packed_metadata,
+               None, None, None, *args)
 
 
 def _raw_stream(index: int) -> int:
@@ -386,7 +390,7 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
         grid = (triton.cdiv(rows, plan.R), plan.blocks)
         ptrs = (x2, out, core, codes, scale, zero)
         with on_device(x2.device):  # Triton loads and launches kernels on the current device
-            _launch_kernel(grid, args, plan.num_warps, ptrs, key)
+            launch_cached(_hadamard_kernel, grid, args, plan.num_warps, ptrs, (*key, args[9] % 16 == 0))
     if mode == 1:
         return codes, scale, zero
     return (out,)

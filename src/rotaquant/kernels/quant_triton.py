@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from . import on_device
-from .hadamard_triton import _finish, grid_divisor
+from .hadamard_triton import _finish, grid_divisor, launch_cached
 
 __all__ = ["MAX_WIDTH", "launch_fake_quant"]
 
@@ -59,6 +59,10 @@ def launch_fake_quant(x2: torch.Tensor, out2: torch.Tensor, spec) -> None:
     div, rcp = grid_divisor(spec)
     warps = 4 if w <= 4096 else 8
     grid = (triton.cdiv(rows, r),)
+    args = (x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric, spec.qmin, spec.qmax,
+            not _INTERPRET)
+    # g is specialised (divisible by 16, equal to 1, 32/64-bit); rows is not, but its width is
+    key = (x2.dtype, out2.dtype, r, w, spec.symmetric, spec.qmin, spec.qmax, warps, g % 16 == 0, g == 1,
+           rows >= 2**31)
     with on_device(x2.device):
-        _fake_quant_kernel[grid](x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric,
-                                 spec.qmin, spec.qmax, not _INTERPRET, num_warps=warps)
+        launch_cached(_fake_quant_kernel, grid, args, warps, (x2, out2), key)
