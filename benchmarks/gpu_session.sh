@@ -14,6 +14,9 @@
 #   export   export_bench: the LLaMA-7B layer's linears, the 7B-shaped model, SmolLM2
 #   seeds    recipe_variants auto vs auto+clip (3 seeds), the llm-compressor parity rows
 #   learned  seed_sweep default-learned, the three seeds as concurrent processes
+#   recheck  the GPTQ/int8/W4A16/fake-quant/Hadamard kernel tests, then .carry/gpu/debug.py if carried
+#   layer    pipeline_bench's 7B-layer GPTQ section;  linears: export_bench's linears part only
+#   clipseeds  seed_sweep default-random+clip and default-learned+clip, learned files from .carry/gpu/learned
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -60,7 +63,21 @@ for part in "$@"; do
       done
       wait
       echo "learned done at $(( $(date +%s) - t0 )) s"; tail -n 4 "$dir"/learned_*.log | cut -c1-300 ;;
-    *) echo "unknown part $part (check speed export seeds learned)"; continue ;;
+    recheck)  # the kernel tests touched since the last full check, and the carried debug script
+      step kernels 180 python3 -m pytest -m gpu tests/kernels/test_gptq_triton.py tests/kernels/test_fake_quant_triton.py \
+        tests/kernels/test_hadamard_triton.py::test_fused_quant_matches_reference_quantizer \
+        tests/kernels/test_int8_linear.py tests/kernels/test_w4a16_triton.py tests/quant/test_qlinear.py \
+        -k "not flex" -q -rf --tb=short -p no:cacheprovider
+      [ -f .carry/gpu/debug.py ] && step debug 45 python3 .carry/gpu/debug.py ;;
+    layer)
+      step layer 100 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
+        --json "$dir/pipeline_layer.json" ;;
+    linears)
+      step linears 180 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
+    clipseeds)  # clipping on random and on this session's learned rotations (carried in .carry/gpu/learned)
+      step clipseeds 300 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-random+clip \
+        default-learned+clip --seeds 0 1 2 --reuse-learned --out-dir .carry/gpu/learned --json "$dir/clipseeds.json" ;;
+    *) echo "unknown part $part (check speed export seeds learned recheck layer linears clipseeds)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

@@ -11,6 +11,8 @@ Rows (``--rows``, default all):
 * ``default-learned``: R1/R2 learned first with W16A4KV4 and the deployed recipe (asymmetric
   activations and KV, o_proj input per head; ``--steps`` Cayley SGD steps, init and data from
   the seed), then the same PTQ with them.
+* ``default-random+clip`` / ``default-learned+clip``: the same with QuaRot's clipping of
+  activations (0.9) and K/V (0.95) in the PTQ (learning unchanged).
 * ``llmc-w4a16`` / ``llmc-w4a16-restricted``: W4A16 GPTQ, no rotation, act order, per channel,
   on the full (compressed-tensors') / restricted grid: llm-compressor's GPTQModifier defaults
   (see results/llmcompressor_parity.md). The seed only draws the calibration windows.
@@ -63,15 +65,18 @@ DEPLOYED_LEARNING = {"w_bits": 16, "a_bits": 4, "k_bits": 4, "v_bits": 4, "a_asy
                      "v_asym": True, "o_proj_input": "per_head"}
 LLMC_W4A16 = {"w_bits": 4, "preset": "none", "w_method": "gptq", "gptq_act_order": True, "rotate": False}
 LLMC_RTN = {**W4A4KV4, "preset": "none", "w_method": "rtn", "rotation_mode": "hadamard"}
+CLIP = {"a_clip_ratio": 0.9, "k_clip_ratio": 0.95, "v_clip_ratio": 0.95}  # QuaRot's activation/KV clipping
 ROWS = {
     "default-random": {**W4A4KV4, "preset": "auto"},
     "default-learned": {**W4A4KV4, "preset": "auto"},
+    "default-random+clip": {**W4A4KV4, "preset": "auto", **CLIP},
+    "default-learned+clip": {**W4A4KV4, "preset": "auto", **CLIP},
     "llmc-w4a16": {**LLMC_W4A16, "sym_grid": "full"},
     "llmc-w4a16-restricted": {**LLMC_W4A16, "sym_grid": "restricted"},
     "llmc-rtn-restricted": {**LLMC_RTN, "sym_grid": "restricted"},
     "llmc-rtn-full": {**LLMC_RTN, "sym_grid": "full"},
 }
-LEARNED = {"default-learned"}
+LEARNED = {"default-learned", "default-learned+clip"}  # both learn (or reuse) the same file per seed
 
 
 def environment() -> dict:
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out-dir", default=".", help="where learned rotation files go")
     ap.add_argument("--json", default=None)
     ap.add_argument("--append", action="store_true", help="keep the runs already in --json")
+    ap.add_argument("--reuse-learned", action="store_true",
+                    help="learned rows: use the seed's rotation file in --out-dir when it exists instead of learning")
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     call = {"command": shlex.join([sys.executable, *sys.argv] if argv is None else ["seed_sweep.py", *argv]),
@@ -143,6 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
             overrides, learned = dict(ROWS[key]), None
             if key in LEARNED:
                 path = Path(args.out_dir) / f"learned_w16a4kv4_deployed_seed{seed}.safetensors"
+            if key in LEARNED and args.reuse_learned and path.is_file():
+                learned = {"path": str(path), "reused": True}
+                overrides["rotation_path"] = str(path)
+                print(f"  {key} seed {seed}: reusing {path}", flush=True)
+            elif key in LEARNED:
                 model, tok = load_model(args.model, dtype="float32", device=device)
                 res = optimize(None, output=str(path), overwrite=True, progress=False, preloaded=(model, tok),
                                model=args.model, iterations=args.steps, nsamples=args.learn_nsamples,
