@@ -73,10 +73,15 @@ for part in "$@"; do
       step layer 100 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
         --json "$dir/pipeline_layer.json" ;;
     linears)
-      step linears 180 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
+      step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
     clipseeds)  # clipping on random and on this session's learned rotations (carried in .carry/gpu/learned)
-      step clipseeds 300 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-random+clip \
-        default-learned+clip --seeds 0 1 2 --reuse-learned --out-dir .carry/gpu/learned --json "$dir/clipseeds.json" ;;
+      for s in 0 1 2; do  # one process per seed
+        timeout 240 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-random+clip \
+          default-learned+clip --seeds $s --reuse-learned --out-dir .carry/gpu/learned \
+          --json "$dir/clipseeds_$s.json" > "$dir/clipseeds_$s.log" 2>&1 &
+      done
+      wait
+      echo "clipseeds done at $(( $(date +%s) - t0 )) s"; grep -h "ppl" "$dir"/clipseeds_*.log | cut -c1-200 ;;
     *) echo "unknown part $part (check speed export seeds learned recheck layer linears clipseeds)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
