@@ -97,8 +97,6 @@ LAYER_TINY = [((256, 256), 4), ((512, 256), 2), ((256, 512), 1)]
 LINEAR_SETTINGS = {  # name -> (weight spec, activation spec, kernel)
     "w4a16_g128_int4mm": (QuantSpec(bits=4, group_size=128), None, "int4mm"),
     "w4a16_g128_triton": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
-    # the same with the tl.dot kernel at every row count (w4a16_gemv.GEMV_MAX_ROWS = 0): no split-K GEMV
-    "w4a16_g128_triton_tldot": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
     "w8a8_int8mm": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
     # the same layers with torch._int_mm + the epilogue kernel instead of the default fused Triton
     # GEMM + epilogue (int8_linear.INT8_GEMM)
@@ -152,16 +150,6 @@ def _int8_gemm(choice: str | None) -> str | None:
     return previous
 
 
-def _gemv_max_rows(rows: int | None) -> int | None:
-    """Set ``rotaquant.kernels.w4a16_gemv.GEMV_MAX_ROWS`` (None: leave it); returns the previous value."""
-    from rotaquant.kernels import w4a16_gemv
-
-    previous = w4a16_gemv.GEMV_MAX_ROWS
-    if rows is not None:
-        w4a16_gemv.GEMV_MAX_ROWS = rows
-    return previous
-
-
 class GemmOnly(nn.Module):
     """The bare low-precision GEMM of a quantized linear, without its activation quantizer or
     epilogue (``torch._int_mm`` on int8 codes, or ``torch._scaled_mm`` on FP8 ones, with inputs
@@ -203,7 +191,6 @@ def run_linears(args, device, dtype) -> list[dict]:
     for name in ("fp16", *args.linear_settings.split(",")):
         row = {"setting": name}
         gemm = _int8_gemm("cublas" if name.endswith("_int8_cublas") else None)
-        gemv = _gemv_max_rows(0 if name.endswith("_tldot") else None)
         try:
             if name == "fp16":
                 mods = [nn.Linear(w.shape[1], w.shape[0], bias=False, device=device, dtype=dtype) for w in weights]
@@ -272,7 +259,6 @@ def run_linears(args, device, dtype) -> list[dict]:
         except Exception as exc:  # one failing setting must not lose the others' numbers
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         _int8_gemm(gemm)
-        _gemv_max_rows(gemv)
         results.append(row)
         print("linears", fmt_row(row), flush=True)
     return results
