@@ -227,17 +227,13 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float, where: str) -> torch.T
                     "(relative to its mean diagonal); check the calibration activations")
 
 
-def _kernel_backend(W: torch.Tensor, spec: QuantSpec, block_size: int, backend: str | None,
-                    dynamic_groups: bool = False) -> bool:
+def _kernel_backend(W: torch.Tensor, spec: QuantSpec, block_size: int, backend: str | None) -> bool:
     """Whether the block loop runs in the Triton kernel (see ``backend`` of gptq_quantize_weight).
 
-    Automatic choice leaves dynamic groups (parameters computed between launches) to the torch
-    loop: on an H200 (Triton 3.6) the kernel matched the loop bit for bit per channel and with
-    static groups, but dynamic groups differed from the second block on by an ulp (then the odd
-    code). The cause found: only the kernel path made the inverse-Hessian factor contiguous, so
-    the shared trailing-update matmul summed in another order and the groups' parameters, taken
-    from the updated columns, moved. Both paths now use one layout; until a GPU run confirms the
-    match, only an explicit ``backend="triton"`` runs dynamic groups in the kernel."""
+    Both paths keep the inverse-Hessian factor in one layout, so the shared trailing-update matmul
+    sums in one order and the kernel matches the torch loop bit for bit, dynamic groups included
+    (H200, Triton 3.6: all kernel-vs-loop cases; an earlier layout difference moved dynamic
+    groups' parameters by an ulp)."""
     if backend not in (None, "torch", "triton"):
         raise ConfigError(f"unknown GPTQ backend {backend!r}; use 'torch', 'triton' or None (automatic)")
     if backend == "torch":
@@ -251,7 +247,7 @@ def _kernel_backend(W: torch.Tensor, spec: QuantSpec, block_size: int, backend: 
             raise ConfigError(f"the GPTQ kernel needs a float32 weight, an integer grid and block_size <= 256, got "
                               f"{W.dtype}, {spec} and {block_size}; use backend='torch' or None")
         return True
-    return fits and not dynamic_groups and W.is_cuda and triton_available()
+    return fits and W.is_cuda and triton_available()
 
 
 @torch.no_grad()
@@ -335,7 +331,7 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec
     del H
 
     Q = torch.empty_like(W)
-    use_kernel = _kernel_backend(W, spec, cfg.block_size, backend, dynamic_groups=dynamic)
+    use_kernel = _kernel_backend(W, spec, cfg.block_size, backend)
     gidx = torch.tensor(group_of, dtype=torch.int32, device=W.device) if use_kernel else None
     flat_scale = scale.view(rows, ngroups) if use_kernel else None
     flat_zero = zero.view(rows, ngroups) if use_kernel else None
