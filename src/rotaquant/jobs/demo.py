@@ -1,8 +1,8 @@
 """The quick-start job: FP vs W4A4KV4 without and with rotation, on the default model and data.
 
-Both W4A4KV4 rows use the default recipe (``preset: auto``, i.e. SpinQuant's: GPTQ with a
+Both W4A4KV4 rows use the default recipe (``preset: auto``, i.e. SpinQuant's: GPTQ(v2) with a
 clipping search in sequential groups, asymmetric per-token activations, o_proj per head,
-asymmetric per-head KV). On a GPU that is the whole job (128 calibration windows, the whole
+asymmetric per-head KV; plus QuaRot's activation and K/V clipping). On a GPU that is the whole job (128 calibration windows, the whole
 test split). On a CPU GPTQ over 30 layers takes well over the few minutes a quick start may
 take, so there the weights are RTN with the recipe's clipping search (everything else as the
 recipe says) and only the first ``CPU_WINDOWS`` windows are scored; the output says so, and
