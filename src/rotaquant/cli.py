@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Runs the quick start job on smollm2-135m and WikiText-2: FP, "
                        "W4A4KV4 without rotation and W4A4KV4 with R1-R4 rotation, with the default "
                        "recipe (the spinquant preset with GPTQv2: GPTQ + clip search, asymmetric activations and KV, "
-                       "o_proj per head), as a table (on GPU: GPTQ on 128 calibration windows, the whole test "
+                       "o_proj per head, activations clipped at 0.9 and KV at 0.95), as a table (on GPU: GPTQ on 128 calibration windows, the whole test "
                        "split; on CPU: RTN + clip search instead of GPTQ and the first 8 test windows).")
     p.add_argument("--max-windows", type=int, default=None,
                    help="windows of 2048 tokens (default: 8 on CPU, all on GPU)")

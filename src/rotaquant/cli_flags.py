@@ -60,8 +60,8 @@ HELP: dict[str, str] = {
     "preset": "a paper's W4A4KV4 recipe; explicit flags override it. quarot: GPTQ + weight clip search, symmetric "
               "activations clipped at 0.9, heads mixed by an online Hadamard before o_proj, asymmetric KV per head "
               "clipped at 0.95, random R1 + exact R2. spinquant: GPTQ + clip search, asymmetric activations, o_proj "
-              "input quantized per head, asymmetric KV per head. auto: spinquant with GPTQv2 weights when anything "
-              "is below 16 bits (the best measured); none: RTN, symmetric, no clipping",
+              "input quantized per head, asymmetric KV per head. auto: spinquant with GPTQv2 weights, activations "
+              "clipped at 0.9 and KV at 0.95, when anything is below 16 bits (the best measured); none: RTN, symmetric, no clipping",
     "w_clip": "search the weight clipping range (per channel)",
     "w_method": "weight quantizer: rtn, or gptq in the architecture's sequential groups (the presets' default)",
     "gptq_damp": "GPTQ damping (SpinQuant's --percdamp)",
