@@ -12,11 +12,10 @@
 #   check    GPU kernel tests (GPTQ/W4A16/int8/fake-quant kernels vs their torch references)
 #   speed    pipeline_bench eval + learn with op profiles, and the 7B-layer GPTQ section
 #   export   export_bench: the LLaMA-7B layer's linears, the 7B-shaped model, SmolLM2
-#   seeds    recipe_variants auto vs auto+clip (3 seeds), the llm-compressor parity rows
+#   seeds    seed_sweep default vs noclip (3 seeds), the llm-compressor parity rows
 #   learned  seed_sweep default-learned, the three seeds as concurrent processes
 #   recheck  the GPTQ/int8/W4A16/fake-quant/Hadamard kernel tests, then .carry/gpu/debug.py if carried
 #   layer    pipeline_bench's 7B-layer GPTQ section;  linears: export_bench's linears part only
-#   clipseeds  seed_sweep default-random+clip and default-learned+clip, learned files from .carry/gpu/learned
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -48,12 +47,10 @@ for part in "$@"; do
         --json "$dir/pipeline_layer.json" ;;
     export)
       step export 420 python3 benchmarks/export_bench.py --model "$RQ_MODEL" --json "$dir/export_bench.json" ;;
-    seeds)
-      for s in 0 1 2; do  # the clipping variant that helped on CPU (34.31 vs 36.xx), over 3 seeds
-        step clip_$s 120 python3 benchmarks/recipe_variants.py --model "$RQ_MODEL" --device cuda \
-          --variants auto auto+clip --seed $s --json "$dir/clip_$s.json"
-      done
-      step seeds 420 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows \
+    seeds)  # the default preset with and without clipping over 3 seeds, then the llm-compressor parity rows
+      step noclip 300 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-random noclip-random \
+        --out-dir "$dir" --json "$dir/noclip.json"
+      step seeds 280 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows \
         llmc-rtn-restricted llmc-rtn-full llmc-w4a16 llmc-w4a16-restricted --out-dir "$dir" \
         --json "$dir/seed_sweep.json" ;;
     learned)
@@ -74,15 +71,7 @@ for part in "$@"; do
         --json "$dir/pipeline_layer.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    clipseeds)  # clipping on random and on this session's learned rotations (carried in .carry/gpu/learned)
-      for s in 0 1 2; do  # one process per seed
-        timeout 240 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-random+clip \
-          default-learned+clip --seeds $s --reuse-learned --out-dir .carry/gpu/learned \
-          --json "$dir/clipseeds_$s.json" > "$dir/clipseeds_$s.log" 2>&1 &
-      done
-      wait
-      echo "clipseeds done at $(( $(date +%s) - t0 )) s"; grep -h "ppl" "$dir"/clipseeds_*.log | cut -c1-200 ;;
-    *) echo "unknown part $part (check speed export seeds learned recheck layer linears clipseeds)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds learned recheck layer linears)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

@@ -11,8 +11,10 @@ Rows (``--rows``, default all):
 * ``default-learned``: R1/R2 learned first with W16A4KV4 and the deployed recipe (asymmetric
   activations and KV, o_proj input per head; ``--steps`` Cayley SGD steps, init and data from
   the seed), then the same PTQ with them.
-* ``default-random+clip`` / ``default-learned+clip``: the same with QuaRot's clipping of
-  activations (0.9) and K/V (0.95) in the PTQ (learning unchanged).
+  Since e578aed the default preset clips activations at 0.9 and K/V at 0.95 (QuaRot's), and
+  learning uses the same clipping.
+* ``noclip-random`` / ``noclip-learned``: the same without clipping (learning too): the
+  default before e578aed.
 * ``llmc-w4a16`` / ``llmc-w4a16-restricted``: W4A16 GPTQ, no rotation, act order, per channel,
   on the full (compressed-tensors') / restricted grid: llm-compressor's GPTQModifier defaults
   (see results/llmcompressor_parity.md). The seed only draws the calibration windows.
@@ -62,21 +64,22 @@ from rotaquant.models.loading import load_model  # noqa: E402
 W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}
 # what the spinquant preset deploys, as learning settings (W16: weights stay FP while learning)
 DEPLOYED_LEARNING = {"w_bits": 16, "a_bits": 4, "k_bits": 4, "v_bits": 4, "a_asym": True, "k_asym": True,
-                     "v_asym": True, "o_proj_input": "per_head"}
+                     "v_asym": True, "o_proj_input": "per_head", "a_clip_ratio": 0.9, "k_clip_ratio": 0.95,
+                     "v_clip_ratio": 0.95}
 LLMC_W4A16 = {"w_bits": 4, "preset": "none", "w_method": "gptq", "gptq_act_order": True, "rotate": False}
 LLMC_RTN = {**W4A4KV4, "preset": "none", "w_method": "rtn", "rotation_mode": "hadamard"}
-CLIP = {"a_clip_ratio": 0.9, "k_clip_ratio": 0.95, "v_clip_ratio": 0.95}  # QuaRot's activation/KV clipping
+NOCLIP = {"a_clip_ratio": 1.0, "k_clip_ratio": 1.0, "v_clip_ratio": 1.0}  # the default before e578aed
 ROWS = {
     "default-random": {**W4A4KV4, "preset": "auto"},
     "default-learned": {**W4A4KV4, "preset": "auto"},
-    "default-random+clip": {**W4A4KV4, "preset": "auto", **CLIP},
-    "default-learned+clip": {**W4A4KV4, "preset": "auto", **CLIP},
+    "noclip-random": {**W4A4KV4, "preset": "auto", **NOCLIP},
+    "noclip-learned": {**W4A4KV4, "preset": "auto", **NOCLIP},
     "llmc-w4a16": {**LLMC_W4A16, "sym_grid": "full"},
     "llmc-w4a16-restricted": {**LLMC_W4A16, "sym_grid": "restricted"},
     "llmc-rtn-restricted": {**LLMC_RTN, "sym_grid": "restricted"},
     "llmc-rtn-full": {**LLMC_RTN, "sym_grid": "full"},
 }
-LEARNED = {"default-learned", "default-learned+clip"}  # both learn (or reuse) the same file per seed
+LEARNED = {"default-learned", "noclip-learned"}
 
 
 def environment() -> dict:
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             overrides, learned = dict(ROWS[key]), None
             if key in LEARNED:
-                path = Path(args.out_dir) / f"learned_w16a4kv4_deployed_seed{seed}.safetensors"
+                clip = "" if key == "noclip-learned" else "_clip"
+                path = Path(args.out_dir) / f"learned_w16a4kv4_deployed{clip}_seed{seed}.safetensors"
             if key in LEARNED and args.reuse_learned and path.is_file():
                 learned = {"path": str(path), "reused": True}
                 overrides["rotation_path"] = str(path)
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
                 model, tok = load_model(args.model, dtype="float32", device=device)
                 res = optimize(None, output=str(path), overwrite=True, progress=False, preloaded=(model, tok),
                                model=args.model, iterations=args.steps, nsamples=args.learn_nsamples,
-                               seqlen=args.seqlen, seed=seed, checkpoint_every=10_000, **DEPLOYED_LEARNING)
+                               seqlen=args.seqlen, seed=seed, checkpoint_every=10_000,
+                               **({**DEPLOYED_LEARNING, **NOCLIP} if key == "noclip-learned" else DEPLOYED_LEARNING))
                 del model
                 if device == "cuda":
                     torch.cuda.empty_cache()
