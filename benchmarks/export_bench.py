@@ -369,7 +369,11 @@ def run_models(args, device, dtype, part: str) -> list[dict]:
     # The FP16 baseline is loaded the way rotaquant.load_model loads a folder (sdpa, then .to(device)),
     # like the quantized models below. The H200 run of 7aba7f1 loaded it with from_pretrained(...,
     # device_map=device) instead and decoded 10x slower than the quantized models at 1 % GPU busy;
-    # the second row keeps that loader in view (CUDA only) until its cause is known.
+    # the second row keeps that loader in view (CUDA only). The H200 run of c8a9977 reversed it:
+    # the first row (now rotaquant's loader) decoded at 19.2 tok/s, the second at 228.8 (7B-shaped,
+    # batch 1; smollm2 13.1 vs 40.6), so it is the first measurement of the process that is slow,
+    # whatever the loader: a throwaway measurement of the in-memory model comes first now.
+    throughput(base, vocab, device, prefill, steps, 1)
     loaders = [("fp16", dict(attn_implementation="sdpa"))]
     if device.type == "cuda":
         loaders.append(("fp16 from_pretrained(device_map)", dict(device_map=device)))
