@@ -24,6 +24,10 @@ GPU_NSAMPLES = 128
 W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}
 
 
+def _clip(ratio: float) -> str:
+    return f", clipped at {ratio:g}" if ratio < 1 else ""
+
+
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """A plain-text table; ``columns`` are (key, header, format) triples."""
     cells = [[h for _, h, _ in columns]]
@@ -84,8 +88,9 @@ def run_demo(max_windows: int | None = None, device: str | None = None, json_pat
         wdesc += " (CPU: RTN instead of the recipe's GPTQ to stay within minutes; --weights gptq for GPTQ)"
     print(f"\nrotaquant demo: {DEFAULT_MODEL}, WikiText-2 test, seqlen 2048, {scope}, "
           f"{ev['tokens']} tokens scored, device {ev['device']}. Recipe: preset {rec['preset']} -> weights "
-          f"{wdesc}; activations {'asym' if rec['a_asym'] else 'sym'} per token (o_proj {rec['o_proj_input']}); "
-          f"KV {'asym' if rec['k_asym'] else 'sym'} per head")
+          f"{wdesc}; activations {'asym' if rec['a_asym'] else 'sym'} per token (o_proj {rec['o_proj_input']})"
+          f"{_clip(rec.get('a_clip_ratio', 1.0))}; KV {'asym' if rec['k_asym'] else 'sym'} per head"
+          f"{_clip(rec.get('k_clip_ratio', 1.0))}")
     print(format_table(rows, [("setting", "setting", ""), ("ppl", "PPL", ".3f"),
                               ("vs_fp", "x FP", ".2f"), ("seconds", "seconds", ".1f")]))
     if json_path:
