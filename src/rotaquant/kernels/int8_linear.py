@@ -40,7 +40,8 @@ CHUNK = 8192  # chunk width for rows wider than MAX_TILE
 TILE = 4096  # padded elements per quantization program (several rows when K is small)
 BLOCK_M, BLOCK_N = 32, 128  # epilogue tile
 # "triton": one fused kernel (GEMM + epilogue); "cublas": torch._int_mm + the epilogue kernel. H200, the
-# 7 linears of a LLaMA-7B layer: 119 / 996 us at 1 / 2048 rows fused vs 185 / 1309 us (_int_mm alone 109 / 984)
+# 7 linears of a LLaMA-7B layer at 1 / 2048 rows: fused 120 / 894 us, _int_mm path 185 / 1304 us (FP16
+# cuBLAS 125 / 1125 us; export_bench, results/h200_stop18.md)
 INT8_GEMM = "triton"
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

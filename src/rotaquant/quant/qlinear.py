@@ -15,8 +15,8 @@ matmul, instead of by an ``a_quant`` stage). Kernels, chosen by :meth:`QuantLine
   ``torch._int_mm`` on int8 codes, zero points and scales applied in the epilogue. 4-bit codes
   run through it exactly (no int4 tensor cores on H100). On CUDA with Triton one Triton pass
   quantizes the activations and one kernel does the int8 GEMM and the epilogue
-  (:mod:`rotaquant.kernels.int8_linear`; H200, a LLaMA-7B layer's linears: 119 / 996 us at 1 / 2048
-  rows vs 185 / 1309 us around ``_int_mm``), the same values as the torch ops, which
+  (:mod:`rotaquant.kernels.int8_linear`; H200, a LLaMA-7B layer's linears: 120 / 894 us at 1 / 2048
+  rows vs 185 / 1304 us around ``_int_mm``, FP16 125 / 1125 us), the same values as the torch ops, which
   ``ROTAQUANT_QUANT_BACKEND=reference`` selects.
 * ``w4triton`` (weight-only, up to 4 bits, CUDA): for up to 16 rows (decode) the Triton kernel of
   :mod:`rotaquant.kernels.w4a16_gemv` (fp16/bf16 in and out, no casts around it, dequantized
