@@ -53,8 +53,8 @@ def tf32_matmul():
     For float32 operands converted from float16/bfloat16 (a model's activations) TF32 loses
     nothing: its 10-bit mantissa and float32's exponent range hold every float16 and bfloat16
     value, and the products accumulate in float32. Only the summation order differs from the
-    IEEE float32 kernel. (H200, a LLaMA-7B layer's Hessians on 128 x 2048 tokens: the 11008-wide
-    down_proj Hessian alone is ~64 TFLOP, seconds at float32's non-tensor-core rate.)"""
+    IEEE float32 kernel. (H200, GPTQ of a LLaMA-7B-shaped fp16 layer on 128 x 2048 tokens:
+    3.51 -> 3.34 s, GPTQv2 6.57 -> 5.26 s.)"""
     m = torch.backends.cuda.matmul
     if hasattr(m, "fp32_precision"):  # torch >= 2.9
         old = m.fp32_precision
