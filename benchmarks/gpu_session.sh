@@ -67,8 +67,8 @@ for part in "$@"; do
         -k "not flex" -q -rf --tb=short -p no:cacheprovider
       [ -f .carry/gpu/debug.py ] && step debug 45 python3 .carry/gpu/debug.py ;;
     layer)
-      step layer 100 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
-        --json "$dir/pipeline_layer.json" ;;
+      step layer 130 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
+        --profile "$dir/profile" --json "$dir/pipeline_layer.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
     *) echo "unknown part $part (check speed export seeds learned recheck layer linears)"; continue ;;

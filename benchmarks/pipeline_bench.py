@@ -112,6 +112,12 @@ def section_layer(args) -> list[dict]:
     windows = torch.randint(0, 1024, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
     for v2 in (False, True):
         times = []
+        if args.profile is not None and not v2:  # one profiled run apart from the timed ones
+            model = _layer_model(args)
+            with _Profile(args, "layer_gptq"):
+                quantize_weights_layerwise(model, QuantSpec(4), windows, ArchitectureSpec(), "gptq", GPTQConfig(),
+                                           clip_search=True, device=args.device, progress=False)
+            del model
         for _ in range(args.repeats):
             model = _layer_model(args)
             stats = quantize_weights_layerwise(model, QuantSpec(4), windows, ArchitectureSpec(), "gptq",
