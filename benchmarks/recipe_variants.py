@@ -38,8 +38,9 @@ VARIANTS = {
     # without QuaRot's activation / KV clipping, which the default preset has since e578aed (the
     # results files before it name this comparison the other way round: auto vs auto+clip)
     "auto-noclip": {"a_clip_ratio": 1.0, "k_clip_ratio": 1.0, "v_clip_ratio": 1.0},
-    # tighter clipping than QuaRot's
+    # tighter and looser clipping than QuaRot's
     "auto+a0.85": {"a_clip_ratio": 0.85},
+    "auto+a0.95": {"a_clip_ratio": 0.95},
     "auto+kv0.9": {"k_clip_ratio": 0.9, "v_clip_ratio": 0.9},
     "auto+a0.85+kv0.9": {"a_clip_ratio": 0.85, "k_clip_ratio": 0.9, "v_clip_ratio": 0.9},
 }
