@@ -49,9 +49,10 @@ TILE_CORE = 8192
 WARPS = 4
 MAX_BLOCK = 256  # largest core block applied by one dot (the B operand sits in shared memory)
 # Most groups one program's tile is split into for the fused quantizer. On the H200 (Triton 3.6)
-# order 14336 in groups of 64 (256 groups in a 16384-wide tile) gave group maxima of the wrong
-# elements (every row, symmetric grids; 128 groups of 128 and the interpreter were exact); cause
-# not found, so such tiles are not fused: the transform and the fake-quant kernel run separately.
+# order 14336 in symmetric groups of 64 (256 groups in a 16384-wide tile) gave group maxima of the
+# wrong elements in every row, while 128 groups of 128, asymmetric groups of 32 (512 groups) and
+# the interpreter were exact; cause not found, so tiles of many groups are not fused (a guard
+# wider than the failure): the transform and the fake-quant kernel run separately.
 MAX_FUSED_GROUPS = 128
 K_BLOCK = 64  # core contraction chunk
 # float32 operands are split into bfloat16 parts (float32 range); Triton's CPU interpreter has
