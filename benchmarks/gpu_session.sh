@@ -15,6 +15,7 @@
 #   seeds    seed_sweep default vs noclip (3 seeds), the llm-compressor parity rows
 #   learned  seed_sweep default-learned, the three seeds as concurrent processes
 #   recheck  the GPTQ/int8/W4A16/fake-quant/Hadamard kernel tests, then .carry/gpu/debug.py if carried
+#   int8     the int8mm kernel and QuantLinear GPU tests alone
 #   layer    pipeline_bench's 7B-layer GPTQ section;  linears: export_bench's linears part only
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,12 +67,15 @@ for part in "$@"; do
         tests/kernels/test_int8_linear.py tests/kernels/test_w4a16_triton.py tests/quant/test_qlinear.py \
         -k "not flex" -q -rf --tb=short -p no:cacheprovider
       [ -f .carry/gpu/debug.py ] && step debug 45 python3 .carry/gpu/debug.py ;;
+    int8)  # the int8mm kernels and QuantLinear on the GPU (the fused Triton GEMM is the default since 8d5a69d)
+      step kernels 240 python3 -m pytest -m gpu tests/kernels/test_int8_linear.py tests/quant/test_qlinear.py \
+        -q -rf --tb=short -p no:cacheprovider ;;
     layer)
       step layer 130 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
         --profile "$dir/profile" --json "$dir/pipeline_layer.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds learned recheck layer linears)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds learned recheck int8 layer linears)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done
