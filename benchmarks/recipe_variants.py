@@ -28,6 +28,7 @@ from bench_common import git_commit  # noqa: E402
 from rotaquant.io import atomic_write_json  # noqa: E402
 from rotaquant.jobs.ptq import run_ptq  # noqa: E402
 from rotaquant.models.loading import load_model  # noqa: E402
+from rotaquant.quant.recipe import CLIP  # noqa: E402
 
 W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}
 VARIANTS = {
@@ -37,7 +38,7 @@ VARIANTS = {
     "auto+actorder+fullgrid": {"gptq_act_order": True, "sym_grid": "full"},
     # without QuaRot's activation / KV clipping, which the default preset has since e578aed (the
     # results files before it name this comparison the other way round: auto vs auto+clip)
-    "auto-noclip": {"a_clip_ratio": 1.0, "k_clip_ratio": 1.0, "v_clip_ratio": 1.0},
+    "auto-noclip": dict.fromkeys(CLIP, 1.0),
     # tighter and looser clipping than QuaRot's
     "auto+a0.85": {"a_clip_ratio": 0.85},
     "auto+a0.95": {"a_clip_ratio": 0.95},

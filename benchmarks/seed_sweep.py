@@ -68,7 +68,7 @@ DEPLOYED_LEARNING = {"w_bits": 16, "a_bits": 4, "k_bits": 4, "v_bits": 4, "a_asy
                      "v_asym": True, "o_proj_input": "per_head", **CLIP}
 LLMC_W4A16 = {"w_bits": 4, "preset": "none", "w_method": "gptq", "gptq_act_order": True, "rotate": False}
 LLMC_RTN = {**W4A4KV4, "preset": "none", "w_method": "rtn", "rotation_mode": "hadamard"}
-NOCLIP = {"a_clip_ratio": 1.0, "k_clip_ratio": 1.0, "v_clip_ratio": 1.0}  # the default before e578aed
+NOCLIP = dict.fromkeys(CLIP, 1.0)  # the default before e578aed
 ROWS = {
     "default-random": {**W4A4KV4, "preset": "auto"},
     "default-learned": {**W4A4KV4, "preset": "auto"},
@@ -79,7 +79,9 @@ ROWS = {
     "llmc-rtn-restricted": {**LLMC_RTN, "sym_grid": "restricted"},
     "llmc-rtn-full": {**LLMC_RTN, "sym_grid": "full"},
 }
-LEARNED = {"default-learned", "noclip-learned"}
+# learned rows -> (learning settings, rotation file tag)
+LEARNED = {"default-learned": (DEPLOYED_LEARNING, "_clip"),
+           "noclip-learned": ({**DEPLOYED_LEARNING, **NOCLIP}, "")}
 
 
 def environment() -> dict:
@@ -151,19 +153,17 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in args.seeds:
             t0 = time.perf_counter()
             overrides, learned = dict(ROWS[key]), None
-            if key in LEARNED:
-                clip = "" if key == "noclip-learned" else "_clip"
-                path = Path(args.out_dir) / f"learned_w16a4kv4_deployed{clip}_seed{seed}.safetensors"
-            if key in LEARNED and args.reuse_learned and path.is_file():
+            settings, tag = LEARNED.get(key, (None, ""))
+            path = Path(args.out_dir) / f"learned_w16a4kv4_deployed{tag}_seed{seed}.safetensors"
+            if settings is not None and args.reuse_learned and path.is_file():
                 learned = {"path": str(path), "reused": True}
                 overrides["rotation_path"] = str(path)
                 print(f"  {key} seed {seed}: reusing {path}", flush=True)
-            elif key in LEARNED:
+            elif settings is not None:
                 model, tok = load_model(args.model, dtype="float32", device=device)
                 res = optimize(None, output=str(path), overwrite=True, progress=False, preloaded=(model, tok),
                                model=args.model, iterations=args.steps, nsamples=args.learn_nsamples,
-                               seqlen=args.seqlen, seed=seed, checkpoint_every=10_000,
-                               **({**DEPLOYED_LEARNING, **NOCLIP} if key == "noclip-learned" else DEPLOYED_LEARNING))
+                               seqlen=args.seqlen, seed=seed, checkpoint_every=10_000, **settings)
                 del model
                 if device == "cuda":
                     torch.cuda.empty_cache()

@@ -119,12 +119,13 @@ class QuantSettings(StrictModel):
         return f"W{self.w_bits}A{self.a_bits}{kv}{fp8}"
 
 
+# QuaRot's clipping of activations (0.9) and K/V (0.95)
+CLIP = {"a_clip_ratio": 0.9, "k_clip_ratio": 0.95, "v_clip_ratio": 0.95}
 PRESETS: dict[str, dict[str, Any]] = {
     # QuaRot: GPTQ with clipping search, symmetric activations clipped at 0.9, heads mixed by an
     # online Hadamard before o_proj, asymmetric KV per head clipped at 0.95, random R1, exact R2
-    "quarot": {"w_method": "gptq", "w_clip": True, "a_asym": False, "a_clip_ratio": 0.9,
-               "o_proj_input": "mixed", "k_asym": True, "v_asym": True, "k_clip_ratio": 0.95,
-               "v_clip_ratio": 0.95, "rotation_mode": {"r1": "hadamard", "r2": "base_hadamard"}},
+    "quarot": {"w_method": "gptq", "w_clip": True, "a_asym": False, "o_proj_input": "mixed", "k_asym": True,
+               "v_asym": True, **CLIP, "rotation_mode": {"r1": "hadamard", "r2": "base_hadamard"}},
     # SpinQuant: GPTQ with clipping search, asymmetric activations, o_proj input per head,
     # asymmetric KV per head; R1/R2 random Hadamard or learned (rotation_path)
     "spinquant": {"w_method": "gptq", "w_clip": True, "a_asym": True, "o_proj_input": "per_head",
@@ -135,7 +136,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 # H100 40.53 random / 39.89 learned vs 46.31 / 44.88 with GPTQ; clipping, H200, random Hadamard
 # seeds 0/1/2: 38.25 / 38.61 / 38.55 vs 40.53 / 40.84 / 40.68 without; with rotations learned
 # without clipping it changed nothing: 39.72 vs 39.68, mean of 3)
-CLIP = {"a_clip_ratio": 0.9, "k_clip_ratio": 0.95, "v_clip_ratio": 0.95}
 AUTO = {**PRESETS["spinquant"], "gptq_v2": True, **CLIP}
 PRESET_NAMES = ("auto", "none", *PRESETS)
 
