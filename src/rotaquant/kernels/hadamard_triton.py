@@ -402,9 +402,11 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     return (out,)
 
 
+@functools.lru_cache(maxsize=256)
 def grid_divisor(spec) -> tuple[float, float]:
     """``(div, rcp)``: what the range is divided by (``spec.range_divisor``) and its float32
-    reciprocal, which torch's CUDA division of a tensor by a Python number multiplies by."""
+    reciprocal, which torch's CUDA division of a tensor by a Python number multiplies by.
+    Cached per (frozen) spec: every quantizer launch asks for it."""
     div = float(spec.range_divisor)
     return div, float(np.float32(1.0) / np.float32(div))
 

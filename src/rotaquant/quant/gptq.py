@@ -56,20 +56,12 @@ def tf32_matmul():
     IEEE float32 kernel. (H200, GPTQ of a LLaMA-7B-shaped fp16 layer on 128 x 2048 tokens:
     3.51 -> 3.34 s, GPTQv2 6.57 -> 5.26 s.)"""
     m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):  # torch >= 2.9
-        old = m.fp32_precision
-        m.fp32_precision = "tf32"
-        try:
-            yield
-        finally:
-            m.fp32_precision = old
-    else:  # pragma: no cover - older torch
-        old = m.allow_tf32
-        m.allow_tf32 = True
-        try:
-            yield
-        finally:
-            m.allow_tf32 = old
+    old = m.fp32_precision
+    m.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        m.fp32_precision = old
 
 
 class HessianAccumulator:
