@@ -110,21 +110,18 @@ def _layer_model(args):
 def section_layer(args) -> list[dict]:
     rows = []
     windows = torch.randint(0, 1024, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
+
+    def run(v2: bool) -> float:
+        model = _layer_model(args)
+        stats = quantize_weights_layerwise(model, QuantSpec(4), windows, ArchitectureSpec(), "gptq",
+                                           GPTQConfig(v2=v2), clip_search=True, device=args.device, progress=False)
+        return stats["seconds"]
+
     for v2 in (False, True):
-        times = []
         if args.profile is not None and not v2:  # one profiled run apart from the timed ones
-            model = _layer_model(args)
             with _Profile(args, "layer_gptq"):
-                quantize_weights_layerwise(model, QuantSpec(4), windows, ArchitectureSpec(), "gptq", GPTQConfig(),
-                                           clip_search=True, device=args.device, progress=False)
-            del model
-        for _ in range(args.repeats):
-            model = _layer_model(args)
-            stats = quantize_weights_layerwise(model, QuantSpec(4), windows, ArchitectureSpec(), "gptq",
-                                               GPTQConfig(v2=v2), clip_search=True, device=args.device,
-                                               progress=False)
-            times.append(stats["seconds"])
-            del model
+                run(False)
+        times = [run(v2) for _ in range(args.repeats)]
         rows.append({"section": "layer", "what": f"GPTQ{'v2' if v2 else ''} of one {args.layer_hidden}/"
                      f"{args.layer_mlp} layer, {args.nsamples}x{args.seqlen}", "median_s": _median(times),
                      "runs_s": times})

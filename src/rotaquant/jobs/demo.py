@@ -2,8 +2,8 @@
 
 Both W4A4KV4 rows use the default recipe (``preset: auto``, i.e. SpinQuant's: GPTQ(v2) with a
 clipping search in sequential groups, asymmetric per-token activations, o_proj per head,
-asymmetric per-head KV; plus QuaRot's activation and K/V clipping). On a GPU that is the whole job (128 calibration windows, the whole
-test split). On a CPU GPTQ over 30 layers takes well over the few minutes a quick start may
+asymmetric per-head KV; plus QuaRot's activation and K/V clipping). On a GPU that is the whole
+job (128 calibration windows, the whole test split). On a CPU GPTQ over 30 layers takes well over the few minutes a quick start may
 take, so there the weights are RTN with the recipe's clipping search (everything else as the
 recipe says) and only the first ``CPU_WINDOWS`` windows are scored; the output says so, and
 ``weights="gptq"`` (``rotaquant demo --weights gptq``) runs GPTQ on ``CPU_NSAMPLES`` windows.
@@ -89,8 +89,8 @@ def run_demo(max_windows: int | None = None, device: str | None = None, json_pat
     print(f"\nrotaquant demo: {DEFAULT_MODEL}, WikiText-2 test, seqlen 2048, {scope}, "
           f"{ev['tokens']} tokens scored, device {ev['device']}. Recipe: preset {rec['preset']} -> weights "
           f"{wdesc}; activations {'asym' if rec['a_asym'] else 'sym'} per token (o_proj {rec['o_proj_input']})"
-          f"{_clip(rec.get('a_clip_ratio', 1.0))}; KV {'asym' if rec['k_asym'] else 'sym'} per head"
-          f"{_clip(rec.get('k_clip_ratio', 1.0))}")
+          f"{_clip(rec['a_clip_ratio'])}; KV {'asym' if rec['k_asym'] else 'sym'} per head"
+          f"{_clip(rec['k_clip_ratio'])}")
     print(format_table(rows, [("setting", "setting", ""), ("ppl", "PPL", ".3f"),
                               ("vs_fp", "x FP", ".2f"), ("seconds", "seconds", ".1f")]))
     if json_path:

@@ -39,9 +39,8 @@ MAX_TILE = 16384  # widest row a program holds in registers (read once); wider r
 CHUNK = 8192  # chunk width for rows wider than MAX_TILE
 TILE = 4096  # padded elements per quantization program (several rows when K is small)
 BLOCK_M, BLOCK_N = 32, 128  # epilogue tile
-# "triton": one fused kernel (GEMM + epilogue); "cublas": torch._int_mm + the epilogue kernel. H200, the
-# 7 linears of a LLaMA-7B layer at 1 / 2048 rows: fused 120 / 894 us, _int_mm path 185 / 1304 us (FP16
-# cuBLAS 125 / 1125 us; export_bench, results/h200_stop18.md)
+# "triton": one fused kernel (GEMM + epilogue), the faster on an H200 (figures in qlinear's docstring);
+# "cublas": torch._int_mm + the epilogue kernel
 INT8_GEMM = "triton"
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
