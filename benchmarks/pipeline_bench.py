@@ -24,7 +24,9 @@ Sections (``--sections``):
   eval    perplexity wall time of the model in FP16 and with W4A4KV4 fake quantization (RTN
           weights: the overhead is in the activation/KV quantizer stages), and the ratio; the
           W4A4KV4 model once more with the torch quantizers (``ROTAQUANT_QUANT_BACKEND=reference``:
-          no Triton fake-quant, no fused Hadamard+quant) and whether its perplexity is identical
+          no Triton fake-quant, no fused Hadamard+quant) and whether its perplexity is identical;
+          each as perplexity() runs it (full batches replayed as a CUDA graph on CUDA) and eagerly
+          (``cuda_graph=False``), and the time of the text loading + tokenization every run includes
   learn   rotation learning (W16A4KV4, ``learn_rotations``): seconds per step (the loop's own
           mean over the steps after the first) and peak GPU memory, with the Triton quantizers
           and with the torch ones
@@ -54,6 +56,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 from bench_common import git_commit  # noqa: E402
 
 from rotaquant import learn_rotations, load_model, quantize  # noqa: E402
+from rotaquant.data import load_text, tokenize  # noqa: E402
 from rotaquant.eval.perplexity import perplexity  # noqa: E402
 from rotaquant.models.architecture import ArchitectureSpec  # noqa: E402
 from rotaquant.quant.gptq import GPTQConfig, HessianAccumulator, gptq_quantize_weight  # noqa: E402
@@ -180,32 +183,45 @@ def _w4a4kv4(args, dtype: str):
 
 def section_eval(args) -> list[dict]:
     rows, medians, ppls = [], {}, {}
-    runs = (("fp", False, None), ("w4a4kv4", True, None), ("w4a4kv4 torch quantizers", True, "reference"))
-    for label, quantized, backend in runs:
+    # (label, quantized, quantizer backend, CUDA graph): the graphed runs are perplexity()'s default
+    runs = (("fp", False, None, None), ("w4a4kv4", True, None, None), ("fp eager", False, None, False),
+            ("w4a4kv4 eager", True, None, False), ("w4a4kv4 torch quantizers", True, "reference", None))
+    for label, quantized, backend, graph in runs:
         model, tok = _w4a4kv4(args, args.eval_dtype) if quantized else _load(args, args.eval_dtype)
-        times, ppl = [], None
+        times, ppl, state = [], None, None
         with _QuantBackend(backend):
-            if args.profile is not None:  # one profiled run, apart from the timed ones
+            if args.profile is not None and graph is None:  # one profiled run, apart from the timed ones
                 with _Profile(args, f"eval_{label.replace(' ', '_')}"):
                     perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
-                               max_windows=args.eval_windows, progress=False)
+                               max_windows=args.eval_windows, progress=False, cuda_graph=graph)
             for _ in range(args.repeats + 1):  # the first run warms up (kernels, allocator)
                 _sync(args.device)
                 t = time.perf_counter()
-                ppl = perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
-                                 max_windows=args.eval_windows, progress=False).ppl
+                res = perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
+                                 max_windows=args.eval_windows, progress=False, cuda_graph=graph)
                 _sync(args.device)
                 times.append(time.perf_counter() - t)
+                ppl, state = res.ppl, res.extra.get("cuda_graph")
         medians[label], ppls[label] = _median(times[1:]), ppl
         rows.append({"section": "eval", "what": f"perplexity {label} ({args.eval_dtype}), {args.eval_windows or 'all'}"
                      f" windows x {args.eval_seqlen}, batch {args.eval_batch}", "median_s": medians[label],
-                     "runs_s": times[1:], "ppl": ppl})
+                     "runs_s": times[1:], "ppl": ppl, "cuda_graph": state})
+        if label == "fp":  # the part of every evaluation that is not the model: text loading + tokenization
+            tt = []
+            for _ in range(3):
+                t = time.perf_counter()
+                tokenize(load_text("wikitext2", "test"), tok)
+                tt.append(time.perf_counter() - t)
+            rows.append({"section": "eval", "what": "load + tokenize WikiText-2 test (inside every run above)",
+                         "median_s": _median(tt), "runs_s": tt})
         del model
-    rows.append({"section": "eval", "what": f"W4A4KV4 / FP ({args.eval_dtype}) evaluation time",
-                 "ratio": medians["w4a4kv4"] / medians["fp"],
-                 "ppl_identical_to_torch_quantizers": ppls["w4a4kv4"] == ppls["w4a4kv4 torch quantizers"]})
-    rows.append({"section": "eval", "what": f"W4A4KV4 torch quantizers / FP ({args.eval_dtype}) evaluation time",
-                 "ratio": medians["w4a4kv4 torch quantizers"] / medians["fp"]})
+    for label in ("w4a4kv4", "w4a4kv4 eager", "w4a4kv4 torch quantizers"):
+        base = "fp eager" if label.endswith("eager") else "fp"
+        rows.append({"section": "eval", "what": f"{label} / {base} ({args.eval_dtype}) evaluation time",
+                     "ratio": medians[label] / medians[base]})
+    rows.append({"section": "eval", "what": "PPL identical: graphed, eager, torch quantizers",
+                 "identical": ppls["w4a4kv4"] == ppls["w4a4kv4 eager"] == ppls["w4a4kv4 torch quantizers"],
+                 "fp_identical": ppls["fp"] == ppls["fp eager"]})
     return rows
 
 
@@ -341,7 +357,8 @@ def main() -> None:
             results["rows"].append(row)
             value = row.get("median_s", row.get("ratio"))
             extra = {k: v for k, v in row.items() if k not in ("section", "what", "median_s", "runs_s", "ratio")}
-            print(f"{row['section']:7s} {row['what']:70s} {value:10.4f} {extra or ''}", flush=True)
+            shown = f"{value:10.4f}" if isinstance(value, int | float) else " " * 10
+            print(f"{row['section']:7s} {row['what']:70s} {shown} {extra or ''}", flush=True)
             save()
     save()
 

@@ -73,3 +73,28 @@ def test_public_evaluate_verb(tmp_path):
     data.write_text("rotations spread outliers\n" * 80)
     out = rotaquant.evaluate(tiny_model("llama"), ByteTokenizer(), str(data), seqlen=64, max_windows=2, progress=False)
     assert out["perplexity"]["ppl"] > 1 and out["zeroshot"] is None
+
+
+def test_cpu_evaluation_reports_no_graph():
+    res = perplexity(tiny_model("llama"), data=torch.arange(96) % 96, seqlen=16, batch_size=2, progress=False)
+    assert res.extra["cuda_graph"] == "off"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_cuda_graph_replay_equals_eager(family):
+    """The graphed evaluation of a rotated, W4A4KV4 fake-quantized fp16 model gives exactly the
+    eager values (the same kernels run), with a remainder batch run eagerly."""
+    from rotaquant.quant.pipeline import quantize
+    from rotaquant.rotation.rotate import rotate
+
+    model = tiny_model(family, dtype=torch.float16).cuda()
+    rotate(model, seed=1, progress=False)
+    quantize(model, w_bits=4, a_bits=4, k_bits=4, v_bits=4, a_asym=True, k_asym=True, v_asym=True,
+             preset="none", progress=False)
+    ids = torch.randint(0, 96, (7 * 32,), generator=torch.Generator().manual_seed(3))
+    eager = perplexity(model, data=ids, seqlen=32, batch_size=2, progress=False, cuda_graph=False)
+    graphed = perplexity(model, data=ids, seqlen=32, batch_size=2, progress=False, cuda_graph=True)
+    assert eager.extra["cuda_graph"] == "off" and graphed.extra["cuda_graph"] == "on"
+    assert graphed.ppl == eager.ppl and graphed.windows == 7
