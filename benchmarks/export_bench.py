@@ -97,6 +97,8 @@ LAYER_TINY = [((256, 256), 4), ((512, 256), 2), ((256, 512), 1)]
 LINEAR_SETTINGS = {  # name -> (weight spec, activation spec, kernel)
     "w4a16_g128_int4mm": (QuantSpec(bits=4, group_size=128), None, "int4mm"),
     "w4a16_g128_triton": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
+    # the same with the one-row FMA variant of the decode kernel (w4a16_gemv.DECODE_MODE "fma")
+    "w4a16_g128_triton_fma": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
     "w8a8_int8mm": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
     # the same layers with torch._int_mm + the epilogue kernel instead of the default fused Triton
     # GEMM + epilogue (int8_linear.INT8_GEMM)
@@ -135,6 +137,16 @@ def quant_linear(w: torch.Tensor, spec: QuantSpec, act: QuantSpec | None) -> Qua
     scale, zero = quant_params(w, spec)
     codes = quantize_to_int(to_groups(w, spec), scale, zero, spec).reshape(w.shape)
     return QuantLinear(codes, scale[..., 0], zero[..., 0], spec, act_spec=act)
+
+
+def _w4_mode(choice: str | None) -> str | None:
+    """Set ``rotaquant.kernels.w4a16_gemv.DECODE_MODE`` (None: leave it); returns the previous value."""
+    from rotaquant.kernels import w4a16_gemv
+
+    previous = w4a16_gemv.DECODE_MODE
+    if choice is not None:
+        w4a16_gemv.DECODE_MODE = choice
+    return previous
 
 
 def _int8_gemm(choice: str | None) -> str | None:
@@ -191,6 +203,7 @@ def run_linears(args, device, dtype) -> list[dict]:
     for name in ("fp16", *args.linear_settings.split(",")):
         row = {"setting": name}
         gemm = _int8_gemm("cublas" if name.endswith("_int8_cublas") else None)
+        w4mode = _w4_mode("fma" if name.endswith("_fma") else None)
         try:
             if name == "fp16":
                 mods = [nn.Linear(w.shape[1], w.shape[0], bias=False, device=device, dtype=dtype) for w in weights]
@@ -259,6 +272,7 @@ def run_linears(args, device, dtype) -> list[dict]:
         except Exception as exc:  # one failing setting must not lose the others' numbers
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         _int8_gemm(gemm)
+        _w4_mode(w4mode)
         results.append(row)
         print("linears", fmt_row(row), flush=True)
     return results

@@ -1,20 +1,31 @@
-"""Triton W4A16 matmul for few rows (decode): int4 codes, float32 group scales, fp16/bf16 in and out;
-and a one-pass dequantization kernel for many rows (prefill: dequantize, then a cuBLAS matmul).
+"""Triton W4A16 kernels: a split-K matmul for few rows (decode) and a one-pass dequantization for
+many rows (prefill: dequantize, then a cuBLAS matmul). int4 codes, float32 group scales,
+fp16/bf16 activations in and out.
 
-Decode at batch 1..16 reads every weight once per token, so it is bound by memory bandwidth, and
-by kernel launches for small layers. torch's int4 kernel (``aten._weight_int4pack_mm``,
-tinygemm) takes bfloat16 only, so an fp16 model pays two casts per linear around it; this kernel
-reads the activations in their own dtype, unpacks two nibbles per byte, dequantizes a tile of
-weights in registers exactly as :meth:`~rotaquant.quant.qlinear.QuantLinear.dequantize` does
-(``(u - z) * s`` in float32, rounded to the activation dtype) and multiplies it with ``tl.dot``
-(float32 accumulation), so it equals the reference path up to accumulation order.
+Decode at batch 1..16 reads every weight once per token: it is bound by memory bandwidth, and by
+the instructions that turn nibbles into floats. Integer-to-float conversions run at a quarter of
+the FMA rate, so the kernel never converts: a nibble ``u`` OR-ed into the bits of ``2^23`` is the
+float32 ``2^23 + u``, and subtracting the stored ``2^23 + zp`` leaves ``u - zp`` exactly; times
+the float32 scale and rounded to the activation dtype, that is
+:meth:`~rotaquant.quant.qlinear.QuantLinear.dequantize` bit for bit, so the result equals the
+reference path up to accumulation order.
 
-Layout (built by :func:`pack_w4`): ``packed`` uint8 ``[N, K/2]`` with element ``2j`` in the low
-nibble and ``2j+1`` in the high one, unsigned (``u = code + 8``); ``scale`` and ``zp`` float32
-``[N, G]`` with ``zp = zero + 8``, so ``w = (u - zp) * scale``.
+Layout (built by :func:`pack_w4`; ``H`` = :func:`half_for`, half a group, or a K tile for per-
+channel scales): the input dim is cut into blocks of ``2H``; byte ``j`` of a block holds element
+``j`` in its low nibble and element ``H + j`` in its high nibble (unsigned, ``u = code + 8``), so a
+block unpacks into two contiguous halves with no shuffle, both under one group scale. Scales and
+``2^23 + zp`` (``zp = zero + 8``) are float32 ``[G, N]`` (transposed: a block's scales for a tile
+of rows are contiguous).
+
+Split K: a layer of 4096 outputs in tiles of 16-64 rows gives too few programs to keep every SM's
+memory pipe full, so each tile's K range is split among ``SPLIT_K`` programs; each writes a float32
+partial sum, and the last to finish (an atomic counter per tile, reset by that program) adds the
+partials in split order (deterministic) and writes the output: one launch per linear, no zeroing.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -25,138 +36,194 @@ except ImportError:  # CPU-only installs: the kernel is simply unavailable
     triton = None
 
 BLOCK_M = 16  # tl.dot needs 16 rows; decode batches up to 16 fill one tile
+MAX_SPLIT = 8  # the widest split of the autotuned configs (sizes the partial-sum workspace)
+MIN_TILE_N = 16  # the narrowest row tile of the configs (sizes the tile counters)
+HALVES = (128, 64, 32, 16)  # block halves for per-channel scales (the largest with 2H | K)
+# "dot": tensor cores (tl.dot on the dequantized tile in the activation dtype), any rows;
+# "fma": one row at a time on the FMA units (the same rounded weights, float32 products);
+# chosen by benchmarks/export_bench.py --parts linears
+DECODE_MODE = "dot"
+_MODES = {"dot": 0, "fma": 1}
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAGIC = 8388608.0  # 2^23: float32 whose last mantissa bits hold an integer 0..2^23-1 exactly
 
 
 def available(device: torch.device) -> bool:
-    """Whether the kernel can run on ``device`` (CUDA with Triton installed)."""
+    """Whether the kernels can run on ``device`` (CUDA with Triton installed)."""
     return triton is not None and device.type == "cuda"
 
 
-def pack_w4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> dict:
+def half_for(k: int, group: int | None) -> int | None:
+    """``H``: half a group (a power of two >= 16), or for per-channel scales (``group`` None) the
+    largest of :data:`HALVES` with ``2H`` dividing ``k``; None when the layout cannot hold ``k``."""
+    if group is None:
+        return next((h for h in HALVES if k % (2 * h) == 0), None)
+    h = group // 2
+    if group % 2 or h < 16 or h & (h - 1) or k % group:
+        return None
+    return h
+
+
+def pack_w4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int | None) -> dict:
     """Kernel operands from signed 4-bit ``codes`` ``[N, K]`` (int8, ``-8..7``) and float32
-    ``scale``/``zero`` ``[N, G]`` (``w = (codes - zero) * scale``)."""
-    u = (codes.to(torch.int16) + 8).to(torch.uint8)
-    packed = (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous()
-    return {"packed": packed, "scale": scale.to(torch.float32).contiguous(),
-            "zp": (zero.to(torch.float32) + 8).contiguous()}
-
-
-K_TILES = (512, 256, 128, 64)
-
-
-def block_k_for(k: int, group: int | None) -> int | None:
-    """The K tile: the largest of :data:`K_TILES` that divides ``k`` and is a multiple of ``group``."""
-    for bk in K_TILES:
-        if k % bk == 0 and (group is None or (bk % group == 0 and group <= bk)):
-            return bk
-    return None
-
-
-if triton is not None:
-
-    @triton.autotune(
-        configs=[triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-                 for bn, w, s in ((16, 4, 4), (32, 4, 4), (16, 2, 5), (64, 4, 3), (16, 4, 6), (32, 8, 4),
-                                  (128, 4, 3))],
-        key=["N", "K", "M_BUCKET"],
-    )
-    @triton.jit
-    def _w4a16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, n_groups, stride_xm, stride_ym, M_BUCKET,
-                      G: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK_K: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid_n = tl.program_id(0)
-        pid_m = tl.program_id(1)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_k = tl.arange(0, BLOCK_K)
-        offs_kh = tl.arange(0, BLOCK_K // 2)
-        m_ok = offs_m[:, None] < M
-        n_ok = offs_n < N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if PER_CHANNEL:
-            s_row = tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)
-            z_row = tl.load(z_ptr + offs_n, mask=n_ok, other=0.0)
-        for k0 in range(0, K, BLOCK_K):
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :], mask=m_ok, other=0.0)
-            b = tl.load(w_ptr + offs_n[:, None] * (K // 2) + (k0 // 2 + offs_kh)[None, :], mask=n_ok[:, None],
-                        other=0)
-            u = tl.interleave((b & 0xF).to(tl.float32), (b >> 4).to(tl.float32))  # [BLOCK_N, BLOCK_K]
-            if PER_CHANNEL:
-                w = (u - z_row[:, None]) * s_row[:, None]
-            else:
-                GB: tl.constexpr = BLOCK_K // G
-                offs_g = k0 // G + tl.arange(0, GB)
-                sz_off = offs_n[:, None] * n_groups + offs_g[None, :]
-                s = tl.load(s_ptr + sz_off, mask=n_ok[:, None], other=0.0)
-                z = tl.load(z_ptr + sz_off, mask=n_ok[:, None], other=0.0)
-                w = tl.reshape((tl.reshape(u, (BLOCK_N, GB, G)) - z[:, :, None]) * s[:, :, None],
-                               (BLOCK_N, BLOCK_K))
-            acc += tl.dot(x, tl.trans(w.to(x.dtype)))
-        y = acc.to(y_ptr.dtype.element_ty)
-        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok & n_ok[None, :])
+    ``scale``/``zero`` ``[N, G]`` (``w = (codes - zero) * scale``) in groups of ``group`` (None:
+    per channel). Raises ValueError when :func:`half_for` has no layout for it."""
+    n, k = codes.shape
+    h = half_for(k, group)
+    if h is None:
+        raise ValueError(f"no W4 layout for input size {k} in groups of {group}")
+    u = (codes.to(torch.int16) + 8).to(torch.uint8).reshape(n, k // (2 * h), 2, h)
+    packed = (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+    zc = zero.to(torch.float32) + (8 + MAGIC)  # exact: |zero + 8| < 2^8
+    dev = codes.device
+    return {"packed": packed, "half": h, "scale_t": scale.to(torch.float32).t().contiguous(),
+            "zc_t": zc.t().contiguous(),
+            # one counter per (row tile, row-block) of the narrowest tiling; the finishing program resets it
+            "counters": torch.zeros(triton.cdiv(n, MIN_TILE_N) * 4 if triton else 1, dtype=torch.int32, device=dev)}
 
 
 if triton is not None:
 
     @triton.jit
-    def _dequant_tile(w_ptr, s_ptr, z_ptr, offs_n, n_ok, k0, K, n_groups, G: tl.constexpr,
-                      PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Columns ``[k0, k0 + BLOCK_K)`` of rows ``offs_n`` of ``W = (u - zp) * scale`` (float32)."""
-        offs_kh = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        b = tl.load(w_ptr + offs_n[:, None] * (K // 2) + offs_kh[None, :], mask=n_ok[:, None], other=0)
-        u = tl.interleave((b & 0xF).to(tl.float32), (b >> 4).to(tl.float32))  # [BLOCK_N, BLOCK_K]
+    def _halves(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K: tl.constexpr, H: tl.constexpr,
+                PER_CHANNEL: tl.constexpr, s_pc, z_pc, live):
+        """The two dequantized halves (float32 ``[BLOCK_N, H]``) of block ``blk`` of rows ``offs_n``."""
+        offs_h = tl.arange(0, H)
+        ok = n_ok[:, None] & live
+        b = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * (K // 2) + blk * H + offs_h[None, :], mask=ok, other=0)
+        b = b.to(tl.int32)
+        lo = ((b & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + u, no conversion
+        hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
         if PER_CHANNEL:
-            s = tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)[:, None]
-            z = tl.load(z_ptr + offs_n, mask=n_ok, other=0.0)[:, None]
-            w = (u - z) * s
+            s, z = s_pc, z_pc
         else:
-            GB: tl.constexpr = BLOCK_K // G
-            sz_off = offs_n[:, None] * n_groups + (k0 // G + tl.arange(0, GB))[None, :]
-            s = tl.load(s_ptr + sz_off, mask=n_ok[:, None], other=0.0)
-            z = tl.load(z_ptr + sz_off, mask=n_ok[:, None], other=0.0)
-            w = tl.reshape((tl.reshape(u, (BLOCK_N, GB, G)) - z[:, :, None]) * s[:, :, None], (BLOCK_N, BLOCK_K))
-        return w
+            s = tl.load(s_ptr + blk * N + offs_n, mask=n_ok & live, other=0.0)
+            z = tl.load(z_ptr + blk * N + offs_n, mask=n_ok & live, other=MAGIC)
+        return (lo - z[:, None]) * s[:, None], (hi - z[:, None]) * s[:, None]
 
     @triton.jit
-    def _w4_dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, n_groups, G: tl.constexpr,
-                           PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # one [BLOCK_N, BLOCK_K] tile of W, float32 math rounded once to out's dtype
+    def _w4_mm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, part_ptr, cnt_ptr, M, N, stride_xm, stride_ym, M_BUCKET,
+                      K: tl.constexpr, H: tl.constexpr, PER_CHANNEL: tl.constexpr, MODE: tl.constexpr,
+                      BM: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, UNROLL: tl.constexpr):
+        """Program ``(n, s, m)``: rows ``m`` (``BM`` of them) x outputs ``n`` over split ``s`` of K."""
+        pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_h = tl.arange(0, H)
+        m_ok, n_ok = offs_m < M, offs_n < N
+        NB: tl.constexpr = K // (2 * H)
+        STEPS: tl.constexpr = (NB + SPLIT_K * UNROLL - 1) // (SPLIT_K * UNROLL)
+        s_pc = tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)  # per-channel scales (unused otherwise)
+        z_pc = tl.load(z_ptr + offs_n, mask=n_ok, other=MAGIC)
+        if MODE == 0:
+            acc = tl.zeros((BM, BLOCK_N), dtype=tl.float32)
+        else:
+            acc2 = tl.zeros((BLOCK_N, H), dtype=tl.float32)
+        x_row = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+        for step in range(STEPS):
+            for u in tl.static_range(UNROLL):
+                blk = (pid_s * STEPS + step) * UNROLL + u
+                live = blk < NB
+                w_lo, w_hi = _halves(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K, H, PER_CHANNEL, s_pc, z_pc, live)
+                xm = m_ok[:, None] & live
+                x_lo = tl.load(x_row + blk * (2 * H) + offs_h[None, :], mask=xm, other=0.0)
+                x_hi = tl.load(x_row + blk * (2 * H) + H + offs_h[None, :], mask=xm, other=0.0)
+                if MODE == 0:
+                    acc = tl.dot(x_lo, tl.trans(w_lo.to(x_lo.dtype)), acc)
+                    acc = tl.dot(x_hi, tl.trans(w_hi.to(x_hi.dtype)), acc)
+                else:  # BM == 1: products of the rounded weights in float32 (exact), summed at the end
+                    acc2 += w_lo.to(x_lo.dtype).to(tl.float32) * x_lo.to(tl.float32)
+                    acc2 += w_hi.to(x_hi.dtype).to(tl.float32) * x_hi.to(tl.float32)
+        if MODE != 0:
+            acc = tl.sum(acc2, axis=1)[None, :]
+        out_ok = m_ok[:, None] & n_ok[None, :]
+        y_offs = offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+        if SPLIT_K == 1:
+            tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+        else:
+            # partials [SPLIT_K, M, N]; the last program of this tile adds them in split order
+            p_offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+            tl.store(part_ptr + pid_s * M * N + p_offs, acc, mask=out_ok)
+            tl.debug_barrier()  # every thread's partial is stored before the counter moves
+            tile = pid_m * tl.num_programs(0) + pid_n
+            done = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")  # orders the store above before it
+            if done == SPLIT_K - 1:
+                total = tl.load(part_ptr + p_offs, mask=out_ok, other=0.0, cache_modifier=".cg")
+                for s in tl.static_range(1, SPLIT_K):
+                    total += tl.load(part_ptr + s * M * N + p_offs, mask=out_ok, other=0.0, cache_modifier=".cg")
+                tl.store(y_ptr + y_offs, total.to(y_ptr.dtype.element_ty), mask=out_ok)
+                tl.atomic_xchg(cnt_ptr + tile, 0)  # ready for the next call (and a CUDA graph replay)
+
+    _CONFIGS = [triton.Config({"BLOCK_N": bn, "SPLIT_K": sk, "UNROLL": un}, num_warps=w, num_stages=st)
+                for bn, sk, un, w, st in ((16, 4, 1, 4, 4), (16, 8, 1, 4, 4), (32, 4, 1, 4, 4), (32, 2, 2, 4, 3),
+                                          (32, 8, 1, 4, 3), (64, 2, 1, 4, 4), (64, 4, 1, 8, 3), (16, 4, 2, 2, 4),
+                                          (32, 4, 2, 8, 3), (64, 1, 2, 4, 4), (128, 2, 1, 8, 3), (16, 1, 4, 4, 3))]
+    _w4_mm_tuned = triton.autotune(configs=_CONFIGS, key=["N", "M_BUCKET"])(_w4_mm_kernel)
+
+    @triton.jit
+    def _w4_dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K: tl.constexpr, H: tl.constexpr,
+                           PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS: tl.constexpr):
+        """Rows ``[n, n + BLOCK_N)`` x blocks ``[b * BLOCKS, (b + 1) * BLOCKS)`` of ``W``, float32 math
+        rounded once to out's dtype."""
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        k0 = tl.program_id(1) * BLOCK_K
         n_ok = offs_n < N
-        w = _dequant_tile(w_ptr, s_ptr, z_ptr, offs_n, n_ok, k0, K, n_groups, G, PER_CHANNEL, BLOCK_N, BLOCK_K)
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], w.to(out_ptr.dtype.element_ty),
-                 mask=n_ok[:, None])
+        offs_h = tl.arange(0, H)
+        NB: tl.constexpr = K // (2 * H)
+        s_pc = tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)
+        z_pc = tl.load(z_ptr + offs_n, mask=n_ok, other=MAGIC)
+        row = out_ptr + offs_n.to(tl.int64)[:, None] * K
+        for i in tl.static_range(BLOCKS):
+            blk = tl.program_id(1) * BLOCKS + i
+            live = blk < NB
+            w_lo, w_hi = _halves(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K, H, PER_CHANNEL, s_pc, z_pc, live)
+            ok = n_ok[:, None] & live
+            tl.store(row + blk * (2 * H) + offs_h[None, :], w_lo.to(out_ptr.dtype.element_ty), mask=ok)
+            tl.store(row + blk * (2 * H) + H + offs_h[None, :], w_hi.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def w4_dequantize(ops: dict, group: int | None, dtype: torch.dtype) -> torch.Tensor:
+def _dims(ops: dict) -> tuple[int, int, int, bool]:
+    n, k = ops["packed"].shape[0], ops["packed"].shape[1] * 2
+    return n, k, ops["half"], ops["scale_t"].shape[0] == 1  # one scale per row: per channel
+
+
+def w4_dequantize(ops: dict, dtype: torch.dtype) -> torch.Tensor:
     """``W`` ``[N, K]`` in ``dtype`` from the :func:`pack_w4` operands, equal to
     :meth:`~rotaquant.quant.qlinear.QuantLinear.dequantize` (``(codes - zero) * scale`` in float32,
     rounded to ``dtype``) bit for bit: one read of the packed codes, one write of ``W``."""
-    packed = ops["packed"]
-    n, k = packed.shape[0], packed.shape[1] * 2
-    bk = block_k_for(k, group)
-    out = torch.empty(n, k, dtype=dtype, device=packed.device)
-    per_channel = group is None
-    grid = (triton.cdiv(n, 32), k // bk)
-    _w4_dequant_kernel[grid](packed, ops["scale"], ops["zp"], out, n, k, ops["scale"].shape[1],
-                             G=bk if per_channel else group, PER_CHANNEL=per_channel, BLOCK_N=32, BLOCK_K=bk,
-                             num_warps=4)
+    n, k, h, per_channel = _dims(ops)
+    out = torch.empty(n, k, dtype=dtype, device=ops["packed"].device)
+    blocks = max(1, 256 // (2 * h))
+    grid = (triton.cdiv(n, 32), triton.cdiv(k // (2 * h), blocks))
+    _w4_dequant_kernel[grid](ops["packed"], ops["scale_t"], ops["zc_t"], out, n, k, h, per_channel,
+                             BLOCK_N=32, BLOCKS=blocks, num_warps=4)
     return out
 
 
-def w4a16_matmul(x2: torch.Tensor, ops: dict, group: int | None) -> torch.Tensor:
-    """``x2 @ W^T`` for ``x2`` ``[M, K]`` (fp16/bf16, CUDA) and the :func:`pack_w4` operands ``ops``
-    of ``W`` ``[N, K]`` with groups of ``group`` (None: one scale per output channel)."""
+def w4a16_matmul(x2: torch.Tensor, ops: dict, mode: str | None = None, config: dict | None = None) -> torch.Tensor:
+    """``x2 @ W^T`` for ``x2`` ``[M, K]`` (fp16/bf16, CUDA; few rows) and the :func:`pack_w4`
+    operands ``ops`` of ``W`` ``[N, K]``. ``mode``: ``dot`` or ``fma`` (one row only; else
+    ``dot``), default :data:`DECODE_MODE`. ``config``: a fixed tile (keys ``BLOCK_N``,
+    ``SPLIT_K``, ``UNROLL``, ``num_warps``) instead of the autotuned one (tests, the interpreter)."""
     m, k = x2.shape
-    n = ops["packed"].shape[0]
-    bk = block_k_for(k, group)
+    n, _, h, per_channel = _dims(ops)
     x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
     y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    per_channel = group is None
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, BLOCK_M))  # noqa: E731
-    _w4a16_kernel[grid](x2, ops["packed"], ops["scale"], ops["zp"], y, m, n, k, ops["scale"].shape[1],
-                        x2.stride(0), y.stride(0), min(triton.next_power_of_2(m), 64),
-                        G=bk if per_channel else group, PER_CHANNEL=per_channel, BLOCK_K=bk, BLOCK_M=BLOCK_M)
+    if m == 0:
+        return y
+    code = _MODES[mode or DECODE_MODE] if m == 1 else 0
+    bm = 1 if code else BLOCK_M
+    parts = torch.empty(MAX_SPLIT, m, n, dtype=torch.float32, device=x2.device)
+    m_tiles = triton.cdiv(m, bm)
+    if m_tiles * triton.cdiv(n, MIN_TILE_N) > ops["counters"].numel():
+        ops["counters"] = torch.zeros(m_tiles * triton.cdiv(n, MIN_TILE_N), dtype=torch.int32, device=x2.device)
+    args = (x2, ops["packed"], ops["scale_t"], ops["zc_t"], y, parts, ops["counters"], m, n, x2.stride(0),
+            y.stride(0), min(triton.next_power_of_2(m), 64))
+    consts = {"K": k, "H": h, "PER_CHANNEL": per_channel, "MODE": code, "BM": bm}
+    if config is None and not _INTERPRET:
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"], m_tiles)  # noqa: E731
+        _w4_mm_tuned[grid](*args, **consts)
+    else:
+        cfg = {"BLOCK_N": 16, "SPLIT_K": 2, "UNROLL": 2, "num_warps": 4, **(config or {})}
+        grid = (triton.cdiv(n, cfg["BLOCK_N"]), cfg["SPLIT_K"], m_tiles)
+        _w4_mm_kernel[grid](*args, **consts, **cfg)
     return y

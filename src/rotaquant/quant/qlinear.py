@@ -132,9 +132,9 @@ class QuantLinear(nn.Module):
             why = self.supports("int4mm")
             if why is None and not w4a16_gemv.available(self.codes.device):
                 why = "w4triton needs CUDA and Triton"
-            if why is None and w4a16_gemv.block_k_for(self.in_features, self.spec.group_size) is None:
-                why = (f"no K tile of {'/'.join(map(str, w4a16_gemv.K_TILES))} divides {self.in_features}"
-                       f" in groups of {self.spec.group_size}")
+            if why is None and w4a16_gemv.half_for(self.in_features, self.spec.group_size) is None:
+                why = (f"no w4triton layout for input size {self.in_features} in groups of {self.spec.group_size}"
+                       " (groups of 32/64/128/256 dividing it; per channel: a multiple of 32)")
             return why
         if kernel == "int4mm":
             if self.act_spec is not None:
@@ -194,7 +194,7 @@ class QuantLinear(nn.Module):
         elif kernel == "w4triton":
             from ..kernels.w4a16_gemv import pack_w4
 
-            self._packed["tri"] = pack_w4(self.int_codes(), self.scale, self.zero)
+            self._packed["tri"] = pack_w4(self.int_codes(), self.scale, self.zero, self.spec.group_size)
         elif kernel == "int8mm":
             self._prepare_int8()
         elif kernel == "fp8mm":
@@ -255,9 +255,9 @@ class QuantLinear(nn.Module):
 
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] <= _TRITON_ROWS and x.dtype != torch.float32:
-            y = w4a16_matmul(x2, self._packed["tri"], self.spec.group_size)
+            y = w4a16_matmul(x2, self._packed["tri"])
         else:  # prefill: one dequantization pass, then cuBLAS (the reference's own arithmetic)
-            y = F.linear(x2, w4_dequantize(self._packed["tri"], self.spec.group_size, x.dtype))
+            y = F.linear(x2, w4_dequantize(self._packed["tri"], x.dtype))
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _shared(self, x: torch.Tensor, quantize):
