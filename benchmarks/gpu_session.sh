@@ -17,6 +17,8 @@
 #   recheck  the GPTQ/int8/W4A16/fake-quant/Hadamard kernel tests, then .carry/gpu/debug.py if carried
 #   int8     the int8mm kernel and QuantLinear GPU tests alone
 #   layer    pipeline_bench's 7B-layer GPTQ section;  linears: export_bench's linears part only
+#   tests    the W4A16, int8mm, QuantLinear and CUDA-graph perplexity GPU tests
+#   evallearn  pipeline_bench eval (graphed and eager) + learn sections, no profile
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -70,12 +72,18 @@ for part in "$@"; do
     int8)  # the int8mm kernels and QuantLinear on the GPU (the fused Triton GEMM is the default since 8d5a69d)
       step kernels 240 python3 -m pytest -m gpu tests/kernels/test_int8_linear.py tests/quant/test_qlinear.py \
         -q -rf --tb=short -p no:cacheprovider ;;
+    tests)
+      step tests 420 python3 -m pytest -m gpu tests/kernels/test_w4a16_triton.py tests/kernels/test_int8_linear.py \
+        tests/quant/test_qlinear.py tests/eval/test_perplexity.py -q -rf --tb=short -p no:cacheprovider ;;
+    evallearn)
+      step evallearn 230 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
+        --sections eval learn --json "$dir/pipeline_eval_learn.json" ;;
     layer)
       step layer 130 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
         --profile "$dir/profile" --json "$dir/pipeline_layer.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds learned recheck int8 layer linears)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds learned recheck int8 layer linears tests evallearn)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done
