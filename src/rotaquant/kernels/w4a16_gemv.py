@@ -36,14 +36,16 @@ except ImportError:  # CPU-only installs: the kernel is simply unavailable
     triton = None
 
 BLOCK_M = 16  # tl.dot needs 16 rows; decode batches up to 16 fill one tile
-MAX_SPLIT = 8  # the widest split of the autotuned configs (sizes the partial-sum workspace)
+MAX_SPLIT = 16  # the widest split of the autotuned configs (sizes the partial-sum workspace)
 MIN_TILE_N = 16  # the narrowest row tile of the configs (sizes the tile counters)
 HALVES = (128, 64, 32, 16)  # block halves for per-channel scales (the largest with 2H | K)
 # "dot": tensor cores (tl.dot on the dequantized tile in the activation dtype), any rows;
 # "fma": one row at a time on the FMA units (the same rounded weights, float32 products);
+# "fast": one row on the FMA units with the float32 weights not rounded to the activation dtype
+# (the exact dequantized values: differs from the reference by that rounding, ~1e-4 relative);
 # chosen by benchmarks/export_bench.py --parts linears
 DECODE_MODE = "dot"
-_MODES = {"dot": 0, "fma": 1}
+_MODES = {"dot": 0, "fma": 1, "fast": 2}
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAGIC = 8388608.0  # 2^23: float32 whose last mantissa bits hold an integer 0..2^23-1 exactly
 
@@ -83,6 +85,7 @@ def pack_w4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group:
 
 
 if triton is not None:
+    _MAGIC = tl.constexpr(MAGIC)  # a global a jitted function may read
 
     @triton.jit
     def _halves(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K: tl.constexpr, H: tl.constexpr,
@@ -98,7 +101,7 @@ if triton is not None:
             s, z = s_pc, z_pc
         else:
             s = tl.load(s_ptr + blk * N + offs_n, mask=n_ok & live, other=0.0)
-            z = tl.load(z_ptr + blk * N + offs_n, mask=n_ok & live, other=MAGIC)
+            z = tl.load(z_ptr + blk * N + offs_n, mask=n_ok & live, other=_MAGIC)
         return (lo - z[:, None]) * s[:, None], (hi - z[:, None]) * s[:, None]
 
     @triton.jit
@@ -114,7 +117,7 @@ if triton is not None:
         NB: tl.constexpr = K // (2 * H)
         STEPS: tl.constexpr = (NB + SPLIT_K * UNROLL - 1) // (SPLIT_K * UNROLL)
         s_pc = tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)  # per-channel scales (unused otherwise)
-        z_pc = tl.load(z_ptr + offs_n, mask=n_ok, other=MAGIC)
+        z_pc = tl.load(z_ptr + offs_n, mask=n_ok, other=_MAGIC)
         if MODE == 0:
             acc = tl.zeros((BM, BLOCK_N), dtype=tl.float32)
         else:
@@ -131,9 +134,12 @@ if triton is not None:
                 if MODE == 0:
                     acc = tl.dot(x_lo, tl.trans(w_lo.to(x_lo.dtype)), acc)
                     acc = tl.dot(x_hi, tl.trans(w_hi.to(x_hi.dtype)), acc)
-                else:  # BM == 1: products of the rounded weights in float32 (exact), summed at the end
+                elif MODE == 1:  # BM == 1: products of the rounded weights in float32 (exact), summed at the end
                     acc2 += w_lo.to(x_lo.dtype).to(tl.float32) * x_lo.to(tl.float32)
                     acc2 += w_hi.to(x_hi.dtype).to(tl.float32) * x_hi.to(tl.float32)
+                else:  # BM == 1, the float32 weights unrounded: no conversion per weight at all
+                    acc2 += w_lo * x_lo.to(tl.float32)
+                    acc2 += w_hi * x_hi.to(tl.float32)
         if MODE != 0:
             acc = tl.sum(acc2, axis=1)[None, :]
         out_ok = m_ok[:, None] & n_ok[None, :]
@@ -154,11 +160,14 @@ if triton is not None:
                 tl.store(y_ptr + y_offs, total.to(y_ptr.dtype.element_ty), mask=out_ok)
                 tl.atomic_xchg(cnt_ptr + tile, 0)  # ready for the next call (and a CUDA graph replay)
 
+    # narrow tiles for the tensor-core path; wide tiles (several rows per thread reuse each loaded
+    # activation) with deeper splits for the one-row FMA paths
     _CONFIGS = [triton.Config({"BLOCK_N": bn, "SPLIT_K": sk, "UNROLL": un}, num_warps=w, num_stages=st)
-                for bn, sk, un, w, st in ((16, 4, 1, 4, 4), (16, 8, 1, 4, 4), (32, 4, 1, 4, 4), (32, 2, 2, 4, 3),
-                                          (32, 8, 1, 4, 3), (64, 2, 1, 4, 4), (64, 4, 1, 8, 3), (16, 4, 2, 2, 4),
-                                          (32, 4, 2, 8, 3), (64, 1, 2, 4, 4), (128, 2, 1, 8, 3), (16, 1, 4, 4, 3))]
-    _w4_mm_tuned = triton.autotune(configs=_CONFIGS, key=["N", "M_BUCKET"])(_w4_mm_kernel)
+                for bn, sk, un, w, st in ((16, 4, 1, 4, 4), (16, 8, 1, 4, 4), (32, 4, 1, 4, 4), (32, 8, 1, 4, 3),
+                                          (64, 4, 1, 8, 3), (16, 4, 2, 2, 4), (32, 4, 2, 8, 3), (64, 2, 1, 4, 4),
+                                          (64, 8, 1, 4, 3), (64, 16, 1, 4, 3), (128, 4, 1, 4, 3), (128, 8, 1, 4, 3),
+                                          (128, 16, 1, 8, 3), (256, 8, 1, 8, 3), (64, 8, 2, 4, 3), (128, 8, 2, 4, 2))]
+    _w4_mm_tuned = triton.autotune(configs=_CONFIGS, key=["N", "M_BUCKET", "MODE"])(_w4_mm_kernel)
 
     @triton.jit
     def _w4_dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K: tl.constexpr, H: tl.constexpr,
@@ -170,7 +179,7 @@ if triton is not None:
         offs_h = tl.arange(0, H)
         NB: tl.constexpr = K // (2 * H)
         s_pc = tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)
-        z_pc = tl.load(z_ptr + offs_n, mask=n_ok, other=MAGIC)
+        z_pc = tl.load(z_ptr + offs_n, mask=n_ok, other=_MAGIC)
         row = out_ptr + offs_n.to(tl.int64)[:, None] * K
         for i in tl.static_range(BLOCKS):
             blk = tl.program_id(1) * BLOCKS + i
