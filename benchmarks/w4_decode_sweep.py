@@ -54,7 +54,7 @@ def main() -> int:
     for n, k in SHAPES:
         x = torch.randn(1, k, generator=gen).to("cuda", torch.float16)
         ws = [torch.randn(n, k, generator=gen).mul_(0.02).to("cuda", torch.float16) for _ in range(args.copies)]
-        us = graph_us(lambda ws=ws: [torch.nn.functional.linear(x, w) for w in ws], args.copies)
+        us = graph_us(lambda x=x, ws=ws: [torch.nn.functional.linear(x, w) for w in ws], args.copies)
         fp16_bytes = n * k * 2
         rows.append({"shape": f"{n}x{k}", "variant": "fp16 cuBLAS", "us": us, "gb_s": fp16_bytes / us / 1e3})
         print(rows[-1], flush=True)
@@ -71,7 +71,7 @@ def main() -> int:
                 cfg = None if tile is None else dict(zip(("BLOCK_N", "SPLIT_K", "UNROLL", "num_warps"), tile,
                                                          strict=True))
                 try:
-                    us = graph_us(lambda cfg=cfg, mode=mode: [w4a16_gemv.w4a16_matmul(x, o, mode=mode, config=cfg)
+                    us = graph_us(lambda x=x, ops=ops, cfg=cfg, mode=mode: [w4a16_gemv.w4a16_matmul(x, o, mode=mode, config=cfg)
                                                               for o in ops], args.copies)
                     row = {"shape": f"{n}x{k}", "variant": f"w4 {mode}", "tile": tile or "autotuned", "us": us,
                            "gb_s": w4_bytes / us / 1e3}
