@@ -47,11 +47,13 @@ def main() -> int:
     p.add_argument("--copies", type=int, default=12)
     p.add_argument("--group", type=int, default=128)
     p.add_argument("--modes", default="fast,dot")
+    p.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="out x in, comma-separated")
+    p.add_argument("--no-autotuned", action="store_true", help="skip the autotuned rows (their tuning is slow)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     rows = []
     gen = torch.Generator(device="cpu").manual_seed(0)
-    for n, k in SHAPES:
+    for n, k in (tuple(map(int, shape.split("x"))) for shape in args.shapes.split(",")):
         x = torch.randn(1, k, generator=gen).to("cuda", torch.float16)
         ws = [torch.randn(n, k, generator=gen).mul_(0.02).to("cuda", torch.float16) for _ in range(args.copies)]
         us = graph_us(lambda x=x, ws=ws: [torch.nn.functional.linear(x, w) for w in ws], args.copies)
@@ -67,7 +69,7 @@ def main() -> int:
         del ws
         w4_bytes = n * k // 2 + 2 * 4 * n * g
         for mode in args.modes.split(","):
-            for tile in [None, *TILES]:
+            for tile in ([] if args.no_autotuned else [None]) + TILES:
                 cfg = None if tile is None else dict(zip(("BLOCK_N", "SPLIT_K", "UNROLL", "num_warps"), tile,
                                                          strict=True))
                 try:
