@@ -263,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH", help="write settings, losses and timings as JSON")
     add_config_flags(p, OptimizeConfig, helps={
         "nsamples": "calibration windows", "split": "split of a named set (test is refused)",
-        "data": "calibration text: wikitext2 (validation split) or a local .txt/.jsonl path"})
+        "data": "calibration text: wikitext2 (validation split) or a local .txt/.jsonl path",
+        "preset": "auto: learn with the activation and KV quantizers ptq's default recipe deploys (asymmetric, "
+                  "per head before o_proj, activations clipped at 0.9, KV at 0.95) and W16A4KV4 when no bits are "
+                  "given (GPTQ runs on the weights after learning); none: symmetric, no clipping. Explicit flags "
+                  "override it"})
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("analyze", help="layer-wise error of QuaRot/SpinQuant/SmoothQuant-style processing -> CSV, PNGs",

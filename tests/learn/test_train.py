@@ -148,7 +148,9 @@ def test_config_refuses_test_split_and_nothing_quantized():
     with pytest.raises(ConfigError, match="test split"):
         OptimizeConfig.load(a_bits=4, split="test")
     with pytest.raises(ConfigError, match="nothing is quantized"):
-        OptimizeConfig.load()
+        OptimizeConfig.load(preset="none")
+    with pytest.raises(ConfigError, match="nothing is quantized"):  # bits given: the preset adds none
+        OptimizeConfig.load(a_bits=16, k_bits=16, v_bits=16)
     with pytest.raises(ConfigError, match="micro_batch_size"):
         OptimizeConfig.load(a_bits=4, batch_size=8, micro_batch_size=3)
 
@@ -163,3 +165,19 @@ def test_learning_on_cuda_with_bf16_autocast():
     res = learn(tm, _windows(), cfg, progress=False)
     assert res.peak_memory_gib is not None and res.orthogonality_error < 1e-10
     assert all(torch.isfinite(torch.tensor(res.losses)))
+
+
+def test_auto_preset_learns_with_what_ptq_deploys():
+    """The default learns W16A4KV4 with the default PTQ recipe's activation/KV quantizers (the
+    rotation fits the deployed quantizers); explicit keys win, preset none keeps plain defaults."""
+    from rotaquant.quant.recipe import PTQRecipe
+
+    cfg = OptimizeConfig.load()
+    deployed = PTQRecipe(w_bits=4, a_bits=4, k_bits=4, v_bits=4)
+    assert cfg.bits_label() == "W16A4KV4"
+    assert (cfg.act_spec, cfg.key_spec, cfg.value_spec) == (deployed.act_spec, deployed.key_spec, deployed.value_spec)
+    assert cfg.o_proj_input == deployed.o_proj_input == "per_head"
+    mine = OptimizeConfig.load(w_bits=4, a_bits=4, k_bits=4, v_bits=4, a_clip_ratio=1.0, a_asym=False)
+    assert mine.bits_label() == "W4A4KV4" and mine.a_clip_ratio == 1.0 and not mine.a_asym and mine.k_asym
+    plain = OptimizeConfig.load(preset="none", a_bits=4)
+    assert plain.bits_label() == "W16A4" and not plain.a_asym and plain.a_clip_ratio == 1.0

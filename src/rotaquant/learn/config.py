@@ -2,7 +2,10 @@
 
 Defaults are the SpinQuant paper's: 800 windows of 2048 tokens from the WikiText-2 validation
 file (never the test split), 100 iterations of batch 8, Cayley SGD with lr 1.5 and a cosine
-schedule. The quantizer keys are those of :class:`~rotaquant.quant.recipe.PTQRecipe`.
+schedule. The quantizer keys are those of :class:`~rotaquant.quant.recipe.PTQRecipe`; the
+``auto`` preset (the default) learns with the activation and KV quantizers that ``ptq``'s default
+recipe deploys (asymmetric, per head before o_proj, QuaRot's clipping) and, when no bit width is
+given, W16A4KV4 (weights stay in full precision: GPTQ runs after learning).
 """
 
 from __future__ import annotations
@@ -12,13 +15,20 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import DeviceSettings, check_rotation_mode
-from ..quant.recipe import QuantSettings
+from ..quant.recipe import AUTO, QuantSettings
+
+# the quantizer settings of ptq's default preset (what it deploys), for learning with them
+LEARN_AUTO = {key: value for key, value in AUTO.items() if key in QuantSettings.model_fields}
+BIT_KEYS = ("w_bits", "a_bits", "k_bits", "v_bits")
 
 
 class OptimizeConfig(QuantSettings, DeviceSettings):
     """Everything that defines one rotation-learning run."""
 
     version: int = 1
+    # auto: ptq's default activation/KV quantizers (and W16A4KV4 when no bits are given); none: the
+    # plain per-key defaults (symmetric, no clipping)
+    preset: Literal["auto", "none"] = "auto"
     model: str = "smollm2-135m"
     rotation_config: str = "auto"
     init_mode: str = "hadamard"
@@ -51,6 +61,16 @@ class OptimizeConfig(QuantSettings, DeviceSettings):
     fsdp: bool = False
     # checkpoints
     checkpoint_every: int = Field(25, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        if not isinstance(data, dict) or data.get("preset", "auto") != "auto":
+            return data
+        values = dict(LEARN_AUTO)
+        if not any(data.get(key) is not None for key in BIT_KEYS):
+            values.update(a_bits=4, k_bits=4, v_bits=4)
+        return {**values, **{k: v for k, v in data.items() if v is not None or k not in values}}
 
     @field_validator("init_mode")
     @classmethod
