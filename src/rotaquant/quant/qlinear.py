@@ -15,14 +15,16 @@ matmul, instead of by an ``a_quant`` stage). Kernels, chosen by :meth:`QuantLine
   ``torch._int_mm`` on int8 codes, zero points and scales applied in the epilogue. 4-bit codes
   run through it exactly (no int4 tensor cores on H100). On CUDA with Triton one Triton pass
   quantizes the activations and one kernel does the int8 GEMM and the epilogue
-  (:mod:`rotaquant.kernels.int8_linear`; H200, a LLaMA-7B layer's linears: 120 / 894 us at 1 / 2048
-  rows vs 185 / 1304 us around ``_int_mm``, FP16 125 / 1125 us), the same values as the torch ops, which
+  (:mod:`rotaquant.kernels.int8_linear`; H200, a LLaMA-7B layer's linears: 119 / 885 us at 1 / 2048
+  rows vs 184 / 1304 us around ``_int_mm``, FP16 129 / 1136 us), the same values as the torch ops, which
   ``ROTAQUANT_QUANT_BACKEND=reference`` selects.
-* ``w4triton`` (weight-only, up to 4 bits, CUDA): for up to 16 rows (decode) the Triton kernel of
-  :mod:`rotaquant.kernels.w4a16_gemv` (fp16/bf16 in and out, no casts around it, dequantized
-  exactly as the reference); for more rows (prefill) the weight is dequantized by one Triton pass
-  (bit-identical to the reference's) and multiplied by cuBLAS: tinygemm is memory-efficient at 1
-  row but 25x slower than cuBLAS at 2048 rows (H200, a LLaMA-7B layer: 28.7 ms vs 1.1 ms).
+* ``w4triton`` (weight-only, up to 4 bits, CUDA; groups of 32-256 or per channel): for up to 16
+  rows (decode) the split-K Triton kernel of :mod:`rotaquant.kernels.w4a16_gemv` (fp16/bf16 in
+  and out, no casts around it, weights dequantized exactly as the reference; H200, a LLaMA-7B
+  layer's linears at 1 row: 118 us vs FP16 129 us, tinygemm 120 us); for more rows (prefill)
+  the weight is dequantized by one Triton pass (bit-identical to the reference's) and multiplied
+  by cuBLAS: tinygemm is memory-efficient at 1 row but 25x slower than cuBLAS at 2048 rows
+  (28.5 ms vs 1.3 ms).
 * ``fp8mm`` (FP8 e4m3 weights per channel, dynamic per-token FP8 activations): ``torch._scaled_mm``
   with row-wise scales (CUDA sm89+; its row-wise kernel writes bfloat16, cast to the input's dtype).
   Elsewhere FP8 layers run ``reference`` (weights dequantized from their e4m3 codes).
