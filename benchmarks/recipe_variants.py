@@ -44,6 +44,10 @@ VARIANTS = {
     "auto+a0.95": {"a_clip_ratio": 0.95},
     "auto+kv0.9": {"k_clip_ratio": 0.9, "v_clip_ratio": 0.9},
     "auto+a0.85+kv0.9": {"a_clip_ratio": 0.85, "k_clip_ratio": 0.9, "v_clip_ratio": 0.9},
+    # asymmetric weight grids (GPTQ per channel, 16 levels from min to max instead of +-amax)
+    "auto+wasym": {"w_asym": True},
+    # o_proj's input: heads mixed by an online Hadamard (QuaRot) instead of a scale per head
+    "auto+mixed": {"o_proj_input": "mixed"},
 }
 
 
