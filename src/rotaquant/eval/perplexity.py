@@ -182,8 +182,9 @@ def perplexity(
 
     The batches are queued without a host synchronisation each (tokens moved to the device once,
     the sums kept there, finiteness checked one batch behind), so the GPU never waits for the
-    host between batches: on an H200 this took the W4A4KV4 / FP16 evaluation-time ratio of
-    smollm2-135m from 1.385 to 1.055 (benchmarks/results/h200_stop19.md).
+    host between batches: on an H200 the W4A4KV4 / FP16 evaluation-time ratio of smollm2-135m
+    went from 1.385 (a sync per batch, before the fake-quant kernel's direct launch) to 1.055
+    (benchmarks/results/h200_stop19.md).
     """
     started = time.perf_counter()
     if isinstance(data, torch.Tensor):
@@ -200,9 +201,7 @@ def perplexity(
     windows_dev = windows.to(device)  # once (2.4 MB for WikiText-2 test), not a copy per batch
     starts = list(range(0, len(windows), batch_size))
     graphed = None
-    graph_state = "off"
-    if _graph_wanted(cuda_graph, device, len(windows) // batch_size):
-        graph_state = "on"
+    graph_state = "on" if _graph_wanted(cuda_graph, device, len(windows) // batch_size) else "off"
     sums: list[torch.Tensor] = []  # per batch, on the device: no host sync per batch
     bar = tqdm(total=len(windows), desc=f"ppl {name}/{split}", unit="win", disable=not progress)
     try:
@@ -225,16 +224,14 @@ def perplexity(
             if i > 0:  # check the previous batch (the GPU is busy with this one meanwhile)
                 _check_finite(model, windows_dev, starts, batch_size, sums, i - 1)
             bar.update(len(batch))
-            if progress and i > 0:
-                done = start  # windows before this batch
-                bar.set_postfix(ppl=f"{math.exp(torch.cat(sums[:i]).sum().item() / (done * (seqlen - 1))):.3f}")
+            if progress and i > 0:  # the running PPL of the batches before this one (start windows)
+                bar.set_postfix(ppl=f"{math.exp(torch.cat(sums[:i]).sum().item() / (start * (seqlen - 1))):.3f}")
         if sums:
             _check_finite(model, windows_dev, starts, batch_size, sums, len(sums) - 1)
         total = torch.cat(sums).sum().cpu() if sums else torch.zeros((), dtype=torch.float64)
     finally:
         bar.close()
         model.train(was_training)
-        graphed = None
     tokens = len(windows) * (seqlen - 1)
     nll = total.item() / tokens
     if device.type == "cuda":
