@@ -80,8 +80,9 @@ def pack_w4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group:
     dev = codes.device
     return {"packed": packed, "half": h, "scale_t": scale.to(torch.float32).t().contiguous(),
             "zc_t": zc.t().contiguous(),
-            # one counter per (row tile, row-block) of the narrowest tiling; the finishing program resets it
-            "counters": torch.zeros(triton.cdiv(n, MIN_TILE_N) * 4 if triton else 1, dtype=torch.int32, device=dev)}
+            # one counter per output tile of the narrowest tiling (one tile of rows; w4a16_matmul adds
+            # room for more rows); the program that finishes a tile resets its counter
+            "counters": torch.zeros(-(-n // MIN_TILE_N), dtype=torch.int32, device=dev)}
 
 
 if triton is not None:
@@ -165,8 +166,8 @@ if triton is not None:
     _CONFIGS = [triton.Config({"BLOCK_N": bn, "SPLIT_K": sk, "UNROLL": un}, num_warps=w, num_stages=st)
                 for bn, sk, un, w, st in ((16, 4, 1, 4, 4), (16, 8, 1, 4, 4), (32, 4, 1, 4, 4), (32, 8, 1, 4, 3),
                                           (64, 4, 1, 8, 3), (16, 4, 2, 2, 4), (32, 4, 2, 8, 3), (64, 2, 1, 4, 4),
-                                          (64, 8, 1, 4, 3), (64, 16, 1, 4, 3), (128, 4, 1, 4, 3), (128, 8, 1, 4, 3),
-                                          (128, 16, 1, 8, 3), (256, 8, 1, 8, 3), (64, 8, 2, 4, 3), (128, 8, 2, 4, 2))]
+                                          (64, 8, 1, 4, 3), (64, 16, 1, 4, 3), (128, 8, 1, 4, 3), (64, 8, 2, 4, 3),
+                                          (128, 8, 2, 4, 2))]  # fast-mode tiles: the best of w4_decode_sweep's
     _w4_mm_tuned = triton.autotune(configs=_CONFIGS, key=["N", "M_BUCKET", "MODE"])(_w4_mm_kernel)
 
     @triton.jit
