@@ -17,7 +17,7 @@
 #   recheck  the GPTQ/int8/W4A16/fake-quant/Hadamard kernel tests, then .carry/gpu/debug.py if carried
 #   int8     the int8mm kernel and QuantLinear GPU tests alone
 #   layer    pipeline_bench's 7B-layer GPTQ section;  linears: export_bench's linears part only
-#   tests    the W4A16, int8mm, QuantLinear and CUDA-graph perplexity GPU tests
+#   tests    the clip-search, W4A16, int8mm, QuantLinear and CUDA-graph perplexity GPU tests
 #   evallearn  pipeline_bench eval (graphed and eager) + learn sections, no profile
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -73,7 +73,8 @@ for part in "$@"; do
       step kernels 240 python3 -m pytest -m gpu tests/kernels/test_int8_linear.py tests/quant/test_qlinear.py \
         -q -rf --tb=short -p no:cacheprovider ;;
     tests)
-      step tests 420 python3 -m pytest -m gpu tests/kernels/test_w4a16_triton.py tests/kernels/test_int8_linear.py \
+      step tests 420 python3 -m pytest -m gpu tests/kernels/test_clip_search.py tests/kernels/test_w4a16_triton.py \
+        tests/kernels/test_int8_linear.py \
         tests/quant/test_qlinear.py tests/eval/test_perplexity.py -q -rf --tb=short -p no:cacheprovider ;;
     evallearn)
       step evallearn 230 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \

@@ -18,9 +18,11 @@ Sections (``--sections``):
           on the model, GPTQ and GPTQv2: ``weight_stats["seconds"]`` (calibration forward passes,
           Hessians, GPTQ), model reloaded per run
   layer   the same stage on one random 7B-shaped Llama decoder layer (hidden 4096, MLP 11008,
-          32 heads), ``--nsamples`` windows of ``--seqlen`` random tokens
+          32 heads), ``--nsamples`` windows of ``--seqlen`` random tokens; GPTQ also with the
+          Triton clip search on CUDA
   kernel  GPTQ of one stacked q/k/v weight [3*hidden, hidden] (7B shapes): torch column loop vs
-          Triton block kernel, and whether they agree bit for bit
+          Triton block kernel, and whether they agree bit for bit; the weight clipping search
+          alone, torch vs the Triton kernel (``ROTAQUANT_CLIP_KERNEL=1``) and how often they agree
   eval    perplexity wall time of the model in FP16 and with W4A4KV4 fake quantization (RTN
           weights: the overhead is in the activation/KV quantizer stages), and the ratio; the
           W4A4KV4 model once more with the torch quantizers (``ROTAQUANT_QUANT_BACKEND=reference``:
@@ -62,6 +64,7 @@ from rotaquant.models.architecture import ArchitectureSpec  # noqa: E402
 from rotaquant.quant.gptq import GPTQConfig, HessianAccumulator, gptq_quantize_weight  # noqa: E402
 from rotaquant.quant.layerwise import quantize_weights_layerwise  # noqa: E402
 from rotaquant.quant.quantizer import QuantSpec  # noqa: E402
+from rotaquant.quant.rtn import CLIP_KERNEL_ENV, weight_quant_params  # noqa: E402
 
 W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}
 
@@ -120,14 +123,17 @@ def section_layer(args) -> list[dict]:
                                            GPTQConfig(v2=v2), clip_search=True, device=args.device, progress=False)
         return stats["seconds"]
 
-    for v2 in (False, True):
-        if args.profile is not None and not v2:  # one profiled run apart from the timed ones
-            with _Profile(args, "layer_gptq"):
-                run(False)
-        times = [run(v2) for _ in range(args.repeats)]
+    # GPTQ, GPTQ with the Triton clip search (ROTAQUANT_CLIP_KERNEL=1, CUDA only), GPTQv2
+    cases = [(False, False), *([(False, True)] if torch.device(args.device).type == "cuda" else []), (True, False)]
+    for v2, clip_kernel in cases:
+        with _Env(CLIP_KERNEL_ENV, "1" if clip_kernel else "0"):
+            if args.profile is not None and not v2 and not clip_kernel:  # one profiled run apart from the timed ones
+                with _Profile(args, "layer_gptq"):
+                    run(False)
+            times = [run(v2) for _ in range(args.repeats)]
         rows.append({"section": "layer", "what": f"GPTQ{'v2' if v2 else ''} of one {args.layer_hidden}/"
-                     f"{args.layer_mlp} layer, {args.nsamples}x{args.seqlen}", "median_s": _median(times),
-                     "runs_s": times})
+                     f"{args.layer_mlp} layer, {args.nsamples}x{args.seqlen}"
+                     f"{', Triton clip search' if clip_kernel else ''}", "median_s": _median(times), "runs_s": times})
     return rows
 
 
@@ -153,25 +159,46 @@ def section_kernel(args) -> list[dict]:
                      "median_s": _median(times[1:]), "runs_s": times[1:]})
     if len(out) == 2:
         rows[-1]["bit_identical"] = bool(torch.equal(out["torch"], out["triton"]))
+    # the weight clipping search alone (100 candidate ranges per row): torch vs the Triton kernel
+    params = {}
+    for kernel in (False, True) if torch.device(args.device).type == "cuda" else (False,):
+        with _Env(CLIP_KERNEL_ENV, "1" if kernel else "0"):
+            times = []
+            for _ in range(args.repeats + 1):
+                _sync(args.device)
+                t = time.perf_counter()
+                params[kernel] = weight_quant_params(w, spec, clip_search=True)
+                _sync(args.device)
+                times.append(time.perf_counter() - t)
+        rows.append({"section": "kernel", "what": f"clip search of [{3 * n}, {n}], {'Triton' if kernel else 'torch'}",
+                     "median_s": _median(times[1:]), "runs_s": times[1:]})
+    if len(params) == 2:
+        rows[-1]["same_choice_fraction"] = float(((params[True][0] == params[False][0])
+                                                  & (params[True][1] == params[False][1])).float().mean())
     return rows
 
 
-class _QuantBackend:
-    """``ROTAQUANT_QUANT_BACKEND`` set for a block (``None``: left as it is)."""
+class _Env:
+    """An environment variable set for a block (value ``None``: left as it is)."""
 
-    def __init__(self, value: str | None):
-        self.value, self.saved = value, None
+    def __init__(self, name: str, value: str | None):
+        self.name, self.value, self.saved = name, value, None
 
     def __enter__(self):
-        self.saved = os.environ.get("ROTAQUANT_QUANT_BACKEND")
+        self.saved = os.environ.get(self.name)
         if self.value is not None:
-            os.environ["ROTAQUANT_QUANT_BACKEND"] = self.value
+            os.environ[self.name] = self.value
 
     def __exit__(self, *exc):
         if self.saved is None:
-            os.environ.pop("ROTAQUANT_QUANT_BACKEND", None)
+            os.environ.pop(self.name, None)
         else:
-            os.environ["ROTAQUANT_QUANT_BACKEND"] = self.saved
+            os.environ[self.name] = self.saved
+
+
+def _QuantBackend(value: str | None) -> _Env:  # noqa: N802 (reads like the context it is)
+    """``ROTAQUANT_QUANT_BACKEND`` set for a block."""
+    return _Env("ROTAQUANT_QUANT_BACKEND", value)
 
 
 def _w4a4kv4(args, dtype: str):

@@ -8,7 +8,9 @@ and fall back to the torch reference otherwise, so callers never branch on the d
 * :func:`hadamard_quantize`: Hadamard + dynamic quantization to integer codes and scales,
 * :func:`hadamard_fake_quantize`: Hadamard + quantize-dequantize (the fake-quant stages),
 * :func:`rotaquant.quant.quantizer.fake_quantize` with dynamic parameters (dispatches to the
-  per-row kernel of :mod:`rotaquant.kernels.fake_quant` automatically).
+  per-row kernel of :mod:`rotaquant.kernels.fake_quant` automatically),
+* :func:`rotaquant.quant.rtn.search_clip_params` (the weight clipping search of RTN and GPTQ:
+  :mod:`rotaquant.kernels.clip_search` when ``ROTAQUANT_CLIP_KERNEL=1``, until it is timed).
 
 :func:`triton_available` tells whether the kernels can run at all in this process.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 
@@ -36,6 +37,19 @@ def shrink_factors(grid: int = 100, max_shrink: float = 0.8) -> list[float]:
     return [1.0 - max_shrink * i / (grid - 1) for i in range(grid)]
 
 
+CLIP_KERNEL_ENV = "ROTAQUANT_CLIP_KERNEL"  # "1": search with the Triton kernel on CUDA (opt-in until timed)
+
+
+def _kernel_applies(x: torch.Tensor, spec: QuantSpec) -> bool:
+    """Whether :func:`search_clip_params` runs :mod:`rotaquant.kernels.clip_search`: a float32
+    CUDA tensor, an integer grid, Triton usable, and ``ROTAQUANT_CLIP_KERNEL=1``."""
+    if os.environ.get(CLIP_KERNEL_ENV) != "1" or not x.is_cuda or x.dtype != torch.float32 or spec.type != "int":
+        return False
+    from ..kernels import triton_available
+
+    return triton_available()
+
+
 @torch.no_grad()
 def search_clip_params(x: torch.Tensor, spec: QuantSpec, grid: int = 100, max_shrink: float = 0.8,
                        norm: float = 2.4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +62,13 @@ def search_clip_params(x: torch.Tensor, spec: QuantSpec, grid: int = 100, max_sh
     """
     _check_search(grid, max_shrink, norm)
     x = x.to(compute_dtype(x))
+    if _kernel_applies(x, spec):
+        from ..kernels.clip_search import search_clip_rows
+
+        rows = x.reshape(-1, x.shape[-1])
+        scale, zero = search_clip_rows(rows if rows.is_contiguous() else rows.contiguous(), spec,
+                                       shrink_factors(grid, max_shrink), norm)
+        return scale.reshape(*x.shape[:-1], 1), zero.reshape(*x.shape[:-1], 1)
     lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
     lo, hi = lo * spec.clip_ratio, hi * spec.clip_ratio
     best_scale = best_zero = best_err = None
