@@ -2,11 +2,14 @@
 
 export_bench measures a 4-layer 7B-shaped model, whose two 32000 x 4096 FP16 embedding matrices
 weigh as much as 1.3 of its layers, so its W4/FP16 ratio says little about a real 7B checkpoint.
-This script builds the whole shape (32 layers by default, random weights, float16, on the CPU:
-~14 GB of memory), writes the FP16 folder, quantizes with RTN (no calibration: the size does not
-depend on the method), exports with :func:`rotaquant.export` and compares the folders' bytes::
+This script builds the shape with ``--layers`` layers (random weights, float16, on the CPU),
+writes the FP16 folder, quantizes with RTN (no calibration: the size does not depend on the
+method), exports with :func:`rotaquant.export` and compares the folders' bytes. Memory: the FP16
+weights (0.42 GB a layer) plus the quantization's copies; all 32 layers need more than a 23 GB box
+has (the run was killed there after writing the FP16 folder), so measure two depths and add the
+per-layer increment (every layer adds the same tensors; `results/disk_size_7b_cpu.md`)::
 
-    python benchmarks/disk_size.py --json benchmarks/results/disk_size_7b_cpu.json
+    python benchmarks/disk_size.py --layers 16 --settings w4a16_g128 --json benchmarks/results/disk_size_7b_16layers_cpu.json
 """
 
 from __future__ import annotations
