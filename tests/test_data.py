@@ -96,3 +96,29 @@ def test_calibration_defaults_to_validation(byte_tokenizer):
     w = calibration_windows(byte_tokenizer, nsamples=4, seqlen=32, seed=1)
     assert w.shape == (4, 32)
     assert torch.equal(w, calibration_windows(byte_tokenizer, nsamples=4, seqlen=32, seed=1))
+
+
+def test_tokenize_once_per_tokenizer_and_text(byte_tokenizer):
+    """The same text is tokenized once per tokenizer; callers get their own copy; another text,
+    a changed BOS setting or another tokenizer is tokenized again."""
+    from rotaquant.data import tokenize
+    from tests.conftest import ByteTokenizer
+
+    calls = []
+
+    class Counting(ByteTokenizer):
+        def __call__(self, text, **kw):
+            calls.append(text)
+            return super().__call__(text, **kw)
+
+    tok = Counting()
+    first = tokenize("rotations spread outliers", tok)
+    first[0] = -1  # a caller's copy: the cache is untouched
+    again = tokenize("rotations spread outliers", tok)
+    assert len(calls) == 1 and again[0] != -1
+    assert torch.equal(again, byte_tokenizer("rotations spread outliers", return_tensors="pt").input_ids[0])
+    tokenize("another text", tok)
+    tok.add_bos_token = True
+    tokenize("rotations spread outliers", tok)
+    tokenize("rotations spread outliers", Counting())
+    assert len(calls) == 4
