@@ -15,7 +15,6 @@ per-layer increment (every layer adds the same tensors; `results/disk_size_7b_cp
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import sys
@@ -30,6 +29,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 from bench_common import git_commit  # noqa: E402
 
 import rotaquant  # noqa: E402
+from rotaquant.io import atomic_write_json  # noqa: E402
 
 SETTINGS = {"w4a16_g128": {"w_bits": 4, "w_groupsize": 128}, "w4a16_channel": {"w_bits": 4},
             "w8a8": {"w_bits": 8, "a_bits": 8}}
@@ -96,8 +96,7 @@ def main() -> int:
     result = {"command": " ".join(sys.argv), "commit": git_commit(), "machine": platform.machine(),
               "torch": torch.__version__, "layers": args.layers, "parameters": params, "rows": rows}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -12,7 +12,6 @@ choice. Prints a table, writes JSON::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 
 from bench_common import git_commit, median_seconds  # noqa: E402
 
+from rotaquant.io import atomic_write_json  # noqa: E402
 from rotaquant.kernels import w4a16_gemv  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (out, in)
@@ -88,8 +88,7 @@ def main() -> int:
     result = {"machine": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": git_commit(),
               "command": " ".join(sys.argv), "copies": args.copies, "rows": rows}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        atomic_write_json(args.json, result)
     return 0
 
 
