@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import os
 import platform
@@ -140,26 +141,17 @@ def quant_linear(w: torch.Tensor, spec: QuantSpec, act: QuantSpec | None) -> Qua
     return QuantLinear(codes, scale[..., 0], zero[..., 0], spec, act_spec=act)
 
 
-def _w4_mode(choice: str | None) -> str | None:
-    """Set ``rotaquant.kernels.w4a16_gemv.DECODE_MODE`` (None: leave it); returns the previous value."""
-    from rotaquant.kernels import w4a16_gemv
-
-    previous = w4a16_gemv.DECODE_MODE
-    if choice is not None:
-        w4a16_gemv.DECODE_MODE = choice
-    return previous
-
-
-def _int8_gemm(choice: str | None) -> str | None:
-    """Set ``rotaquant.kernels.int8_linear.INT8_GEMM`` (None: leave it); returns the previous
-    value (None where Triton is not installed)."""
+def _kernel_setting(module: str, attr: str, choice: str | None) -> str | None:
+    """Set the switch ``attr`` of ``rotaquant.kernels.<module>`` (e.g. ``int8_linear.INT8_GEMM``,
+    ``w4a16_gemv.DECODE_MODE``; None: leave it); returns the previous value (None where the module
+    cannot be imported: no Triton)."""
     try:
-        from rotaquant.kernels import int8_linear
+        mod = importlib.import_module(f"rotaquant.kernels.{module}")
     except ImportError:
         return None
-    previous = int8_linear.INT8_GEMM
+    previous = getattr(mod, attr)
     if choice is not None:
-        int8_linear.INT8_GEMM = choice
+        setattr(mod, attr, choice)
     return previous
 
 
@@ -203,8 +195,9 @@ def run_linears(args, device, dtype) -> list[dict]:
     results, base = [], {}
     for name in ("fp16", *args.linear_settings.split(",")):
         row = {"setting": name}
-        gemm = _int8_gemm("cublas" if name.endswith("_int8_cublas") else None)
-        w4mode = _w4_mode(name.rsplit("_", 1)[1] if name.endswith(("_fma", "_fast")) else None)
+        gemm = _kernel_setting("int8_linear", "INT8_GEMM", "cublas" if name.endswith("_int8_cublas") else None)
+        w4mode = _kernel_setting("w4a16_gemv", "DECODE_MODE",
+                                 name.rsplit("_", 1)[1] if name.endswith(("_fma", "_fast")) else None)
         try:
             if name == "fp16":
                 mods = [nn.Linear(w.shape[1], w.shape[0], bias=False, device=device, dtype=dtype) for w in weights]
@@ -272,8 +265,8 @@ def run_linears(args, device, dtype) -> list[dict]:
                 del xs, fn
         except Exception as exc:  # one failing setting must not lose the others' numbers
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
-        _int8_gemm(gemm)
-        _w4_mode(w4mode)
+        _kernel_setting("int8_linear", "INT8_GEMM", gemm)
+        _kernel_setting("w4a16_gemv", "DECODE_MODE", w4mode)
         results.append(row)
         print("linears", fmt_row(row), flush=True)
     return results
