@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -61,6 +62,7 @@ from bench_common import git_commit  # noqa: E402
 from rotaquant import learn_rotations, load_model, quantize  # noqa: E402
 from rotaquant.data import load_text  # noqa: E402
 from rotaquant.eval.perplexity import perplexity  # noqa: E402
+from rotaquant.kernels.fake_quant import BACKEND_ENV  # noqa: E402
 from rotaquant.models.architecture import ArchitectureSpec  # noqa: E402
 from rotaquant.quant.gptq import GPTQConfig, HessianAccumulator, gptq_quantize_weight  # noqa: E402
 from rotaquant.quant.layerwise import quantize_weights_layerwise  # noqa: E402
@@ -77,6 +79,19 @@ def _sync(device: str) -> None:
 
 def _median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def _timed(args, fn, runs: int):
+    """``(result of the last call, seconds of each of ``runs`` calls of fn())``, the device
+    synchronized around each call."""
+    times, result = [], None
+    for _ in range(runs):
+        _sync(args.device)
+        t = time.perf_counter()
+        result = fn()
+        _sync(args.device)
+        times.append(time.perf_counter() - t)
+    return result, times
 
 
 def _load(args, dtype: str):
@@ -127,7 +142,7 @@ def section_layer(args) -> list[dict]:
     # GPTQ, GPTQ with the Triton clip search (ROTAQUANT_CLIP_KERNEL=1, CUDA only), GPTQv2
     cases = [(False, False), *([(False, True)] if torch.device(args.device).type == "cuda" else []), (True, False)]
     for v2, clip_kernel in cases:
-        with _Env(CLIP_KERNEL_ENV, "1" if clip_kernel else "0"):
+        with _env(CLIP_KERNEL_ENV, "1" if clip_kernel else "0"):
             if args.profile is not None and not v2 and not clip_kernel:  # one profiled run apart from the timed ones
                 with _Profile(args, "layer_gptq"):
                     run(False)
@@ -149,13 +164,8 @@ def section_kernel(args) -> list[dict]:
     for backend in ("torch", "triton"):
         if backend == "triton" and torch.device(args.device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             continue
-        times = []
-        for _ in range(args.repeats + 1):  # the first run compiles
-            _sync(args.device)
-            t = time.perf_counter()
-            out[backend] = gptq_quantize_weight(w, acc.hessian, spec, GPTQConfig(), clip_search=True, backend=backend)
-            _sync(args.device)
-            times.append(time.perf_counter() - t)
+        out[backend], times = _timed(args, lambda backend=backend: gptq_quantize_weight(
+            w, acc.hessian, spec, GPTQConfig(), clip_search=True, backend=backend), args.repeats + 1)  # 1st compiles
         rows.append({"section": "kernel", "what": f"gptq_quantize_weight [{3 * n}, {n}] backend={backend}",
                      "median_s": _median(times[1:]), "runs_s": times[1:]})
     if len(out) == 2:
@@ -163,14 +173,9 @@ def section_kernel(args) -> list[dict]:
     # the weight clipping search alone (100 candidate ranges per row): torch vs the Triton kernel
     params = {}
     for kernel in (False, True) if torch.device(args.device).type == "cuda" else (False,):
-        with _Env(CLIP_KERNEL_ENV, "1" if kernel else "0"):
-            times = []
-            for _ in range(args.repeats + 1):
-                _sync(args.device)
-                t = time.perf_counter()
-                params[kernel] = weight_quant_params(w, spec, clip_search=True)
-                _sync(args.device)
-                times.append(time.perf_counter() - t)
+        with _env(CLIP_KERNEL_ENV, "1" if kernel else "0"):
+            params[kernel], times = _timed(args, lambda: weight_quant_params(w, spec, clip_search=True),
+                                           args.repeats + 1)
         rows.append({"section": "kernel", "what": f"clip search of [{3 * n}, {n}], {'Triton' if kernel else 'torch'}",
                      "median_s": _median(times[1:]), "runs_s": times[1:]})
     if len(params) == 2:
@@ -179,27 +184,9 @@ def section_kernel(args) -> list[dict]:
     return rows
 
 
-class _Env:
-    """An environment variable set for a block (value ``None``: left as it is)."""
-
-    def __init__(self, name: str, value: str | None):
-        self.name, self.value, self.saved = name, value, None
-
-    def __enter__(self):
-        self.saved = os.environ.get(self.name)
-        if self.value is not None:
-            os.environ[self.name] = self.value
-
-    def __exit__(self, *exc):
-        if self.saved is None:
-            os.environ.pop(self.name, None)
-        else:
-            os.environ[self.name] = self.saved
-
-
-def _QuantBackend(value: str | None) -> _Env:  # noqa: N802 (reads like the context it is)
-    """``ROTAQUANT_QUANT_BACKEND`` set for a block."""
-    return _Env("ROTAQUANT_QUANT_BACKEND", value)
+def _env(name: str, value: str | None):
+    """``name`` set to ``value`` in the environment for a block (None: left as it is)."""
+    return mock.patch.dict(os.environ, {} if value is None else {name: value})
 
 
 def _w4a4kv4(args, dtype: str):
@@ -216,20 +203,16 @@ def section_eval(args) -> list[dict]:
             ("w4a4kv4 graphed", True, None, True), ("w4a4kv4 torch quantizers", True, "reference", False))
     for label, quantized, backend, graph in runs:
         model, tok = _w4a4kv4(args, args.eval_dtype) if quantized else _load(args, args.eval_dtype)
-        times, ppl, state = [], None, None
-        with _QuantBackend(backend):
+        def evaluate(model=model, tok=tok, graph=graph):
+            return perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
+                              max_windows=args.eval_windows, progress=False, cuda_graph=graph)
+
+        with _env(BACKEND_ENV, backend):
             if args.profile is not None and not graph:  # one profiled run, apart from the timed ones
                 with _Profile(args, f"eval_{label.replace(' ', '_')}"):
-                    perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
-                               max_windows=args.eval_windows, progress=False, cuda_graph=graph)
-            for _ in range(args.repeats + 1):  # the first run warms up (kernels, allocator)
-                _sync(args.device)
-                t = time.perf_counter()
-                res = perplexity(model, tok, seqlen=args.eval_seqlen, batch_size=args.eval_batch,
-                                 max_windows=args.eval_windows, progress=False, cuda_graph=graph)
-                _sync(args.device)
-                times.append(time.perf_counter() - t)
-                ppl, state = res.ppl, res.extra.get("cuda_graph")
+                    evaluate()
+            res, times = _timed(args, evaluate, args.repeats + 1)  # the first run warms up (kernels, allocator)
+        ppl, state = res.ppl, res.extra.get("cuda_graph")
         medians[label], ppls[label] = _median(times[1:]), ppl
         rows.append({"section": "eval", "what": f"perplexity {label} ({args.eval_dtype}), {args.eval_windows or 'all'}"
                      f" windows x {args.eval_seqlen}, batch {args.eval_batch}", "median_s": medians[label],
@@ -284,7 +267,7 @@ def section_learn(args) -> list[dict]:
     rows = []
     for label, backend in (("", None), (", torch quantizers", "reference")):
         model, tok = _load(args, "float32")
-        with _QuantBackend(backend), _Profile(args, f"learn{'_torchq' if backend else ''}"):
+        with _env(BACKEND_ENV, backend), _Profile(args, f"learn{'_torchq' if backend else ''}"):
             result = learn_rotations(model, tok, a_bits=4, k_bits=4, v_bits=4, iterations=args.learn_steps,
                                      batch_size=args.learn_batch, nsamples=args.learn_batch * args.learn_steps,
                                      seqlen=args.seqlen, device=args.device, progress=False)
@@ -304,15 +287,10 @@ def section_zeroshot(args) -> list[dict]:
         model, tok = _w4a4kv4(args, args.eval_dtype) if quantized else _load(args, args.eval_dtype)
         first = None
         for batching in ({"batch_size": args.zs_batch}, {"batch_tokens": args.zs_batch_tokens}):
-            times, res = [], None
-            with _QuantBackend(backend):
-                for _ in range(args.repeats + 1):  # the first run warms up
-                    _sync(args.device)
-                    t = time.perf_counter()
-                    res = evaluate_tasks(model, tok, ["hellaswag"], limit=args.zs_limit, keep_samples=True,
-                                         progress=False, **batching)
-                    _sync(args.device)
-                    times.append(time.perf_counter() - t)
+            with _env(BACKEND_ENV, backend):  # the first run warms up
+                res, times = _timed(args, lambda model=model, tok=tok, batching=batching: evaluate_tasks(
+                    model, tok, ["hellaswag"], limit=args.zs_limit, keep_samples=True, progress=False, **batching),
+                    args.repeats + 1)
             task = res.tasks["hellaswag"]
             lls = [ll for s in task.samples for ll in s["logliks"]]
             first = first or lls
