@@ -124,7 +124,7 @@ class _GraphedNLL:
     """
 
     def __init__(self, model: torch.nn.Module, first: torch.Tensor):
-        self.model, self.stream = model, torch.cuda.Stream(first.device)
+        self.stream = torch.cuda.Stream(first.device)
         self.stream.wait_stream(torch.cuda.current_stream(first.device))
         with torch.cuda.stream(self.stream):
             self.first = window_nll(model, first)  # warm-up, on the stream the capture uses

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -122,10 +122,8 @@ class HessianAccumulator:
             )
         total = self._nsamples + n
         self._hessian.mul_(self._nsamples / total)
-        if half and rows.is_cuda and rows.dtype == torch.float32:
-            with tf32_matmul():  # exact here: see tf32_matmul
-                self._hessian.addmm_(rows.T, rows, alpha=2.0 / total)
-        else:
+        exact_tf32 = half and rows.is_cuda and rows.dtype == torch.float32  # see tf32_matmul
+        with tf32_matmul() if exact_tf32 else nullcontext():
             self._hessian.addmm_(rows.T, rows, alpha=2.0 / total)
         self._nsamples = total
 
