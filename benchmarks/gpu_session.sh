@@ -13,7 +13,9 @@
 #   speed    pipeline_bench eval + learn with op profiles, and the 7B-layer GPTQ section
 #   export   export_bench: the LLaMA-7B layer's linears, the 7B-shaped model, SmolLM2
 #   seeds    seed_sweep default vs noclip (3 seeds), the llm-compressor parity rows
-#   learned  seed_sweep default-learned, the three seeds as concurrent processes
+#   learned  seed_sweep default-learned, the three seeds as concurrent processes (kl: kl-learned)
+#   zs       zero-shot table of the learned rotation file $RQ_ROTATION
+#   proflearn  op profile of 4 learning steps, then 12 steps timed without the profiler
 #   recheck  the GPTQ/int8/W4A16/fake-quant/Hadamard kernel tests, then .carry/gpu/debug.py if carried
 #   int8     the int8mm kernel and QuantLinear GPU tests alone
 #   layer    pipeline_bench's 7B-layer GPTQ section;  linears: export_bench's linears part only
@@ -56,13 +58,22 @@ for part in "$@"; do
       step seeds 280 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows \
         llmc-rtn-restricted llmc-rtn-full llmc-w4a16 llmc-w4a16-restricted --out-dir "$dir" \
         --json "$dir/seed_sweep.json" ;;
-    learned)
+    learned|kl)  # the three seeds of a learned row as concurrent processes (kl: the KL-top loss)
+      row=default-learned; [ "$part" = kl ] && row=kl-learned
       for s in 0 1 2; do
-        timeout ${RQ_LEARN_TIMEOUT:-480} python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows default-learned --seeds $s \
+        timeout ${RQ_LEARN_TIMEOUT:-480} python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows $row --seeds $s \
           --out-dir "$dir" --json "$dir/learned_$s.json" > "$dir/learned_$s.log" 2>&1 &
       done
       wait
-      echo "learned done at $(( $(date +%s) - t0 )) s"; tail -n 4 "$dir"/learned_*.log | cut -c1-300 ;;
+      echo "$part done at $(( $(date +%s) - t0 )) s"; tail -n 4 "$dir"/learned_*.log | cut -c1-300 ;;
+    zs)  # zero-shot + PPL of the learned rotation in $RQ_ROTATION (default preset, W4A4KV4)
+      step zs 560 python3 benchmarks/zeroshot_table.py --model "$RQ_MODEL" --device cuda --settings w4a4kv4-learned \
+        --rotation-path "$RQ_ROTATION" --json "$dir/zs_learned.json" ;;
+    proflearn)  # op profile of a few learning steps, then the step time without the profiler
+      step proflearn 200 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 1 \
+        --sections learn --learn-steps 4 --profile "$dir/profile" --json "$dir/pipeline_learn_profiled.json"
+      step learn 150 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 1 \
+        --sections learn --learn-steps 12 --json "$dir/pipeline_learn.json" ;;
     recheck)  # the kernel tests touched since the last full check, and the carried debug script
       step kernels 180 python3 -m pytest -m gpu tests/kernels/test_gptq_triton.py tests/kernels/test_fake_quant_triton.py \
         tests/kernels/test_hadamard_triton.py::test_fused_quant_matches_reference_quantizer \
@@ -84,7 +95,7 @@ for part in "$@"; do
         --profile "$dir/profile" --json "$dir/pipeline_layer.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds learned recheck int8 layer linears tests evallearn)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds learned kl zs proflearn recheck int8 layer linears tests evallearn)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

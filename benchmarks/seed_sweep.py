@@ -15,6 +15,8 @@ Rows (``--rows``, default all):
   learning uses the same clipping.
 * ``noclip-random`` / ``noclip-learned``: the same without clipping (learning too): the
   default before e578aed.
+* ``kl-learned``: as ``default-learned``, learning with the KL-top loss to the FP model's
+  predictions (``loss: kl_top``, learn/distill.py) instead of the next token's cross-entropy.
 * ``llmc-w4a16`` / ``llmc-w4a16-restricted``: W4A16 GPTQ, no rotation, act order, per channel,
   on the full (compressed-tensors') / restricted grid: llm-compressor's GPTQModifier defaults
   (see results/llmcompressor_parity.md). The seed only draws the calibration windows.
@@ -75,6 +77,7 @@ ROWS = {
     "default-learned": {**W4A4KV4, "preset": "auto"},
     "noclip-random": {**W4A4KV4, "preset": "auto", **NOCLIP},
     "noclip-learned": {**W4A4KV4, "preset": "auto", **NOCLIP},
+    "kl-learned": {**W4A4KV4, "preset": "auto"},
     "llmc-w4a16": {**LLMC_W4A16, "sym_grid": "full"},
     "llmc-w4a16-restricted": {**LLMC_W4A16, "sym_grid": "restricted"},
     "llmc-rtn-restricted": {**LLMC_RTN, "sym_grid": "restricted"},
@@ -82,7 +85,8 @@ ROWS = {
 }
 # learned rows -> (learning settings, rotation file tag)
 LEARNED = {"default-learned": (DEPLOYED_LEARNING, "_clip"),
-           "noclip-learned": ({**DEPLOYED_LEARNING, **NOCLIP}, "")}
+           "noclip-learned": ({**DEPLOYED_LEARNING, **NOCLIP}, ""),
+           "kl-learned": ({**DEPLOYED_LEARNING, "loss": "kl_top"}, "_kl")}
 
 
 def environment() -> dict:

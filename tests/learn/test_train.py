@@ -13,6 +13,7 @@ from rotaquant.learn.trainable import make_trainable
 from rotaquant.rotation.matrices import RotationStore
 from rotaquant.rotation.rotate import resolve_spec
 from tests.conftest import tiny_model
+from tests.learn.conftest import phrase_windows
 
 BITS = dict(w_bits=16, a_bits=3, k_bits=3, v_bits=3)
 
@@ -23,12 +24,7 @@ def _setup(cfg: OptimizeConfig, family="llama"):
     return make_trainable(model, spec, RotationStore(spec, model.config, seed=cfg.seed, mode=cfg.init_mode), cfg)
 
 
-def _windows(n=16, seqlen=32, seed=0):
-    """Text with structure (repeated phrases), so there is something to predict."""
-    gen = torch.Generator().manual_seed(seed)
-    phrases = torch.randint(0, 96, (6, 8), generator=gen)
-    rows = [torch.cat([phrases[i] for i in torch.randint(0, 6, (seqlen // 8,), generator=gen)]) for _ in range(n)]
-    return torch.stack(rows)
+_windows = phrase_windows
 
 
 def _cfg(**kw):
@@ -38,34 +34,7 @@ def _cfg(**kw):
     return OptimizeConfig(**base)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    """The 3-bit quantized loss surface is rugged: the outcome of a few steps depends on float
-    reduction order, and the thresholds below were measured with 2 intra-op threads (CI's), so
-    pin them here (a 16-core box would otherwise sum in another order)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def trained_state(two_threads):
-    """A tiny llama fitted to the phrase data, so that quantization noise costs loss.
-
-    (A random model predicts nothing: its loss is ~log(vocab) with or without quantization.)
-    """
-    torch.manual_seed(0)
-    model = tiny_model("llama")
-    windows = _windows(32, 32)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(150):
-        loss = model(windows, labels=windows).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, windows[:16]
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def test_a_few_steps_reduce_the_quantized_loss(trained_state):

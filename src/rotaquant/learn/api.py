@@ -18,8 +18,9 @@ from ..rotation.matrices import RotationStore
 from ..rotation.rotate import resolve_spec
 from ..rotation.spec import RotationSpec
 from .config import OptimizeConfig
+from .distill import teacher_targets
 from .distributed import DistContext
-from .train import Checkpointer, LearnResult, learn
+from .train import Checkpointer, LearnResult, autocast_dtype, learn
 from .trainable import make_trainable
 
 
@@ -63,6 +64,9 @@ def learn_rotations(
             :class:`~rotaquant.jobs.files.CheckpointFile`); ``resume`` continues from it.
         ctx: the ranks of a ``torchrun`` run (default: this process alone).
 
+    With ``loss: kl_top`` the unmodified model first predicts the windows once (the teacher,
+    :mod:`rotaquant.learn.distill`); every rank does so for all windows, before any sharding.
+
     Returns:
         :class:`~rotaquant.learn.train.LearnResult`: ``matrices`` (``name@group`` -> float64),
         losses, gradient norms, step sizes and timings.
@@ -80,6 +84,11 @@ def learn_rotations(
             raise ConfigError("learn_rotations needs calibration text: pass tokenizer= (or windows=)")
         windows = calibration_windows(tokenizer, cfg.nsamples, cfg.seqlen, cfg.data, cfg.split, cfg.seed,
                                       cfg.data_dir, allow_test=cfg.allow_test_calibration)
+    teacher = None
+    if cfg.loss == "kl_top":  # the FP model's predictions, before anything is folded or quantized
+        device = next(model.parameters()).device
+        teacher = teacher_targets(model, windows, cfg.distill_top_k, cfg.micro_batch_size or cfg.batch_size,
+                                  autocast_dtype(cfg, device), progress=progress and (ctx is None or ctx.main))
     tm = make_trainable(model, spec, store, cfg, online=cfg.online_rotations, ste=cfg.ste)
     tm.rotations.to(next(model.parameters()).device)
-    return learn(tm, windows, cfg, ctx, checkpoint=checkpoint, resume=resume, progress=progress)
+    return learn(tm, windows, cfg, ctx, checkpoint=checkpoint, resume=resume, progress=progress, teacher=teacher)

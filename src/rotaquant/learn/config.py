@@ -43,6 +43,10 @@ class OptimizeConfig(QuantSettings, DeviceSettings):
     allow_test_calibration: bool = False  # explicit opt-in to learn on the WikiText-2 test set
     nsamples: int = Field(800, ge=1)
     seqlen: int = Field(2048, ge=2)
+    # objective: ce = cross-entropy on the next token (SpinQuant's); kl_top = KL divergence to the
+    # full-precision model's next-token distribution on its top distill_top_k tokens (learn/distill.py)
+    loss: Literal["ce", "kl_top"] = "ce"
+    distill_top_k: int = Field(64, ge=1)
     # optimization
     iterations: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from .cayley import CayleyAdam, CayleySGD, orthogonality_error
 from .config import OptimizeConfig
+from .distill import TeacherTargets, kl_top_loss
 from .distributed import DistContext, shard_frozen_model
 from .trainable import TrainableModel, store_key
 
@@ -40,6 +41,7 @@ class LearnResult:
     steps_run: int = 0
     resumed_from: int = 0
     seconds_per_step: float | None = None
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each step run (the first warms up)
     peak_memory_gib: float | None = None
     orthogonality_error: float = 0.0
     rank_divergence: float = 0.0
@@ -129,23 +131,28 @@ def set_checkpointing(model, on: bool) -> None:
 
 
 # -- the loop ------------------------------------------------------------------------------
-def _loss(model, ids: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+def _loss(model, ids: torch.Tensor, amp: torch.dtype | None, targets: tuple | None = None) -> torch.Tensor:
+    """Cross-entropy on the next token, or with ``targets`` (``TeacherTargets.take``) the KL-top loss."""
     with torch.autocast(device_type=ids.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         logits = model(input_ids=ids, use_cache=False).logits
+    if targets is not None:
+        return kl_top_loss(logits, *targets)
     logits = logits[:, :-1].float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
 def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: DistContext | None = None,
           checkpoint: Checkpointer | None = None, resume: bool = False, progress: bool = True,
-          callback: Callable[[int, float], None] | None = None) -> LearnResult:
+          callback: Callable[[int, float], None] | None = None, teacher: TeacherTargets | None = None) -> LearnResult:
     """Train the rotations of ``tm`` on ``windows`` ``[nsamples, seqlen]``; returns the matrices.
 
     Mutates ``tm.rotations`` (the matrices). The batch of each step is split across the ranks
     of ``ctx``; ``callback(step, loss)`` runs after each step (on every rank). ``checkpoint``
     is a writer object from the calling job (the loop writes no files itself): the main rank
     hands it the state every ``checkpoint_every`` steps and at the end; with ``resume`` the loop
-    continues from ``checkpoint.read()`` when that holds a state.
+    continues from ``checkpoint.read()`` when that holds a state. ``teacher``: the FP model's
+    predictions for ``windows`` (:func:`~rotaquant.learn.distill.teacher_targets`), needed by
+    ``loss: kl_top``.
     """
     ctx = ctx or DistContext()
     model, params = tm.model, list(tm.rotations.matrices)
@@ -157,6 +164,11 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
     if local % micro:
         raise ConfigError(f"micro_batch_size {micro} does not divide the per-rank batch {local}")
     amp = autocast_dtype(cfg, device)
+    if (cfg.loss == "kl_top") != (teacher is not None):
+        raise ConfigError("loss kl_top needs the teacher's predictions (teacher=) and loss ce takes none")
+    if teacher is not None and teacher.indices.shape[:2] != windows.shape:
+        raise ConfigError(f"teacher predictions cover {tuple(teacher.indices.shape[:2])} positions, the windows "
+                          f"{tuple(windows.shape)}")
     if cfg.fsdp:
         if tm.layers is None:
             raise ConfigError("fsdp needs the decoder layers of the trainable model (make_trainable records them)")
@@ -174,16 +186,19 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(range(start, cfg.iterations), desc="learning rotations", unit="step", initial=start,
                total=cfg.iterations, disable=not (progress and ctx.main))
-    t0, timed = time.perf_counter(), 0
+    t0, timed, step_seconds = time.perf_counter(), 0, []
     for step in bar:
+        t_step = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.iterations, cfg.lr_schedule)
         idx = batch_indices(step, windows.shape[0], cfg.batch_size, cfg.seed)[ctx.rank * local:(ctx.rank + 1) * local]
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for m0 in range(0, local, micro):
-            ids = windows[idx[m0:m0 + micro]].to(device)
-            loss = _loss(model, ids, amp) * (ids.shape[0] / local)
+            rows = idx[m0:m0 + micro]
+            ids = windows[rows].to(device)
+            targets = teacher.take(rows, device) if teacher is not None else None
+            loss = _loss(model, ids, amp, targets) * (ids.shape[0] / local)
             loss.backward()
             total += loss.item()
         ctx.all_reduce_mean_([p.grad for p in params])
@@ -198,6 +213,7 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
         grad_norms.append(grad_norm)
         steps.append(step_size)
         timed += 1
+        step_seconds.append(time.perf_counter() - t_step)  # synchronized: total and the gradient norm were read
         bar.set_postfix(loss=f"{total:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}", step=f"{step_size:.3g}",
                         grad=f"{grad_norm:.3g}")
         if callback is not None:
@@ -212,7 +228,7 @@ def learn(tm: TrainableModel, windows: torch.Tensor, cfg: OptimizeConfig, ctx: D
     masters = {i: opt.state[p]["master"] for i, p in enumerate(params) if "master" in opt.state[p]}
     result = LearnResult(
         matrices=tm.rotations.state(masters), losses=losses, grad_norms=grad_norms, steps=steps, steps_run=timed, resumed_from=start,
-        seconds_per_step=elapsed / timed if timed else None,
+        seconds_per_step=elapsed / timed if timed else None, step_seconds=step_seconds,
         peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         rank_divergence=ctx.max_divergence(params),
     )
