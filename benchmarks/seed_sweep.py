@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=100, help="learning steps (default: 100)")
     ap.add_argument("--learn-nsamples", type=int, default=800, help="learning windows (default: 800)")
+    ap.add_argument("--learn-lr", type=float, default=None, help="learning rate of the Cayley SGD (default: optimize's)")
     ap.add_argument("--nsamples", type=int, default=128, help="GPTQ calibration windows (default: 128)")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--max-windows", type=int, default=None, help="evaluate on the first N test windows only")
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
                 model, tok = load_model(args.model, dtype="float32", device=device)
                 res = optimize(None, output=str(path), overwrite=True, progress=False, preloaded=(model, tok),
                                model=args.model, iterations=args.steps, nsamples=args.learn_nsamples,
-                               seqlen=args.seqlen, seed=seed, checkpoint_every=10_000, **settings)
+                               seqlen=args.seqlen, seed=seed, checkpoint_every=10_000, **settings,
+                               **({"lr": args.learn_lr} if args.learn_lr is not None else {}))
                 del model
                 if device == "cuda":
                     torch.cuda.empty_cache()

@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH", help="write settings, losses and timings as JSON")
     add_config_flags(p, OptimizeConfig, helps={
         "nsamples": "calibration windows", "split": "split of a named set (test is refused)",
+        "loss": "ce: cross-entropy on the next token (SpinQuant's); kl_top: KL divergence to the full-precision "
+                "model's top-k next-token distribution (predicted once before learning)",
+        "distill_top_k": "kl_top: how many of the FP model's most likely tokens per position",
+        "lr": "Cayley SGD learning rate (default: 6.0 with --preset auto and SGD, else 1.5)",
         "data": "calibration text: wikitext2 (validation split) or a local .txt/.jsonl path",
         "preset": "auto: learn with the activation and KV quantizers ptq's default recipe deploys (asymmetric, "
                   "per head before o_proj, activations clipped at 0.9, KV at 0.95) and W16A4KV4 when no bits are "

@@ -7,7 +7,7 @@ import torch
 
 from rotaquant.errors import ConfigError
 from rotaquant.jobs.files import CheckpointFile
-from rotaquant.learn.config import OptimizeConfig
+from rotaquant.learn.config import AUTO_LR, OptimizeConfig
 from rotaquant.learn.train import _loss, batch_indices, learn, lr_factor
 from rotaquant.learn.trainable import make_trainable
 from rotaquant.rotation.matrices import RotationStore
@@ -150,3 +150,7 @@ def test_auto_preset_learns_with_what_ptq_deploys():
     assert mine.bits_label() == "W4A4KV4" and mine.a_clip_ratio == 1.0 and not mine.a_asym and mine.k_asym
     plain = OptimizeConfig.load(preset="none", a_bits=4)
     assert plain.bits_label() == "W16A4" and not plain.a_asym and plain.a_clip_ratio == 1.0
+    # the preset's learning rate is for the Cayley SGD; an explicit lr (even None from the CLI) or Adam keeps theirs
+    assert cfg.lr == AUTO_LR == 6.0 and mine.lr == AUTO_LR and plain.lr == 1.5
+    assert OptimizeConfig.load(lr=2.0).lr == 2.0 and OptimizeConfig.load(lr=None).lr == AUTO_LR
+    assert OptimizeConfig.load(optimizer="adam").lr == 1.5

@@ -119,8 +119,11 @@ def test_w4triton_matches_reference(out_f, in_f, dtype):
             layer.set_kernel("w4triton")
             got = layer(x)
             assert got.dtype == dtype
-            if rows <= 16:  # same dequantized weights, float32 accumulation in another order
-                assert _rel(got, ref) <= 2e-3, (spec, rows, _rel(got, ref))
+            if rows <= 16:  # same dequantized weights, float32 accumulation in another order, which
+                # can flip the output's last rounding: one ulp is 2^-11 of a value in float16, 2^-8 in
+                # bfloat16 (measured on the H200: 2.1e-3 and 2.6e-3 max relative in bfloat16)
+                tol = 2e-3 if dtype == torch.float16 else 8e-3
+                assert _rel(got, ref) <= tol, (spec, rows, _rel(got, ref))
             else:  # bit-identical weights, the same cuBLAS call
                 assert torch.equal(got, ref), (spec, rows, _rel(got, ref))
 
