@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,13 @@ from rotaquant.io import atomic_write_json  # noqa: E402
 
 SETTINGS = {"w4a16_g128": {"w_bits": 4, "w_groupsize": 128}, "w4a16_channel": {"w_bits": 4},
             "w8a8": {"w_bits": 8, "a_bits": 8}}
+
+
+def memory_gib() -> dict:
+    """Resident memory now and the process's peak so far, GiB (Linux)."""
+    page = Path("/proc/self/statm").read_text().split()[1]
+    return {"rss_gib": int(page) * resource.getpagesize() / 2**30,
+            "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def folder_bytes(path: Path) -> int:
@@ -72,7 +80,7 @@ def main() -> int:
     t = time.perf_counter()
     model = build(args.layers, 0)
     params = sum(p.numel() for p in model.parameters())
-    print(f"built {params / 1e9:.2f} B parameters in {time.perf_counter() - t:.0f} s", flush=True)
+    print(f"built {params / 1e9:.2f} B parameters in {time.perf_counter() - t:.0f} s ({memory_gib()})", flush=True)
     try:
         model.save_pretrained(work / "fp16")
         fp = folder_bytes(work / "fp16")
@@ -83,10 +91,13 @@ def main() -> int:
             t = time.perf_counter()
             if i:  # a fresh copy of the same weights (two 7B models do not fit in memory)
                 model = build(args.layers, 0)
+            built = memory_gib()
             rotaquant.quantize(model, {"preset": "none", "rotate": False, **SETTINGS[name]}, progress=False)
+            quantized = memory_gib()
             rotaquant.export(model, None, work / name, dtype="float16")
             size = folder_bytes(work / name)
-            rows.append({"setting": name, "bytes": size, "ratio": size / fp, "seconds": time.perf_counter() - t})
+            rows.append({"setting": name, "bytes": size, "ratio": size / fp, "seconds": time.perf_counter() - t,
+                         "memory_gib": {"built": built, "quantized": quantized, "exported": memory_gib()}})
             print(rows[-1], flush=True)
             shutil.rmtree(work / name)
             del model

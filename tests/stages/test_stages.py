@@ -51,7 +51,7 @@ def test_sites_in_repr_and_state_dict():
     assert sites["model.layers.1.self_attn:key"] == ["r3", "k_quant"]
     keys = model.state_dict().keys()
     assert "model.layers.0.mlp.down_proj.rq_input.stages.r4.signs" not in keys  # r4 is base_hadamard
-    assert "model.layers.0.mlp.down_proj.rq_weight.codes" in keys
+    assert "model.layers.0.mlp.down_proj.rq_weight.packed_codes" in keys  # int4 codes, two per byte
 
 
 def test_deepcopy_and_pickle_give_identical_logits():

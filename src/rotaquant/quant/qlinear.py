@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .nibbles import pack_nibbles, unpack_nibbles
 from .quantizer import (
     QuantSpec,
     SharedResult,
@@ -56,19 +57,6 @@ from .quantizer import (
 KERNELS = ("auto", "reference", "int4mm", "int8mm", "fp8mm", "w4triton")
 _TRITON_ROWS = 16  # w4triton's matmul kernel serves up to this many rows; dequantization + cuBLAS the rest
 _INT4_GROUPS = (256, 128, 64, 32)
-
-
-def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    u = codes.to(torch.int16) & 0xF
-    return (u[:, 0::2] | (u[:, 1::2] << 4)).to(torch.uint8)
-
-
-def _unpack_nibbles(packed: torch.Tensor, signed: bool) -> torch.Tensor:
-    p = packed.to(torch.int16)
-    out = torch.stack([p & 0xF, p >> 4], dim=-1).reshape(p.shape[0], -1)
-    if signed:
-        out = torch.where(out > 7, out - 16, out)
-    return out.to(torch.int8)
 
 
 class QuantLinear(nn.Module):
@@ -97,7 +85,7 @@ class QuantLinear(nn.Module):
             self.register_buffer("codes", codes.to(torch.float8_e4m3fn).contiguous())
         else:
             signed = (codes.to(torch.int32) - off).to(torch.int8)
-            self.register_buffer("codes", _pack_nibbles(signed) if self.nibbles else signed)
+            self.register_buffer("codes", pack_nibbles(signed) if self.nibbles else signed)
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
         self.register_buffer("zero", (zero.to(torch.float32) - off).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -110,7 +98,7 @@ class QuantLinear(nn.Module):
         """The signed codes as int8 ``[out, in]`` (``zero`` is shifted alike); FP8 codes as
         ``float8_e4m3fn``."""
         if self.nibbles:
-            return _unpack_nibbles(self.codes, signed=True)
+            return unpack_nibbles(self.codes, signed=True)
         return self.codes
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
