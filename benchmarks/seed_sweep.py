@@ -43,12 +43,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +56,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 
 from bench_common import git_commit  # noqa: E402
 
+from rotaquant.io import atomic_write_json  # noqa: E402
 from rotaquant.jobs.demo import format_table  # noqa: E402
 from rotaquant.jobs.learn import optimize  # noqa: E402
 from rotaquant.jobs.ptq import run_ptq  # noqa: E402
@@ -112,15 +111,6 @@ def summarize(runs: list[dict]) -> list[dict]:
     return out
 
 
-def write_json(path: str, data: dict) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, target)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -151,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         out["runs"] = [r for r in out["runs"] if (r["row"], r["seed"]) != (run["row"], run["seed"])] + [run]
         out["summary"] = summarize(out["runs"])
         if args.json:
-            write_json(args.json, out)
+            atomic_write_json(args.json, out)
 
     common = dict(model=args.model, dtype="fp16", device=device, nsamples=args.nsamples, batch_size=8,
                   max_windows=args.max_windows, seqlen=args.seqlen, cal_seqlen=args.seqlen)
