@@ -16,6 +16,7 @@
 #   learned  seed_sweep default-learned, the three seeds as concurrent processes (kl: kl-learned)
 #   zs       zero-shot table of the learned rotation file $RQ_ROTATION
 #   proflearn  op profile of 4 learning steps, then 12 steps timed without the profiler
+#   fsdp     optimize on 1 GPU vs torchrun on 2 GPUs with --fsdp (needs a 2-GPU machine)
 #   recheck  the GPTQ/int8/W4A16/fake-quant/Hadamard kernel tests, then .carry/gpu/debug.py if carried
 #   int8     the int8mm kernel and QuantLinear GPU tests alone
 #   layer    pipeline_bench's 7B-layer GPTQ section;  linears: export_bench's linears part only
@@ -90,12 +91,19 @@ for part in "$@"; do
     evallearn)
       step evallearn 230 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
         --sections eval learn --json "$dir/pipeline_eval_learn.json" ;;
+    fsdp)  # learning on 1 GPU vs 2 GPUs with FSDP2 (run on the nvidia-h200-x2 kind): 12 steps each, one seed
+      step one 300 python3 -m rotaquant optimize --model "$RQ_MODEL" --iterations 12 --output "$dir/one.safetensors" \
+        --json "$dir/one.json" --overwrite
+      step two 300 python3 -m torch.distributed.run --nproc-per-node 2 -m rotaquant optimize --model "$RQ_MODEL" \
+        --iterations 12 --fsdp --output "$dir/two.safetensors" --json "$dir/two.json" --overwrite
+      step compare 60 python3 benchmarks/compare_rotations.py "$dir/one.safetensors" "$dir/two.safetensors" \
+        --json "$dir/one.json" "$dir/two.json" ;;
     layer)
       step layer 130 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
         --profile "$dir/profile" --json "$dir/pipeline_layer.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds learned kl zs proflearn recheck int8 layer linears tests evallearn)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds learned kl zs proflearn fsdp recheck int8 layer linears tests evallearn)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

@@ -46,6 +46,8 @@ def test_optimize_writes_a_file_that_rotate_and_ptq_consume(tmp_path, text_file)
     assert not (tmp_path / "R.safetensors.ckpt").exists()  # the default checkpoint goes once done
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["bits"] == "W4A4KV4" and len(summary["losses"]) == 4 and summary["world_size"] == 1
+    steps = summary["step_seconds"]  # the median leaves out the first (warm-up) step
+    assert len(steps) == 4 and summary["median_step_seconds"] == sorted(steps[1:])[1]
     mats = read_rotation_file(path)
     assert set(mats) == {("r1", ""), ("r2", "layers.0"), ("r2", "layers.1")}
     assert all(m.dtype == torch.float64 for m in mats.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -121,6 +122,10 @@ def optimize(
             "steps_run": result.steps_run,
             "resumed_from": result.resumed_from,
             "seconds_per_step": result.seconds_per_step,
+            "step_seconds": result.step_seconds,
+            # the first step compiles kernels and projects the starting matrices: not a typical step
+            "median_step_seconds": statistics.median(result.step_seconds[1:] or result.step_seconds)
+            if result.step_seconds else None,
             "peak_memory_gib": result.peak_memory_gib,
             "orthogonality_error": result.orthogonality_error,
             "rank_divergence": result.rank_divergence,
