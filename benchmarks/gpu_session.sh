@@ -13,7 +13,8 @@
 #   speed    pipeline_bench eval + learn with op profiles, and the 7B-layer GPTQ section
 #   export   export_bench: the LLaMA-7B layer's linears, the 7B-shaped model, SmolLM2
 #   seeds    seed_sweep default vs noclip (3 seeds), the llm-compressor parity rows
-#   learned  seed_sweep default-learned, the three seeds as concurrent processes (kl: kl-learned)
+#   learned  seed_sweep default-learned, the three seeds as concurrent processes (kl: kl-learned);
+#            RQ_SWEEP_ARGS adds seed_sweep flags (e.g. "--learn-lr 4 --steps 150")
 #   zs       zero-shot table of the learned rotation file $RQ_ROTATION
 #   proflearn  op profile of 4 learning steps, then 12 steps timed without the profiler
 #   fsdp     optimize on 1 GPU vs torchrun on 2 GPUs with --fsdp (needs a 2-GPU machine)
@@ -63,7 +64,7 @@ for part in "$@"; do
       row=default-learned; [ "$part" = kl ] && row=kl-learned
       for s in 0 1 2; do
         timeout ${RQ_LEARN_TIMEOUT:-480} python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows $row --seeds $s \
-          --out-dir "$dir" --json "$dir/learned_$s.json" > "$dir/learned_$s.log" 2>&1 &
+          --out-dir "$dir" --json "$dir/learned_$s.json" ${RQ_SWEEP_ARGS:-} > "$dir/learned_$s.log" 2>&1 &
       done
       wait
       echo "$part done at $(( $(date +%s) - t0 )) s"; tail -n 4 "$dir"/learned_*.log | cut -c1-300 ;;
