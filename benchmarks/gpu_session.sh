@@ -17,6 +17,7 @@
 #            RQ_SWEEP_ARGS adds seed_sweep flags (e.g. "--learn-lr 4 --steps 150")
 #   zs       zero-shot table of the learned rotation file $RQ_ROTATION
 #   proflearn  op profile of 4 learning steps, then 12 steps timed without the profiler
+#   hadamard hadamard_bench (rows x n grid vs copy, dense, fast-hadamard-transform built from ../shared/bench)
 #   fsdp     optimize on 1 GPU vs torchrun on 2 GPUs with --fsdp (needs a 2-GPU machine)
 #   recheck  the GPTQ/int8/W4A16/fake-quant/Hadamard kernel tests, then .carry/gpu/debug.py if carried
 #   int8     the int8mm kernel and QuantLinear GPU tests alone
@@ -99,12 +100,22 @@ for part in "$@"; do
         --iterations 12 --fsdp --output "$dir/two.safetensors" --json "$dir/two.json" --overwrite
       step compare 60 python3 benchmarks/compare_rotations.py "$dir/one.safetensors" "$dir/two.safetensors" \
         --json "$dir/one.json" "$dir/two.json" ;;
+    hadamard)  # fast-hadamard-transform built from ../shared/bench (~2 min), then the Hadamard grid
+      # the source travels as .carry/fht/ (carry it; ../shared is not copied to the machine)
+      src=$(ls .carry/fht/fast-hadamard-transform-1.1.0-src.tar.gz ../shared/bench/fast-hadamard-transform-1.1.0-src.tar.gz 2>/dev/null | head -1)
+      if [ ! -d /tmp/fht/fast_hadamard_transform ] && [ -n "$src" ]; then
+        mkdir -p /root/rq/fht && tar -xzf "$src" -C /root/rq/fht &&
+        (cd /root/rq/fht/fast-hadamard-transform && FAST_HADAMARD_TRANSFORM_FORCE_BUILD=TRUE MAX_JOBS=16 \
+          python3 -m pip install -q --no-build-isolation --no-deps --no-index -t /tmp/fht .) > "$dir/fht_build.log" 2>&1
+      fi
+      PYTHONPATH=/tmp/fht:$PYTHONPATH step hadamard 400 python3 benchmarks/hadamard_bench.py --commit "$RQ_COMMIT" \
+        --out "$dir/hadamard.json" ;;
     layer)
       step layer 130 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
         --profile "$dir/profile" --json "$dir/pipeline_layer.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds learned kl zs proflearn fsdp recheck int8 layer linears tests evallearn)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done
