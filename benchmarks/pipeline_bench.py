@@ -271,9 +271,8 @@ def section_learn(args) -> list[dict]:
             result = learn_rotations(model, tok, a_bits=4, k_bits=4, v_bits=4, iterations=args.learn_steps,
                                      batch_size=args.learn_batch, nsamples=args.learn_batch * args.learn_steps,
                                      seqlen=args.seqlen, device=args.device, progress=False)
-        later = result.step_seconds[1:] or result.step_seconds  # the first step warms up (kernels, allocator)
         rows.append({"section": "learn", "what": f"W16A4KV4 learning step, {args.learn_batch}x{args.seqlen}{label}",
-                     "median_s": _median(later), "mean_s_with_first": result.seconds_per_step,
+                     "median_s": result.median_step_seconds, "mean_s_with_first": result.seconds_per_step,
                      "step_s": result.step_seconds, "peak_memory_gib": result.peak_memory_gib,
                      "steps": args.learn_steps, "final_loss": result.losses[-1] if result.losses else None})
         del model

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -123,9 +122,7 @@ def optimize(
             "resumed_from": result.resumed_from,
             "seconds_per_step": result.seconds_per_step,
             "step_seconds": result.step_seconds,
-            # the first step compiles kernels and projects the starting matrices: not a typical step
-            "median_step_seconds": statistics.median(result.step_seconds[1:] or result.step_seconds)
-            if result.step_seconds else None,
+            "median_step_seconds": result.median_step_seconds,
             "peak_memory_gib": result.peak_memory_gib,
             "orthogonality_error": result.orthogonality_error,
             "rank_divergence": result.rank_divergence,

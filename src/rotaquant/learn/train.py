@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,13 @@ class LearnResult:
     peak_memory_gib: float | None = None
     orthogonality_error: float = 0.0
     rank_divergence: float = 0.0
+
+    @property
+    def median_step_seconds(self) -> float | None:
+        """The median step time after the first (which compiles kernels and projects the starting
+        matrices), or the first when it is the only one."""
+        later = self.step_seconds[1:] or self.step_seconds
+        return statistics.median(later) if later else None
 
 
 def batch_indices(step: int, nsamples: int, batch: int, seed: int) -> torch.Tensor:
