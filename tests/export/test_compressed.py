@@ -246,3 +246,38 @@ def test_missing_package_is_named(tmp_path, monkeypatch):
         export_quantized(model, None, tmp_path / "again")
     with pytest.raises(ModelLoadError, match="compressed-tensors"):
         load_model(tmp_path / "q")
+
+
+def test_large_checkpoints_are_sharded_with_an_index(tmp_path):
+    """Above max_shard_bytes the tensors go to numbered shards plus transformers' index; rotaquant
+    and compressed-tensors' loader read them as they read one file."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    model = quantized("w4a4kv4_spinquant")
+    rotaquant.export(model, None, tmp_path / "one")
+    rotaquant.export(model, None, tmp_path / "q", max_shard_bytes=64 * 1024)
+    shards = sorted(p.name for p in (tmp_path / "q").glob("model-*.safetensors"))
+    assert len(shards) > 2 and not (tmp_path / "q" / "model.safetensors").exists()
+    assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert not list((tmp_path / "q").glob(".part-*"))
+    index = json.loads((tmp_path / "q" / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "one" / "model.safetensors"), framework="pt") as f:
+        single = {k: f.get_tensor(k) for k in f.keys()}
+    assert set(index["weight_map"]) == set(single)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in single.values())
+    ids = ids_for(model)
+    with torch.no_grad():
+        want = model(ids).logits
+        sharded, _ = load_quantized(tmp_path / "q", kernel="reference")
+        assert torch.equal(sharded(ids).logits, want)  # the fake-quantized model bit for bit
+    ct = AutoModelForCausalLM.from_pretrained(tmp_path / "q", dtype=torch.float32,
+                                              quantization_config=CompressedTensorsConfig(dequantize=True))
+    theirs = dict(ct.named_modules())
+    for name, module in model.named_modules():
+        if hasattr(module, "rq_weight"):
+            assert torch.equal(theirs[name].weight.detach(), module.weight.detach()), name
+    with pytest.raises(ConfigError, match="max_shard_bytes"):
+        rotaquant.export(model, None, tmp_path / "bad", max_shard_bytes=0)

@@ -16,21 +16,27 @@ import types
 
 class _ExportModule(types.ModuleType):
     def __call__(self, model, tokenizer, output, overwrite: bool | None = None, metadata: dict | None = None,
-                 dtype=None, transform_weights: bool = True) -> dict:
+                 dtype=None, transform_weights: bool = True, max_shard_bytes: int | None = None) -> dict:
         """Write a quantized model as a compressed-tensors checkpoint; see ``export_quantized``.
 
         ``output`` is the verb's config, an :class:`~rotaquant.config.OutputConfig` (or its keys as
         a dict: ``output``, ``overwrite``), or simply the folder (a str or path). ``overwrite``
-        given here overrides the config's. Writes the folder; does not change the model.
+        given here overrides the config's. ``max_shard_bytes``: the most tensor bytes per
+        safetensors file (default 2 GiB; larger checkpoints are sharded with an index). Writes the
+        folder; does not change the model.
 
         Raises:
             ConfigError: the config is invalid or names no output folder.
         """
-        from .compressed import export_quantized
+        from .compressed import SHARD_BYTES, export_quantized
 
         cfg = output_config(output, overwrite)
+        if max_shard_bytes is not None and max_shard_bytes < 1:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
         return export_quantized(model, tokenizer, cfg.output, overwrite=cfg.overwrite, metadata=metadata, dtype=dtype,
-                                transform_weights=transform_weights)
+                                transform_weights=transform_weights, max_shard_bytes=max_shard_bytes or SHARD_BYTES)
 
 
 def output_config(output, overwrite: bool | None = None):

@@ -5,7 +5,8 @@ Layout of the folder (written atomically, marked as a rotaquant output):
 * ``config.json`` with ``quantization_config`` (``quant_method: compressed-tensors``, config
   groups, ``kv_cache_scheme``, ``ignore``, ``transform_config``), written by compressed-tensors'
   own ``ModelCompressor.update_config``;
-* ``model.safetensors``: quantized linears as ``weight_packed`` (int32, compressed-tensors'
+* ``model.safetensors`` (above ``SHARD_BYTES``: ``model-0000i-of-0000N.safetensors`` shards and
+  ``model.safetensors.index.json``, as transformers writes them): quantized linears as ``weight_packed`` (int32, compressed-tensors'
   dense bit packing) + ``weight_shape`` for 2..7 bits, or ``weight`` (int8) for 8 bits, with
   ``weight_scale`` (float32, ``[out, groups]``) and ``weight_zero_point`` (asymmetric; signed
   codes as compressed-tensors keeps them); FP8 weights as ``weight`` (float8_e4m3fn) with
@@ -14,13 +15,19 @@ Layout of the folder (written atomically, marked as a rotaquant output):
 * the tokenizer and ``generation_config.json``;
 * ``rotaquant_stages.json`` + ``rotaquant_stages.safetensors``: every stage exactly (see
   :mod:`.stages_io`), with the list of what the compressed-tensors config cannot express.
+
+The tensors are produced one linear at a time and written a shard at a time, so an export needs
+about two shards of memory beyond the model (safetensors copies a file's tensors into bytes
+before writing them), not a second copy of the whole checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,6 +41,8 @@ from .stages_io import ExportError, describe_stages, require_compressed_tensors,
 
 logger = logging.getLogger(__name__)
 EXPORT_KIND = "rotaquant-compressed-tensors"
+SHARD_BYTES = 2 * 2**30  # the most tensor bytes in one safetensors file of an export
+INDEX_NAME = "model.safetensors.index.json"
 
 
 def ct_offset(spec: QuantSpec) -> int:
@@ -97,24 +106,83 @@ def _head_dim(config) -> int | None:
     return config.hidden_size // heads if heads else None
 
 
-def _state_dict(model: nn.Module, linears: dict, extra: dict, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    state = {k: v for k, v in model.state_dict().items() if ".rq_" not in f".{k}" and not k.startswith("rq_")}
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    for name, (lin, _) in linears.items():
-        state.pop(f"{name}.weight")
-        for local, tensor in compressed_weight_tensors(lin.rq_weight).items():
-            state[f"{name}.{local}"] = tensor
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    state.update(extra)
-    # safetensors refuses shared storage: each tensor its own contiguous copy on CPU
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+def _own(tensor: torch.Tensor, seen: set) -> torch.Tensor:
+    """``tensor`` on the CPU, contiguous and alone in its storage (safetensors refuses shared
+    storage); copied only when it is not already so."""
+    t = tensor.detach().to("cpu")
+    storage = t.untyped_storage()
+    if not t.is_contiguous() or storage.nbytes() != t.numel() * t.element_size() or storage.data_ptr() in seen:
+        t = t.contiguous().clone()
+    if t.numel():
+        seen.add(t.untyped_storage().data_ptr())
+    return t
+
+
+def _export_tensors(model: nn.Module, linears: dict, extra: dict,
+                    dtype: torch.dtype | None) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Groups of ``(key, CPU tensor)`` of the checkpoint: a quantized linear's compressed-tensors
+    tensors together (made when reached; the reloader reads a linear from one file), everything
+    else one by one as the model holds it (cast to ``dtype``)."""
+    quantized = {f"{name}.weight": lin for name, (lin, _) in linears.items()}
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    seen: set = set()
+    for key, value in model.state_dict().items():
+        if ".rq_" in f".{key}" or key.startswith("rq_") or (tied and key == "lm_head.weight"):
+            continue
+        if key in quantized:
+            name = key[: -len(".weight")]
+            yield [(f"{name}.{local}", _own(tensor, seen))
+                   for local, tensor in compressed_weight_tensors(quantized[key].rq_weight).items()]
+            continue
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        yield [(key, _own(value, seen))]
+    for key, value in extra.items():
+        yield [(key, _own(value, seen))]
+
+
+def write_shards(groups: Iterator[list[tuple[str, torch.Tensor]]], folder: Path,
+                 max_bytes: int = SHARD_BYTES) -> list[str]:
+    """Write the tensors of ``groups`` into ``folder`` as ``model.safetensors``, or when they
+    exceed ``max_bytes`` as numbered shards plus ``model.safetensors.index.json`` (transformers'
+    layout); a group never straddles two shards (one larger than ``max_bytes`` fills a shard
+    alone) and a shard is written as soon as it is full. Returns the file names."""
+    from safetensors.torch import save_file
+
+    shard, size, total, parts = {}, 0, 0, []
+
+    def flush():
+        name = f".part-{len(parts):05d}.safetensors"
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        parts.append((name, list(shard)))
+        shard.clear()
+
+    for group in groups:
+        nbytes = sum(tensor.numel() * tensor.element_size() for _, tensor in group)
+        if shard and size + nbytes > max_bytes:
+            flush()
+            size = 0
+        shard.update(group)
+        size, total = size + nbytes, total + nbytes
+    if shard or not parts:
+        flush()
+    if len(parts) == 1:
+        os.replace(folder / parts[0][0], folder / "model.safetensors")
+        return ["model.safetensors"]
+    names, weight_map = [], {}
+    for i, (part, keys) in enumerate(parts):
+        name = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+        os.replace(folder / part, folder / name)
+        names.append(name)
+        weight_map.update(dict.fromkeys(keys, name))
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return names
 
 
 def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, overwrite: bool = False,
                      metadata: dict | None = None, dtype: str | torch.dtype | None = None,
-                     transform_weights: bool = True) -> dict:
+                     transform_weights: bool = True, max_shard_bytes: int = SHARD_BYTES) -> dict:
     """Write a quantized (``rotaquant.quantize``-d) model as a compressed-tensors checkpoint.
 
     Args:
@@ -129,6 +197,8 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
             lays them out (what its readers load for ``random-hadamard``). They cost ``n^2`` bf16
             values per module (R4 of a 7B model: 11008^2 * 2 bytes = 242 MB a layer); False leaves
             them out: rotaquant still reloads exactly (side file), other readers cannot apply them.
+        max_shard_bytes: the most tensor bytes per safetensors file; larger checkpoints are
+            written as shards with an index (default 2 GiB).
 
     Returns:
         ``{"output", "format", "config_groups", "transforms", "notes"}``; ``notes`` lists what
@@ -139,7 +209,6 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
     """
     require_compressed_tensors("a quantized export", ExportError)
     from compressed_tensors.compressors.model_compressors.model_compressor import ModelCompressor
-    from safetensors.torch import save_file
 
     entries, side_tensors = describe_stages(model)
     linears = _quantized_linears(model, entries)
@@ -163,7 +232,6 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
     from ..models.loading import resolve_dtype
 
     dtype = None if dtype is None else resolve_dtype(dtype)
-    state = _state_dict(model, linears, matrices, dtype)
     record = model._modules.get("rq_rotation")
     info = {"kind": EXPORT_KIND, "dtype": str(dtype or next(model.parameters()).dtype).replace("torch.", ""),
             "rotation": getattr(record, "summary", None),
@@ -177,7 +245,7 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
         ModelCompressor(quantization_config=qc, transform_config=tc).update_config(str(tmp))
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_shards(_export_tensors(model, linears, matrices, dtype), tmp, max_shard_bytes)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(tmp)
         write_side_file(tmp, entries, side_tensors, info)
