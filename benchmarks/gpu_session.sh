@@ -86,10 +86,11 @@ for part in "$@"; do
     int8)  # the int8mm kernels and QuantLinear on the GPU (the fused Triton GEMM is the default since 8d5a69d)
       step kernels 240 python3 -m pytest -m gpu tests/kernels/test_int8_linear.py tests/quant/test_qlinear.py \
         -q -rf --tb=short -p no:cacheprovider ;;
-    tests)
-      step tests 420 python3 -m pytest -m gpu tests/kernels/test_clip_search.py tests/kernels/test_w4a16_triton.py \
-        tests/kernels/test_int8_linear.py \
-        tests/quant/test_qlinear.py tests/eval/test_perplexity.py -q -rf --tb=short -p no:cacheprovider ;;
+    tests)  # two steps: one 420 s step did not reach test_qlinear's last tests (stop 20)
+      step kernels 300 python3 -m pytest -m gpu tests/kernels/test_clip_search.py tests/kernels/test_w4a16_triton.py \
+        tests/kernels/test_int8_linear.py -q -rf --tb=short -p no:cacheprovider
+      step qlinear 300 python3 -m pytest -m gpu tests/quant/test_qlinear.py tests/eval/test_perplexity.py -q -rf \
+        --tb=short -p no:cacheprovider ;;
     evallearn)
       step evallearn 230 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
         --sections eval learn --json "$dir/pipeline_eval_learn.json" ;;
