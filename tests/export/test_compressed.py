@@ -281,3 +281,20 @@ def test_large_checkpoints_are_sharded_with_an_index(tmp_path):
             assert torch.equal(theirs[name].weight.detach(), module.weight.detach()), name
     with pytest.raises(ConfigError, match="max_shard_bytes"):
         rotaquant.export(model, None, tmp_path / "bad", max_shard_bytes=0)
+
+
+def test_damaged_or_missing_shards_are_named(tmp_path):
+    model = quantized("w4a16_g32")
+    rotaquant.export(model, None, tmp_path / "q", max_shard_bytes=64 * 1024)
+    shards = sorted((tmp_path / "q").glob("model-*.safetensors"))
+    data = shards[-1].read_bytes()
+    shards[-1].write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match=f"{shards[-1].name} is not a readable safetensors file"):
+        load_quantized(tmp_path / "q")
+    shards[-1].unlink()
+    with pytest.raises(ModelLoadError, match=f"the shard {shards[-1].name} named by model.safetensors.index.json is "
+                                             "missing"):
+        load_quantized(tmp_path / "q")
+    (tmp_path / "q" / "model.safetensors.index.json").write_text("[]")
+    with pytest.raises(ModelLoadError, match="is not a safetensors index"):
+        load_quantized(tmp_path / "q")

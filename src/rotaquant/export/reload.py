@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import ModelLoadError
 from ..quant.qlinear import QuantLinear, set_kernels, share_inputs
 from ..quant.quantizer import QuantSpec
-from .compressed import EXPORT_KIND, ct_offset
+from .compressed import EXPORT_KIND, INDEX_NAME, ct_offset
 from .stages_io import (
     STAGES_JSON,
     attach_stage,
@@ -163,6 +163,31 @@ def _input_groups(model: nn.Module) -> list[list[str]]:
         return []
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """The export's weight files: the shards its index names (each must exist), else every
+    ``*.safetensors`` but rotaquant's stage tensors."""
+    index = folder / INDEX_NAME
+    if not index.is_file():
+        return [f for f in sorted(folder.glob("*.safetensors")) if f.name != "rotaquant_stages.safetensors"]
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ModelLoadError(f"{index} is not a safetensors index ({err}); the export is damaged") from None
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise ModelLoadError(f"{folder}: the shard {missing[0]} named by {INDEX_NAME} is missing "
+                             f"({len(missing)} of {len(names)}); the export is incomplete")
+    return [folder / n for n in names]
+
+
+def _open_safetensors(safe_open, path: Path):
+    """``safe_open(path)``, a damaged file named as such."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as err:  # safetensors raises its own error type for truncated or foreign files
+        raise ModelLoadError(f"{path} is not a readable safetensors file ({err}); the export is damaged") from None
+
+
 def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                    kernel: str = "auto", attn_implementation: str | None = "sdpa"):
     """``(model, tokenizer)`` from a rotaquant compressed-tensors export.
@@ -207,11 +232,10 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, devic
                                  "the config was edited")
     acts = {e["module"]: QuantSpec.from_dict(e["spec"]) for e in side["stages"]
             if e["type"] == "act_quant" and e["site"] == "input" and e["module"] in specs}
-    files = sorted(folder.glob("*.safetensors"))
-    files = [f for f in files if f.name != "rotaquant_stages.safetensors"]
+    files = _weight_files(folder)
     rest = {}
     for path in files:
-        with safe_open(str(path), framework="pt") as tensors:
+        with _open_safetensors(safe_open, path) as tensors:
             keys = set(tensors.keys())
             for name, spec in specs.items():
                 if f"{name}.weight_scale" not in keys:
