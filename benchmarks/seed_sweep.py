@@ -66,7 +66,8 @@ from rotaquant.quant.recipe import CLIP  # noqa: E402
 
 W4A4KV4 = {"w_bits": 4, "a_bits": 4, "k_bits": 4, "v_bits": 4}
 # what the default preset deploys, as learning settings (W16: weights stay FP while learning): the
-# optimize preset auto, spelled out so the rows do not change if that default ever does
+# quantizer keys of optimize's preset auto, which also sets the learning rate (AUTO_LR, since stop
+# 20; --learn-lr overrides it), so the learned rows follow optimize's defaults
 DEPLOYED_LEARNING = {"w_bits": 16, "a_bits": 4, "k_bits": 4, "v_bits": 4, **LEARN_AUTO}
 LLMC_W4A16 = {"w_bits": 4, "preset": "none", "w_method": "gptq", "gptq_act_order": True, "rotate": False}
 LLMC_RTN = {**W4A4KV4, "preset": "none", "w_method": "rtn", "rotation_mode": "hadamard"}
