@@ -38,6 +38,12 @@ MAX_SYLVESTER_BITS = 14  # 2**k up to 16384 (two in-register factors of at most 
 MAX_CORE = 1024  # padded core order the kernel handles (m up to 1024: 924 = Paley II of 461)
 
 
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for grid sizes. (``triton.cdiv`` is a constexpr function whose host-side
+    call unwraps its arguments: a few microseconds on every launch.)"""
+    return -(-a // b)
+
+
 def on_device(device: torch.device):
     """Context for a Triton launch on ``device``: Triton launches on the current CUDA device, so
     make it ``device``'s when it is another GPU (nothing to do for CPU tensors: the interpreter)."""

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from . import on_device
+from . import ceil_div, on_device
 from .hadamard_triton import _rint, grid_divisor, grid_params
 
 __all__ = ["MAX_TILE", "search_clip_rows"]
@@ -109,8 +109,8 @@ def search_clip_rows(x2: torch.Tensor, spec, factors: list[float], norm: float) 
     div, rcp = grid_divisor(spec)
     f = torch.tensor(factors, dtype=torch.float32, device=dev)
     with on_device(dev):
-        _clip_search_kernel[(triton.cdiv(rows, r),)](
+        _clip_search_kernel[(ceil_div(rows, r),)](
             x2, f, scale, zero, rows, n, float(spec.clip_ratio), rcp, div, float(norm), len(factors), r, bk,
-            triton.cdiv(n, bk), spec.symmetric, spec.qmin, spec.qmax, not _INTERPRET,
+            ceil_div(n, bk), spec.symmetric, spec.qmin, spec.qmax, not _INTERPRET,
             num_warps=4 if bk * r <= 2048 else 8, enable_fp_fusion=False)
     return scale, zero

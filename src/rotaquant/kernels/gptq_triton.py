@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import ceil_div
 from .hadamard_triton import _rint
 
 __all__ = ["MAX_BLOCK", "ROWS", "gptq_segment"]
@@ -101,7 +102,7 @@ def gptq_segment(W1: torch.Tensor, Q: torch.Tensor, Err1: torch.Tensor, U: torch
     if rows == 0 or c1 <= c0:
         return
     bc = max(16, triton.next_power_of_2(width))
-    grid = (triton.cdiv(rows, ROWS),)
+    grid = (ceil_div(rows, ROWS),)
     _gptq_segment_kernel[grid](W1, Q, Err1, U, scale, zero, gidx, rows, c0, c1, width, i1,
                                W1.stride(0), Q.stride(0), Err1.stride(0), U.stride(0), scale.stride(0),
                                float(qmin), float(qmax), BR=ROWS, BC=bc, ON_GPU=not _INTERPRET,

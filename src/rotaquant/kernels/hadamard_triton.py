@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from rotaquant.kernels import on_device
+from rotaquant.kernels import ceil_div, on_device
 from rotaquant.kernels.fake_quant import rows_view
 from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, sylvester
 
@@ -359,6 +359,37 @@ def _hooked(hook) -> bool:
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What a launch of order ``n`` needs besides its tensors and row count (cached per call kind)."""
+
+    plan: Plan
+    has_core: bool  # the core operand itself is looked up per device and direction
+    norm: float
+    clip: float
+    rcp: float
+    div: float
+    groups: int
+    sym: bool
+    consts: tuple  # the kernel's trailing arguments, from M to ON_GPU
+
+
+@functools.cache  # never evicted: a launch keys its compiled kernel by the setup's identity
+def _setup(n: int, dtype: torch.dtype, normalize: bool, mode: int, spec) -> _Setup:
+    plan = plan_for(n)
+    half = dtype in (torch.float16, torch.bfloat16)
+    norm = 1.0 / math.sqrt(n) if normalize else 1.0
+    sym, qmin, qmax, gp, clip, groups, rcp, div = True, 0, 0, plan.width, 1.0, 1, 1.0, 1.0
+    if mode:
+        sym, qmin, qmax, clip = spec.symmetric, spec.qmin, spec.qmax, float(spec.clip_ratio)
+        div, rcp = grid_divisor(spec)
+        gp = spec.group_size if spec.group_size and spec.group_size != n else plan.width
+        groups = n // spec.group_size if spec.group_size else 1
+    consts = (plan.M, plan.MP, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R, 1 if half else 3,
+              2 if half else 3, mode, sym, qmin, qmax, gp, _SPLIT_TL, not _INTERPRET)
+    return _Setup(plan, plan.MP > 1, norm, clip, rcp, div, groups, sym, consts)
+
+
 def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int = 0,
            spec=None, out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Run the kernel on the 2-D ``x2`` ``[rows, n]`` (last dim contiguous).
@@ -368,35 +399,27 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     2 write into ``out`` when given (``[rows, n]``, row stride ``n``, x2's dtype).
     """
     rows, n = x2.shape
-    plan = plan_for(n)
+    st = _setup(n, x2.dtype, bool(normalize), mode, spec if mode else None)
     half = x2.dtype in (torch.float16, torch.bfloat16)
-    core = _core_operand(n, transpose, x2.dtype if half else SPLIT_DTYPE, x2.device) if plan.MP > 1 else x2
-    norm = 1.0 / math.sqrt(n) if normalize else 1.0
-    sym, qmin, qmax, gp, clip, groups, rcp, div = True, 0, 0, plan.width, 1.0, 1, 1.0, 1.0
+    core = _core_operand(n, transpose, x2.dtype if half else SPLIT_DTYPE, x2.device) if st.has_core else x2
     codes = scale = zero = x2  # placeholders for the pointers a mode does not use
-    if mode:
-        sym, qmin, qmax, clip = spec.symmetric, spec.qmin, spec.qmax, float(spec.clip_ratio)
-        div, rcp = grid_divisor(spec)
-        gp = spec.group_size if spec.group_size and spec.group_size != n else plan.width
-        groups = n // spec.group_size if spec.group_size else 1
     if mode == 1:
-        codes = torch.empty(rows, n, dtype=torch.int8 if sym else torch.uint8, device=x2.device)
-        scale = torch.empty(rows, groups, dtype=torch.float32, device=x2.device)
-        zero = torch.empty(rows, groups, dtype=torch.float32, device=x2.device)
+        codes = torch.empty(rows, n, dtype=torch.int8 if st.sym else torch.uint8, device=x2.device)
+        scale = torch.empty(rows, st.groups, dtype=torch.float32, device=x2.device)
+        zero = torch.empty(rows, st.groups, dtype=torch.float32, device=x2.device)
         out = torch.empty(0, dtype=x2.dtype, device=x2.device)
     elif out is None:
         out = torch.empty(rows, n, dtype=x2.dtype, device=x2.device)
     elif out.shape != (rows, n) or out.stride() != (n, 1) or out.dtype != x2.dtype:
         raise ValueError(f"launch: out must be [{rows}, {n}] with row stride {n} in {x2.dtype}")
     if rows:
-        args = (x2, out, core, codes, scale, zero, rows, n, groups, x2.stride(0), n, norm, clip, rcp, div,
-                plan.M, plan.MP, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R,
-                1 if half else 3, 2 if half else 3, mode, sym, qmin, qmax, gp, _SPLIT_TL, not _INTERPRET)
-        key = (plan, x2.dtype, mode, sym, qmin, qmax, gp, groups, rows >= 2**31, x2.stride(0) >= 2**31)
-        grid = (triton.cdiv(rows, plan.R), plan.blocks)
-        ptrs = (x2, out, core, codes, scale, zero)
+        stride = x2.stride(0)
+        args = (x2, out, core, codes, scale, zero, rows, n, st.groups, stride, n, st.norm, st.clip, st.rcp, st.div,
+                *st.consts)
+        key = (id(st), rows >= 2**31, stride >= 2**31, stride % 16 == 0)  # st lives as long as the process
+        grid = (ceil_div(rows, st.plan.R), st.plan.blocks)
         with on_device(x2.device):  # Triton loads and launches kernels on the current device
-            launch_cached(_hadamard_kernel, grid, args, plan.num_warps, ptrs, (*key, args[9] % 16 == 0))
+            launch_cached(_hadamard_kernel, grid, args, st.plan.num_warps, (x2, out, core, codes, scale, zero), key)
     if mode == 1:
         return codes, scale, zero
     return (out,)

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import on_device
+from . import ceil_div, on_device
 from .hadamard_triton import _rint, grid_divisor, grid_params
 
 __all__ = ["INT8_GEMM", "MAX_TILE", "int8_epilogue", "int8_linear", "int8_quantize", "quantize_rows"]
@@ -115,9 +115,9 @@ def quantize_rows(x2: torch.Tensor, spec, rows_pad: int | None = None,
     div, rcp = grid_divisor(spec)
     off = 0 if spec.symmetric else 2 ** (spec.bits - 1)
     with on_device(dev):
-        _quant_rows_kernel[(triton.cdiv(rows_pad, r),)](
+        _quant_rows_kernel[(ceil_div(rows_pad, r),)](
             x2, codes, scale, zero, xsum, m, rows_pad, k, x2.stride(0), float(spec.clip_ratio), rcp, div,
-            r, bk, triton.cdiv(k, bk), spec.symmetric, spec.qmin, spec.qmax, off, not _INTERPRET,
+            r, bk, ceil_div(k, bk), spec.symmetric, spec.qmin, spec.qmax, off, not _INTERPRET,
             num_warps=4 if bk <= 4096 else 8, enable_fp_fusion=False)
     return codes, scale, zero, xsum
 
@@ -213,7 +213,7 @@ def int8_epilogue(acc: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, xsum: t
     out = torch.empty(m, n, dtype=dtype, device=acc.device)
     if m == 0 or n == 0:
         return out
-    grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, BLOCK_N))
+    grid = (ceil_div(m, BLOCK_M), ceil_div(n, BLOCK_N))
     with on_device(acc.device):
         _epilogue_kernel[grid](acc, out, out if bias is None else bias, sx, zx, xsum, sw, zw, qsum, m, n, k,
                                BLOCK_M, BLOCK_N, bias is not None, num_warps=4, enable_fp_fusion=False)
@@ -253,7 +253,7 @@ def _fused_gemm(codes, sx, zx, xsum, m, w, sw, zw, qsum, dtype, bias) -> torch.T
     out = torch.empty(m, n, dtype=dtype, device=codes.device)
     if m == 0 or n == 0:
         return out
-    grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
+    grid = lambda meta: (ceil_div(m, meta["BM"]) * ceil_div(n, meta["BN"]),)  # noqa: E731
     with on_device(codes.device):
         _int8_gemm_kernel[grid](codes, w, out, out if bias is None else bias, sx, zx, xsum, sw, zw, qsum, m, n, k,
                                 codes.stride(0), min(triton.next_power_of_2(m), 256), bias is not None,

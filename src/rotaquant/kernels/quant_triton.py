@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import on_device
+from . import ceil_div, on_device
 from .hadamard_triton import _finish, grid_divisor, launch_cached
 
 __all__ = ["MAX_WIDTH", "launch_fake_quant"]
@@ -58,7 +58,7 @@ def launch_fake_quant(x2: torch.Tensor, out2: torch.Tensor, spec) -> None:
     r = max(1, TILE // w)
     div, rcp = grid_divisor(spec)
     warps = 4 if w <= 4096 else 8
-    grid = (triton.cdiv(rows, r),)
+    grid = (ceil_div(rows, r),)
     args = (x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric, spec.qmin, spec.qmax,
             not _INTERPRET)
     # g is specialised (divisible by 16, equal to 1, 32/64-bit); rows is not, but its width is

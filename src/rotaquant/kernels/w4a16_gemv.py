@@ -29,6 +29,8 @@ import os
 
 import torch
 
+from . import ceil_div
+
 try:
     import triton
     import triton.language as tl
@@ -203,7 +205,7 @@ def w4_dequantize(ops: dict, dtype: torch.dtype) -> torch.Tensor:
     n, k, h, per_channel = _dims(ops)
     out = torch.empty(n, k, dtype=dtype, device=ops["packed"].device)
     blocks = max(1, 256 // (2 * h))
-    grid = (triton.cdiv(n, 32), triton.cdiv(k // (2 * h), blocks))
+    grid = (ceil_div(n, 32), ceil_div(k // (2 * h), blocks))
     _w4_dequant_kernel[grid](ops["packed"], ops["scale_t"], ops["zc_t"], out, n, k, h, per_channel,
                              BLOCK_N=32, BLOCKS=blocks, num_warps=4)
     return out
@@ -223,17 +225,17 @@ def w4a16_matmul(x2: torch.Tensor, ops: dict, mode: str | None = None, config: d
     code = _MODES[mode or DECODE_MODE] if m == 1 else 0
     bm = 1 if code else BLOCK_M
     parts = torch.empty(MAX_SPLIT, m, n, dtype=torch.float32, device=x2.device)
-    m_tiles = triton.cdiv(m, bm)
-    if m_tiles * triton.cdiv(n, MIN_TILE_N) > ops["counters"].numel():
-        ops["counters"] = torch.zeros(m_tiles * triton.cdiv(n, MIN_TILE_N), dtype=torch.int32, device=x2.device)
+    m_tiles = ceil_div(m, bm)
+    if m_tiles * ceil_div(n, MIN_TILE_N) > ops["counters"].numel():
+        ops["counters"] = torch.zeros(m_tiles * ceil_div(n, MIN_TILE_N), dtype=torch.int32, device=x2.device)
     args = (x2, ops["packed"], ops["scale_t"], ops["zc_t"], y, parts, ops["counters"], m, n, x2.stride(0),
             y.stride(0), min(triton.next_power_of_2(m), 64))
     consts = {"K": k, "H": h, "PER_CHANNEL": per_channel, "MODE": code, "BM": bm}
     if config is None and not _INTERPRET:
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"], m_tiles)  # noqa: E731
+        grid = lambda meta: (ceil_div(n, meta["BLOCK_N"]), meta["SPLIT_K"], m_tiles)  # noqa: E731
         _w4_mm_tuned[grid](*args, **consts)
     else:
         cfg = {"BLOCK_N": 16, "SPLIT_K": 2, "UNROLL": 2, "num_warps": 4, **(config or {})}
-        grid = (triton.cdiv(n, cfg["BLOCK_N"]), cfg["SPLIT_K"], m_tiles)
+        grid = (ceil_div(n, cfg["BLOCK_N"]), cfg["SPLIT_K"], m_tiles)
         _w4_mm_kernel[grid](*args, **consts, **cfg)
     return y
