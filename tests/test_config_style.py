@@ -19,6 +19,7 @@ VALUE_OBJECTS = {
     "GPTQConfig": "arguments of gptq_quantize_weight, built from the recipe's gptq_* keys",
     "QuantSpec": "a quantizer grid, built from the recipe; hashed and read in the hot path",
     "Plan": "a Triton launch plan",
+    "_Setup": "the constants of one kind of Hadamard launch, cached for the process (its identity keys the compiled kernel)",
     "ModelAlias": "a row of the table of model short names",
     "ModelSource": "a resolved model location",
     "Gap": "one finding of the rotation structure check",
