@@ -87,9 +87,9 @@ for part in "$@"; do
       step kernels 240 python3 -m pytest -m gpu tests/kernels/test_int8_linear.py tests/quant/test_qlinear.py \
         -q -rf --tb=short -p no:cacheprovider ;;
     tests)  # two steps: one 420 s step did not reach test_qlinear's last tests (stop 20)
-      step kernels 300 python3 -m pytest -m gpu tests/kernels/test_clip_search.py tests/kernels/test_w4a16_triton.py \
+      step kernels 270 python3 -m pytest -m gpu tests/kernels/test_clip_search.py tests/kernels/test_w4a16_triton.py \
         tests/kernels/test_int8_linear.py -q -rf --tb=short -p no:cacheprovider
-      step qlinear 300 python3 -m pytest -m gpu tests/quant/test_qlinear.py tests/eval/test_perplexity.py -q -rf \
+      step qlinear 270 python3 -m pytest -m gpu tests/quant/test_qlinear.py tests/eval/test_perplexity.py -q -rf \
         --tb=short -p no:cacheprovider ;;
     evallearn)
       step evallearn 230 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
