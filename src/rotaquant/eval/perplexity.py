@@ -90,13 +90,6 @@ def first_non_finite_module(model: torch.nn.Module, batch: torch.Tensor) -> str 
     return found[0] if found else None
 
 
-def _check_finite(model, windows, starts, batch_size, sums, i) -> None:
-    """Raise :class:`NonFiniteError` if batch ``i``'s summed NLLs are not finite."""
-    if not torch.isfinite(sums[i]).all():
-        start = starts[i]
-        _raise_non_finite(model, windows[start : start + batch_size], start)
-
-
 def _raise_non_finite(model: torch.nn.Module, batch: torch.Tensor, first_window: int) -> None:
     where = first_non_finite_module(model, batch)
     culprit = f"the first module with a non-finite output is {where}" if where else \
@@ -180,11 +173,12 @@ def perplexity(
             synchronisation inside) runs eagerly, with a warning; ``extra["cuda_graph"]`` of the
             result says which ran.
 
-    The batches are queued without a host synchronisation each (tokens moved to the device once,
-    the sums kept there, finiteness checked one batch behind), so the GPU never waits for the
-    host between batches: on an H200 the W4A4KV4 / FP16 evaluation-time ratio of smollm2-135m
-    went from 1.385 (a sync per batch, before the fake-quant kernel's direct launch) to 1.055
-    (benchmarks/results/h200_stop19.md).
+    Without a progress bar the batches are queued with no host synchronisation (tokens moved to
+    the device once, the sums kept there, finiteness checked once after the last batch), so the
+    GPU does not wait for the host between batches; a bar's running PPL costs one sync per batch.
+    On an H200 the W4A4KV4 / FP16 evaluation-time ratio of smollm2-135m went from 1.385 (a sync
+    per batch, before the fake-quant kernel's direct launch) to 1.055 (benchmarks/results/
+    h200_stop19.md, measured when finiteness was still checked one batch behind, a sync per batch).
     """
     started = time.perf_counter()
     if isinstance(data, torch.Tensor):
@@ -199,13 +193,13 @@ def perplexity(
     was_training = model.training
     model.eval()
     windows_dev = windows.to(device)  # once (2.4 MB for WikiText-2 test), not a copy per batch
-    starts = list(range(0, len(windows), batch_size))
     graphed = None
     graph_state = "on" if _graph_wanted(cuda_graph, device, len(windows) // batch_size) else "off"
     sums: list[torch.Tensor] = []  # per batch, on the device: no host sync per batch
+    running = None  # the progress bar's sum
     bar = tqdm(total=len(windows), desc=f"ppl {name}/{split}", unit="win", disable=not progress)
     try:
-        for i, start in enumerate(starts):
+        for start in range(0, len(windows), batch_size):
             batch = windows_dev[start : start + batch_size]
             if graph_state == "on" and len(batch) == batch_size and graphed is None:
                 try:
@@ -221,14 +215,18 @@ def perplexity(
             else:
                 nll = window_nll(model, batch)
             sums.append(nll)
-            if i > 0:  # check the previous batch (the GPU is busy with this one meanwhile)
-                _check_finite(model, windows_dev, starts, batch_size, sums, i - 1)
             bar.update(len(batch))
-            if progress and i > 0:  # the running PPL of the batches before this one (start windows)
-                bar.set_postfix(ppl=f"{math.exp(torch.cat(sums[:i]).sum().item() / (start * (seqlen - 1))):.3f}")
-        if sums:
-            _check_finite(model, windows_dev, starts, batch_size, sums, len(sums) - 1)
-        total = torch.cat(sums).sum().cpu() if sums else torch.zeros((), dtype=torch.float64)
+            if progress:  # the bar's running PPL: the one host sync per batch, and only with a bar
+                running = nll.sum() if running is None else running + nll.sum()
+                bar.set_postfix(ppl=f"{math.exp(running.item() / ((start + len(batch)) * (seqlen - 1))):.3f}")
+        nlls = torch.cat(sums) if sums else torch.zeros(0, dtype=torch.float64)
+        # one check after the loop (a sync per batch would make the GPU wait for the host's next
+        # launches): the batch of the first window with a non-finite NLL
+        bad = (~torch.isfinite(nlls)).nonzero()
+        if len(bad):
+            start = int(bad[0]) // batch_size * batch_size
+            _raise_non_finite(model, windows_dev[start : start + batch_size], start)
+        total = nlls.sum().cpu()
     finally:
         bar.close()
         model.train(was_training)
