@@ -364,7 +364,7 @@ class _Setup:
     """What a launch of order ``n`` needs besides its tensors and row count (cached per call kind)."""
 
     plan: Plan
-    has_core: bool  # the core operand itself is looked up per device and direction
+    core_dtype: torch.dtype | None  # of the core operand (looked up per device and direction); None: no core
     norm: float
     clip: float
     rcp: float
@@ -387,7 +387,8 @@ def _setup(n: int, dtype: torch.dtype, normalize: bool, mode: int, spec) -> _Set
         groups = n // spec.group_size if spec.group_size else 1
     consts = (plan.M, plan.MP, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R, 1 if half else 3,
               2 if half else 3, mode, sym, qmin, qmax, gp, _SPLIT_TL, not _INTERPRET)
-    return _Setup(plan, plan.MP > 1, norm, clip, rcp, div, groups, sym, consts)
+    core_dtype = (dtype if half else SPLIT_DTYPE) if plan.MP > 1 else None
+    return _Setup(plan, core_dtype, norm, clip, rcp, div, groups, sym, consts)
 
 
 def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int = 0,
@@ -400,8 +401,7 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     """
     rows, n = x2.shape
     st = _setup(n, x2.dtype, bool(normalize), mode, spec if mode else None)
-    half = x2.dtype in (torch.float16, torch.bfloat16)
-    core = _core_operand(n, transpose, x2.dtype if half else SPLIT_DTYPE, x2.device) if st.has_core else x2
+    core = x2 if st.core_dtype is None else _core_operand(n, transpose, st.core_dtype, x2.device)
     codes = scale = zero = x2  # placeholders for the pointers a mode does not use
     if mode == 1:
         codes = torch.empty(rows, n, dtype=torch.int8 if st.sym else torch.uint8, device=x2.device)
