@@ -31,12 +31,9 @@ class _ExportModule(types.ModuleType):
         from .compressed import SHARD_BYTES, export_quantized
 
         cfg = output_config(output, overwrite)
-        if max_shard_bytes is not None and max_shard_bytes < 1:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
         return export_quantized(model, tokenizer, cfg.output, overwrite=cfg.overwrite, metadata=metadata, dtype=dtype,
-                                transform_weights=transform_weights, max_shard_bytes=max_shard_bytes or SHARD_BYTES)
+                                transform_weights=transform_weights,
+                                max_shard_bytes=SHARD_BYTES if max_shard_bytes is None else max_shard_bytes)
 
 
 def output_config(output, overwrite: bool | None = None):

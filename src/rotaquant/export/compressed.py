@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..io import atomic_directory, to_json
 from ..quant.quantizer import QuantSpec
 from ..quant.weights import WEIGHT_CHILD
@@ -206,7 +207,10 @@ def export_quantized(model: nn.Module, tokenizer, output: str | os.PathLike, ove
 
     Raises:
         ExportError: no quantized weights, or a stage an export cannot write.
+        ConfigError: ``max_shard_bytes`` is not positive.
     """
+    if max_shard_bytes < 1:
+        raise ConfigError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     require_compressed_tensors("a quantized export", ExportError)
     from compressed_tensors.compressors.model_compressors.model_compressor import ModelCompressor
 

@@ -180,8 +180,10 @@ def _weight_files(folder: Path) -> list[Path]:
     return [folder / n for n in names]
 
 
-def _open_safetensors(safe_open, path: Path):
+def _open_safetensors(path: Path):
     """``safe_open(path)``, a damaged file named as such."""
+    from safetensors import safe_open
+
     try:
         return safe_open(str(path), framework="pt")
     except Exception as err:  # safetensors raises its own error type for truncated or foreign files
@@ -201,7 +203,6 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, devic
     Raises:
         ModelLoadError: the folder is not such an export, or its config and tensors disagree.
     """
-    from safetensors import safe_open
     from transformers import AutoTokenizer, GenerationConfig
 
     from ..rotation.rotate import RECORD_CHILD, RotationRecord
@@ -235,7 +236,7 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32, devic
     files = _weight_files(folder)
     rest = {}
     for path in files:
-        with _open_safetensors(safe_open, path) as tensors:
+        with _open_safetensors(path) as tensors:
             keys = set(tensors.keys())
             for name, spec in specs.items():
                 if f"{name}.weight_scale" not in keys:
