@@ -44,6 +44,12 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def pow2_at_least(v: int, low: int = 1) -> int:
+    """The smallest power of two that is ``>= v`` and ``>= low`` (tile and bucket sizes; plain
+    integers, like :func:`ceil_div`, instead of ``triton.next_power_of_2`` on the host)."""
+    return max(low, 1 << max(0, (v - 1).bit_length()))
+
+
 def on_device(device: torch.device):
     """Context for a Triton launch on ``device``: Triton launches on the current CUDA device, so
     make it ``device``'s when it is another GPU (nothing to do for CPU tensors: the interpreter)."""

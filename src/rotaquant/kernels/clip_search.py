@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from . import ceil_div, on_device
+from . import ceil_div, on_device, pow2_at_least
 from .hadamard_triton import _rint, grid_divisor, grid_params
 
 __all__ = ["MAX_TILE", "search_clip_rows"]
@@ -90,10 +90,6 @@ def _clip_search_kernel(x_ptr, factors_ptr, scale_ptr, zero_ptr, rows, n, clip, 
     tl.store(zero_ptr + rr, best_zero, mask=live)
 
 
-def _pow2(v: int) -> int:
-    return max(16, 1 << (v - 1).bit_length())
-
-
 def search_clip_rows(x2: torch.Tensor, spec, factors: list[float], norm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Best ``(scale, zero)`` (float32 ``[rows]``) of each row of the contiguous float32 ``x2``
     ``[rows, n]`` over the range factors ``factors`` (the first must be 1, plain RTN) on
@@ -104,7 +100,7 @@ def search_clip_rows(x2: torch.Tensor, spec, factors: list[float], norm: float) 
     zero = torch.empty(rows, dtype=torch.float32, device=dev)
     if rows == 0:
         return scale, zero
-    bk = min(_pow2(n), MAX_TILE)
+    bk = min(pow2_at_least(n, 16), MAX_TILE)
     r = max(1, MAX_TILE // bk)
     div, rcp = grid_divisor(spec)
     f = torch.tensor(factors, dtype=torch.float32, device=dev)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import ceil_div
+from . import ceil_div, pow2_at_least
 from .hadamard_triton import _rint
 
 __all__ = ["MAX_BLOCK", "ROWS", "gptq_segment"]
@@ -101,7 +101,7 @@ def gptq_segment(W1: torch.Tensor, Q: torch.Tensor, Err1: torch.Tensor, U: torch
             raise ValueError(f"gptq_segment: {name} must be float32 with a contiguous last dim")
     if rows == 0 or c1 <= c0:
         return
-    bc = max(16, triton.next_power_of_2(width))
+    bc = pow2_at_least(width, 16)
     grid = (ceil_div(rows, ROWS),)
     _gptq_segment_kernel[grid](W1, Q, Err1, U, scale, zero, gidx, rows, c0, c1, width, i1,
                                W1.stride(0), Q.stride(0), Err1.stride(0), U.stride(0), scale.stride(0),

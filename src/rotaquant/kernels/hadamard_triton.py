@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from rotaquant.kernels import ceil_div, on_device
+from rotaquant.kernels import ceil_div, on_device, pow2_at_least
 from rotaquant.kernels.fake_quant import rows_view
 from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, sylvester
 
@@ -239,10 +239,6 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
 
 
 # -- host code ------------------------------------------------------------------------------
-def _pow2_at_least(v: int, low: int = 1) -> int:
-    return max(low, 1 << max(0, (v - 1).bit_length()))
-
-
 @dataclass(frozen=True)
 class Plan:
     """Compile-time shape of the kernel for one order ``n`` (see the module docstring)."""
@@ -297,7 +293,7 @@ def _plan(n: int, tile: int, warps: int, block: int) -> Plan:
         MP = IB = KB = 1
         need = 1 if F2 > 1 else 16  # the single-factor dot has R rows
     else:
-        MP = _pow2_at_least(M, 16)
+        MP = pow2_at_least(M, 16)
         IB = min(MP, max(16, block) if block else MAX_BLOCK)
         KB = min(MP, K_BLOCK)
         need = max(1, 16 // H)  # the core dot has R * H rows

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import ceil_div, on_device
+from . import ceil_div, on_device, pow2_at_least
 from .hadamard_triton import _rint, grid_divisor, grid_params
 
 __all__ = ["INT8_GEMM", "MAX_TILE", "int8_epilogue", "int8_linear", "int8_quantize", "quantize_rows"]
@@ -89,10 +89,6 @@ def _quant_rows_kernel(x_ptr, codes_ptr, scale_ptr, zero_ptr, sum_ptr, rows, row
     tl.store(sum_ptr + rr, total.to(tl.float32), mask=live)
 
 
-def _pow2(v: int) -> int:
-    return max(16, 1 << (v - 1).bit_length())
-
-
 def quantize_rows(x2: torch.Tensor, spec, rows_pad: int | None = None,
                   block_k: int | None = None) -> tuple[torch.Tensor, ...]:
     """Per-row dynamic quantization of ``x2`` ``[M, K]`` (float16/bfloat16/float32, last dim
@@ -110,7 +106,7 @@ def quantize_rows(x2: torch.Tensor, spec, rows_pad: int | None = None,
     scale, zero, xsum = (torch.empty(m, dtype=torch.float32, device=dev) for _ in range(3))
     if rows_pad == 0:
         return codes, scale, zero, xsum
-    bk = block_k or (_pow2(k) if k <= MAX_TILE else CHUNK)
+    bk = block_k or (pow2_at_least(k, 16) if k <= MAX_TILE else CHUNK)
     r = max(1, TILE // bk)
     div, rcp = grid_divisor(spec)
     off = 0 if spec.symmetric else 2 ** (spec.bits - 1)
@@ -256,6 +252,6 @@ def _fused_gemm(codes, sx, zx, xsum, m, w, sw, zw, qsum, dtype, bias) -> torch.T
     grid = lambda meta: (ceil_div(m, meta["BM"]) * ceil_div(n, meta["BN"]),)  # noqa: E731
     with on_device(codes.device):
         _int8_gemm_kernel[grid](codes, w, out, out if bias is None else bias, sx, zx, xsum, sw, zw, qsum, m, n, k,
-                                codes.stride(0), min(triton.next_power_of_2(m), 256), bias is not None,
+                                codes.stride(0), min(pow2_at_least(m), 256), bias is not None,
                                 enable_fp_fusion=False)
     return out

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import ceil_div, on_device
+from . import ceil_div, on_device, pow2_at_least
 from .hadamard_triton import _finish, grid_divisor, launch_cached
 
 __all__ = ["MAX_WIDTH", "launch_fake_quant"]
@@ -44,17 +44,13 @@ def _fake_quant_kernel(x_ptr, out_ptr, rows, g, clip, rcp, div, R: tl.constexpr,
             R, W, 2, SYM, QMIN, QMAX, W, ON_GPU)
 
 
-def _width(g: int) -> int:
-    return max(16, 1 << (g - 1).bit_length())
-
-
 def launch_fake_quant(x2: torch.Tensor, out2: torch.Tensor, spec) -> None:
     """Fake-quantize each row of the contiguous ``x2`` ``[rows, g]`` into ``out2`` (same shape
     and dtype) on ``spec``'s integer grid; ``g <= MAX_WIDTH``."""
     rows, g = x2.shape
     if rows == 0:
         return
-    w = _width(g)
+    w = pow2_at_least(g, 16)
     r = max(1, TILE // w)
     div, rcp = grid_divisor(spec)
     warps = 4 if w <= 4096 else 8

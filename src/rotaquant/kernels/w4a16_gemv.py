@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from . import ceil_div
+from . import ceil_div, pow2_at_least
 
 try:
     import triton
@@ -229,7 +229,7 @@ def w4a16_matmul(x2: torch.Tensor, ops: dict, mode: str | None = None, config: d
     if m_tiles * ceil_div(n, MIN_TILE_N) > ops["counters"].numel():
         ops["counters"] = torch.zeros(m_tiles * ceil_div(n, MIN_TILE_N), dtype=torch.int32, device=x2.device)
     args = (x2, ops["packed"], ops["scale_t"], ops["zc_t"], y, parts, ops["counters"], m, n, x2.stride(0),
-            y.stride(0), min(triton.next_power_of_2(m), 64))
+            y.stride(0), min(pow2_at_least(m), 64))
     consts = {"K": k, "H": h, "PER_CHANNEL": per_channel, "MODE": code, "BM": bm}
     if config is None and not _INTERPRET:
         grid = lambda meta: (ceil_div(n, meta["BLOCK_N"]), meta["SPLIT_K"], m_tiles)  # noqa: E731
