@@ -13,6 +13,7 @@
 #   speed    pipeline_bench eval + learn with op profiles, and the 7B-layer GPTQ section
 #   export   export_bench: the LLaMA-7B layer's linears, the 7B-shaped model, SmolLM2
 #   seeds    seed_sweep default vs noclip (3 seeds), the llm-compressor parity rows
+#   parity   the llm-compressor parity rows alone, one concurrent process per row
 #   learned  seed_sweep default-learned, the three seeds as concurrent processes (kl: kl-learned);
 #            RQ_SWEEP_ARGS adds seed_sweep flags (e.g. "--learn-lr 4 --steps 150")
 #   zs       zero-shot table of the learned rotation file $RQ_ROTATION
@@ -61,11 +62,20 @@ for part in "$@"; do
       step seeds 280 python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows \
         llmc-rtn-restricted llmc-rtn-full llmc-w4a16 llmc-w4a16-restricted --out-dir "$dir" \
         --json "$dir/seed_sweep.json" ;;
-    learned|kl)  # the three seeds of a learned row as concurrent processes (kl: the KL-top loss)
+    parity)  # the llm-compressor parity rows of issue 13, one concurrent process per row (3 seeds each)
+      for row in llmc-rtn-restricted llmc-rtn-full llmc-w4a16 llmc-w4a16-restricted; do
+        timeout ${RQ_LEARN_TIMEOUT:-480} python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows $row \
+          --out-dir "$dir" --json "$dir/$row.json" > "$dir/$row.log" 2>&1 &
+      done
+      wait
+      echo "parity done at $(( $(date +%s) - t0 )) s"; tail -n 6 "$dir"/llmc-*.log | cut -c1-300 ;;
+    learned|kl)  # the seeds of a learned row as concurrent processes (kl: the KL-top loss); RQ_SEEDS
+      # (default "0 1 2") picks them, RQ_TAG names the files (several variants in one call)
       row=default-learned; [ "$part" = kl ] && row=kl-learned
-      for s in 0 1 2; do
+      for s in ${RQ_SEEDS:-0 1 2}; do
         timeout ${RQ_LEARN_TIMEOUT:-480} python3 benchmarks/seed_sweep.py --model "$RQ_MODEL" --rows $row --seeds $s \
-          --out-dir "$dir" --json "$dir/learned_$s.json" ${RQ_SWEEP_ARGS:-} > "$dir/learned_$s.log" 2>&1 &
+          --out-dir "$dir" --json "$dir/learned${RQ_TAG:-}_$s.json" ${RQ_SWEEP_ARGS:-} \
+          > "$dir/learned${RQ_TAG:-}_$s.log" 2>&1 &
       done
       wait
       echo "$part done at $(( $(date +%s) - t0 )) s"; tail -n 4 "$dir"/learned_*.log | cut -c1-300 ;;
@@ -116,7 +126,7 @@ for part in "$@"; do
         --profile "$dir/profile" --json "$dir/pipeline_layer.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

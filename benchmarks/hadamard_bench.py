@@ -8,7 +8,10 @@ Columns (ms per call, median of ``--runs`` runs of ``--reps`` back-to-back calls
 is comparable), ``int4`` (fused Hadamard + per-token symmetric int4 codes and scales),
 ``int4_fake`` (fused Hadamard + int4 quantize-dequantize), ``unfused`` (kernel transform, then
 the torch quantizer), and ``graph`` (the kernel replayed from a CUDA graph, rows <= 16: the
-launch-overhead-free time).  Orders with no Hadamard construction are skipped and listed.
+launch-overhead-free time).  ``host_copy`` / ``host_triton``: the host's wall-clock ms per call
+while the GPU queue is not full (no synchronisation between the calls): where a column's CUDA-event
+time equals its host time, that call is bound by the Python/launch path, not by the GPU.
+Orders with no Hadamard construction are skipped and listed.
 
     python benchmarks/hadamard_bench.py --out benchmarks/results/hadamard_h100.json
 
@@ -23,8 +26,10 @@ import logging
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
+import time
 
 import torch
 from bench_common import git_commit, median_seconds
@@ -44,6 +49,22 @@ INT4 = QuantSpec(bits=4)
 def cuda_time(fn, reps: int, runs: int) -> float:
     """Median over ``runs`` of the mean ms per call of ``reps`` back-to-back calls (3 warm-up calls)."""
     return 1e3 * median_seconds(fn, torch.device("cuda"), reps, runs, warmup=3)
+
+
+def host_time(fn, reps: int, runs: int) -> float:
+    """Median over ``runs`` of the host's wall-clock ms per call of ``reps`` calls (3 warm-up calls;
+    the GPU is synchronised before each run, not between calls)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - t) / reps)
+    torch.cuda.synchronize()
+    return 1e3 * statistics.median(times)
 
 
 def graph_time(fn, reps: int, runs: int) -> float:
@@ -109,6 +130,9 @@ def bench_one(rows: int, n: int, dtype: torch.dtype, reps: int, runs: int) -> di
             rec[name] = None
             rec.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:300]
             logger.warning("%s rows=%d n=%d: %s", name, rows, n, rec["errors"][name])
+    for name in ("copy", "triton"):
+        if rec.get(name) is not None:
+            rec[f"host_{name}"] = host_time(cols[name], reps, runs)
     if "triton" in cols and rows <= 16:
         try:
             rec["graph"] = graph_time(cols["triton"], reps, runs)
@@ -165,7 +189,7 @@ def fmt(v) -> str:
 
 def table(records: list[dict]) -> str:
     cols = ["copy", "dense", "reference", "triton", "fht", "int4", "int4_fake", "unfused", "graph",
-            "triton/copy", "triton/fht", "int4/triton"]
+            "host_copy", "host_triton", "triton/copy", "triton/fht", "int4/triton"]
     lines = ["| rows x n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in records:
         m, k = r["m_k"]

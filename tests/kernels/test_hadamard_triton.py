@@ -136,6 +136,21 @@ def test_fused_quant_matches_reference_quantizer(spec, n, dtype):
         assert torch.equal(c2, codes) and torch.equal(s2.reshape(scale.shape), scale)
 
 
+def test_plan_skips_core_padding():
+    """Cores above 256 are cut into the output blocks with the fewest padded columns and the
+    contraction stops at the last chunk holding real columns (the results stay exact: the tests
+    above cover 344 = M and 11008 = 344 * 32)."""
+    from rotaquant.kernels.hadamard_triton import plan_for
+
+    p = plan_for(11008)
+    assert (p.M, p.MP, p.IB, p.blocks, p.MK) == (344, 512, 128, 3, 384)
+    assert p.IB * p.blocks >= p.M and p.MK >= p.M
+    p = plan_for(29568)  # 924: four blocks of 256 (128s would also pad to 1024)
+    assert (p.IB, p.blocks, p.MK) == (256, 4, 960)
+    p = plan_for(576)  # small cores: one block, the whole padded core
+    assert (p.M, p.IB, p.blocks, p.MK) == (36, 64, 1, 64)
+
+
 @pytest.mark.parametrize("n", [80, 576, 1536, 4096, 11008])
 def test_autograd(n):
     """Gradients of the kernel path equal ``grad @ H / sqrt(n)`` (the transpose: Paley I cores

@@ -194,7 +194,7 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
 @triton.jit(do_not_specialize=["rows", "stride_x"])
 def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
                      rows, n, G, stride_x, stride_o, norm, clip, rcp, div,
-                     M: tl.constexpr, MP: tl.constexpr, IB: tl.constexpr, KB: tl.constexpr,
+                     M: tl.constexpr, MP: tl.constexpr, MK: tl.constexpr, IB: tl.constexpr, KB: tl.constexpr,
                      H: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr, R: tl.constexpr,
                      NS_IN: tl.constexpr, NS: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
                      QMIN: tl.constexpr, QMAX: tl.constexpr, GP: tl.constexpr,
@@ -213,7 +213,7 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
     elif H == 1:  # core only (small Sylvester parts are folded into it): the tile is [R, IB]
         ii = tl.program_id(1) * IB + tl.arange(0, IB)
         acc = tl.zeros([R, IB], tl.float32)
-        for kb in tl.static_range(0, MP, KB):
+        for kb in tl.static_range(0, MK, KB):  # chunks past M would add zeros
             kk = kb + tl.arange(0, KB)
             msk = rmask[:, None] & (kk < M)[None, :]
             xt = tl.load(x_ptr + rows64[:, None] * stride_x + kk[None, :], mask=msk, other=0.0)
@@ -225,7 +225,7 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
         jj = tl.arange(0, H)
         ii = tl.program_id(1) * IB + tl.arange(0, IB)
         acc = tl.zeros([R * H, IB], tl.float32)
-        for kb in tl.static_range(0, MP, KB):
+        for kb in tl.static_range(0, MK, KB):  # chunks past M would add zeros
             kk = kb + tl.arange(0, KB)
             offs = rows64[:, None, None] * stride_x + (kk[None, None, :] * H + jj[None, :, None])
             msk = rmask[:, None, None] & (kk < M)[None, None, :]
@@ -248,6 +248,7 @@ class Plan:
     MP: int  # padded core order
     IB: int  # core output block (one per program along grid axis 1)
     KB: int  # core contraction block
+    MK: int  # where the contraction stops: M rounded up to KB (the padding past it is all zeros)
     H: int  # Sylvester part 2**k (1 when folded into the core)
     F1: int
     F2: int
@@ -261,8 +262,8 @@ class Plan:
 
     @property
     def blocks(self) -> int:
-        """Programs per row tile (core output blocks)."""
-        return self.MP // self.IB if self.MP > 1 else 1
+        """Programs per row tile (core output blocks covering the ``M`` real core columns)."""
+        return ceil_div(self.M, self.IB) if self.MP > 1 else 1
 
 
 def _tuning() -> tuple[int, int, int]:
@@ -290,19 +291,29 @@ def _plan(n: int, tile: int, warps: int, block: int) -> Plan:
         M, H = m, 1 << k
         F1, F2 = (H, 1) if k <= 7 else (1 << (k - k // 2), 1 << (k // 2))
     if M == 1 and H > 1:
-        MP = IB = KB = 1
+        MP = IB = KB = MK = 1
         need = 1 if F2 > 1 else 16  # the single-factor dot has R rows
     else:
         MP = pow2_at_least(M, 16)
-        IB = min(MP, max(16, block) if block else MAX_BLOCK)
+        IB = min(MP, max(16, block)) if block else _output_block(M, MP)
         KB = min(MP, K_BLOCK)
+        MK = ceil_div(M, KB) * KB
         need = max(1, 16 // H)  # the core dot has R * H rows
         if F2 == 1 and H > 1:
             need = max(need, 16 // IB)
     per_row = (IB if MP > 1 else 1) * H
     R = max(need, (tile or (TILE if MP == 1 else TILE_CORE)) // per_row)
     num_warps = warps or WARPS
-    return Plan(n, M, MP, IB, KB, H, F1, F2, R, num_warps)
+    return Plan(n, M, MP, IB, KB, MK, H, F1, F2, R, num_warps)
+
+
+def _output_block(M: int, MP: int) -> int:
+    """The core output block: the whole padded core up to :data:`MAX_BLOCK`; above it, the block
+    (256 or 128) whose blocks cover ``M`` with the fewest padded columns, the wider on
+    ties (each block re-reads the rows). Order 11008 = 344 * 32: 3 x 128 columns, not 2 x 256."""
+    if MP <= MAX_BLOCK:
+        return MP
+    return min((MAX_BLOCK, MAX_BLOCK // 2), key=lambda b: (ceil_div(M, b) * b, -b))
 
 
 @functools.lru_cache(maxsize=128)
@@ -381,7 +392,7 @@ def _setup(n: int, dtype: torch.dtype, normalize: bool, mode: int, spec) -> _Set
         div, rcp = grid_divisor(spec)
         gp = spec.group_size if spec.group_size and spec.group_size != n else plan.width
         groups = n // spec.group_size if spec.group_size else 1
-    consts = (plan.M, plan.MP, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R, 1 if half else 3,
+    consts = (plan.M, plan.MP, plan.MK, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R, 1 if half else 3,
               2 if half else 3, mode, sym, qmin, qmax, gp, _SPLIT_TL, not _INTERPRET)
     core_dtype = (dtype if half else SPLIT_DTYPE) if plan.MP > 1 else None
     return _Setup(plan, core_dtype, norm, clip, rcp, div, groups, sym, consts)
@@ -437,7 +448,7 @@ def fused_supported(n: int, spec) -> bool:
     plan = plan_for(n)
     g = spec.group_size
     if g is None or g == n:  # one group per row: the whole row must be in one block
-        return plan.MP <= plan.IB
+        return plan.blocks == 1
     return g & (g - 1) == 0 and n % g == 0 and plan.width % g == 0 and plan.width // g <= MAX_FUSED_GROUPS
 
 
