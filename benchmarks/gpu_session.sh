@@ -25,6 +25,7 @@
 #   layer    pipeline_bench's 7B-layer GPTQ section;  linears: export_bench's linears part only
 #   tests    the clip-search, W4A16, int8mm, QuantLinear and CUDA-graph perplexity GPU tests
 #   evallearn  pipeline_bench eval (graphed and eager) + learn sections, no profile
+#   ncuw4    ncu --set full on one W4A16 decode kernel;  hostpath: host time per Hadamard call, layer by layer
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -124,9 +125,14 @@ for part in "$@"; do
     layer)
       step layer 130 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
         --profile "$dir/profile" --json "$dir/pipeline_layer.json" ;;
+    ncuw4)  # Nsight Compute on one W4A16 decode kernel (4096x4096, fast mode, the best tile of stop 19)
+      step ncu 240 ncu --clock-control none --kernel-name _w4_mm_kernel --launch-skip 8 --launch-count 1 --set full \
+        python3 benchmarks/w4_decode_sweep.py --copies 2 --shapes 4096x4096 --modes fast --no-autotuned --tiles 64:8:2:4 ;;
+    hostpath)  # where the host time of one Hadamard call goes (alone on the GPU)
+      step hostpath 120 python3 benchmarks/host_path_gpu.py --json "$dir/host_path.json" --profile "$dir/host_profile.txt" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=100, help="learning steps (default: 100)")
+    ap.add_argument("--steps", type=int, default=None, help="learning steps (default: optimize's, 200 since stop 21)")
     ap.add_argument("--learn-nsamples", type=int, default=800, help="learning windows (default: 800)")
     ap.add_argument("--learn-lr", type=float, default=None, help="learning rate of the Cayley SGD (default: optimize's)")
     ap.add_argument("--nsamples", type=int, default=128, help="GPTQ calibration windows (default: 128)")
@@ -159,13 +159,15 @@ def main(argv: list[str] | None = None) -> dict:
             elif settings is not None:
                 model, tok = load_model(args.model, dtype="float32", device=device)
                 res = optimize(None, output=str(path), overwrite=True, progress=False, preloaded=(model, tok),
-                               model=args.model, iterations=args.steps, nsamples=args.learn_nsamples,
+                               model=args.model, nsamples=args.learn_nsamples,
+                               **({"iterations": args.steps} if args.steps is not None else {}),
                                seqlen=args.seqlen, seed=seed, checkpoint_every=10_000, **settings,
                                **({"lr": args.learn_lr} if args.learn_lr is not None else {}))
                 del model
                 if device == "cuda":
                     torch.cuda.empty_cache()
-                learned = {"path": str(path), "first_loss": res["first_loss"], "last_loss": res["last_loss"],
+                learned = {"path": str(path), "steps": res["steps_run"], "first_loss": res["first_loss"],
+                           "last_loss": res["last_loss"],
                            "seconds_per_step": res["seconds_per_step"], "seconds": time.perf_counter() - t0}
                 print(f"  {key} seed {seed}: learned, loss {res['first_loss']:.4f} -> {res['last_loss']:.4f} "
                       f"({learned['seconds']:.0f} s)", flush=True)

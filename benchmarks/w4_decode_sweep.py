@@ -49,8 +49,13 @@ def main() -> int:
     p.add_argument("--modes", default="fast,dot")
     p.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="out x in, comma-separated")
     p.add_argument("--no-autotuned", action="store_true", help="skip the autotuned rows (their tuning is slow)")
+    p.add_argument("--tiles", default=None, help="only these tiles, BLOCK_N:SPLIT_K:UNROLL:warps, comma-separated "
+                   "(e.g. one tile under ncu)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+    tiles = TILES if args.tiles is None else [tuple(map(int, t.split(":"))) for t in args.tiles.split(",")]
+    if any(len(t) != 4 for t in tiles):
+        p.error("--tiles takes BLOCK_N:SPLIT_K:UNROLL:warps items")
     rows = []
     gen = torch.Generator(device="cpu").manual_seed(0)
     for n, k in (tuple(map(int, shape.split("x"))) for shape in args.shapes.split(",")):
@@ -69,7 +74,7 @@ def main() -> int:
         del ws
         w4_bytes = n * k // 2 + 2 * 4 * n * g
         for mode in args.modes.split(","):
-            for tile in ([] if args.no_autotuned else [None]) + TILES:
+            for tile in ([] if args.no_autotuned else [None]) + tiles:
                 cfg = None if tile is None else dict(zip(("BLOCK_N", "SPLIT_K", "UNROLL", "num_warps"), tile,
                                                          strict=True))
                 try:

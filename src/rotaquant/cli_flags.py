@@ -97,10 +97,10 @@ HELP: dict[str, str] = {
     # rotation learning
     "init_mode": "initial R1/R2",
     "init_path": "start from the matrices of a rotation file",
-    "iterations": "optimizer steps",
+    "iterations": "optimizer steps (default: 200 for the Cayley SGD of the auto preset, else 100)",
     "micro_batch_size": "windows per forward (gradient accumulation)",
     "optimizer": "Cayley SGD or Cayley Adam",
-    "lr": "learning rate",
+    "lr": "learning rate (default: 6.0 for the Cayley SGD of the auto preset, else 1.5)",
     "momentum": "Cayley SGD momentum",
     "lr_schedule": "learning-rate schedule",
     "cayley_step_norm": "norm of the Cayley direction W in the step cap min(lr, 1/||W||): frobenius or one, the "

@@ -7,7 +7,7 @@ import torch
 
 from rotaquant.errors import ConfigError
 from rotaquant.jobs.files import CheckpointFile
-from rotaquant.learn.config import AUTO_LR, OptimizeConfig
+from rotaquant.learn.config import AUTO_ITERATIONS, AUTO_LR, OptimizeConfig
 from rotaquant.learn.train import _loss, batch_indices, learn, lr_factor
 from rotaquant.learn.trainable import make_trainable
 from rotaquant.rotation.matrices import RotationStore
@@ -154,3 +154,6 @@ def test_auto_preset_learns_with_what_ptq_deploys():
     assert cfg.lr == AUTO_LR == 6.0 and mine.lr == AUTO_LR and plain.lr == 1.5
     assert OptimizeConfig.load(lr=2.0).lr == 2.0 and OptimizeConfig.load(lr=None).lr == AUTO_LR
     assert OptimizeConfig.load(optimizer="adam").lr == 1.5
+    # so are its steps: 200 for the auto preset's Cayley SGD, 100 otherwise or as asked
+    assert cfg.iterations == AUTO_ITERATIONS == 200 and plain.iterations == 100
+    assert OptimizeConfig.load(iterations=7).iterations == 7 and OptimizeConfig.load(optimizer="adam").iterations == 100
