@@ -6,7 +6,9 @@ At decode sizes (1-16 rows) an online Hadamard or activation quantizer is bound 
 spends per call, not by the GPU (issue 11: <= 0.02 ms per Hadamard at 1-16 rows). This script
 times rotaquant's Python side of a call (plan and grid lookup, output allocation, argument
 packing, the compiled-kernel cache of ``launch_cached``) with the compiled kernel's ``run``
-replaced by a no-op, on CPU tensors, so the wrapper's cost can be tracked without a GPU. What it
+replaced by a no-op, on CPU tensors, so the wrapper's cost can be tracked without a GPU (``hadamard,
+fast path``: what ``hadamard_transform`` runs for a contiguous CUDA input whose call kind has been
+launched before, after its ``is_cuda`` test). What it
 leaves out: Triton's C launcher and the CUDA driver (a few microseconds more on the GPU host).
 Prints min and median microseconds per call over ``--runs`` runs of ``--calls`` calls.
 """
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import rotaquant.kernels.hadamard_triton as ht
     import rotaquant.kernels.quant_triton as qt
+    from rotaquant.rotation import transform as tr
     from rotaquant.quant.quantizer import QuantSpec
 
     # compiled-kernel path on CPU tensors: no interpreter, no CUDA stream, kernels that do nothing
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(rows, n, dtype=torch.float16)
         out = torch.empty_like(x)
         for what, fn in (("hadamard", lambda x=x: ht.transform(x, True)),
+                         ("hadamard, fast path", lambda x=x: tr._fast_kernel(x, True)),
                          ("hadamard + int4 fake quant", lambda x=x: ht._rowwise(x, True, False, 2, spec)),
                          ("int4 fake quant", lambda x=x, out=out: qt.launch_fake_quant(x, out, spec))):
             lo, med = per_call_us(fn, args.calls, args.runs)

@@ -334,23 +334,31 @@ def _core_operand(n: int, transpose: bool, dtype: torch.dtype, device: torch.dev
 _COMPILED: dict = {}
 
 
-def launch_cached(jit_fn, grid, args, num_warps, ptrs, key) -> None:
+def launch_cached(jit_fn, grid, args, num_warps, ptrs, key):
     """``jit_fn[grid](*args, num_warps=num_warps)``, the compiled kernel launched directly after its
     first call. ``key`` must hold everything Triton specialises the kernel on besides the 16-byte
     alignment of ``ptrs`` (the tensor arguments) and the device: constexprs, dtypes, and for
-    specialised integer arguments their divisibility by 16, equality to 1 and 64-bit range."""
+    specialised integer arguments their divisibility by 16, equality to 1 and 64-bit range.
+    Returns the compiled kernel when it was launched directly with every pointer 16-byte aligned
+    (what :func:`fast_transform` may launch again), else None."""
     aligned = tuple(p.data_ptr() % 16 == 0 for p in ptrs)
     full_key = (jit_fn, key, aligned, ptrs[0].device.index)
     kernel = _COMPILED.get(full_key)
-    hooks = triton.knobs.runtime
-    if kernel is None or _hooked(hooks.launch_enter_hook) or _hooked(hooks.launch_exit_hook):
+    if kernel is None or _launch_hooked():
         kernel = jit_fn[grid](*args, num_warps=num_warps)  # the JIT's own launch path
         if not _INTERPRET and hasattr(kernel, "packed_metadata"):
             _COMPILED[full_key] = kernel
-        return
+        return None
     stream = _raw_stream(ptrs[0].device.index)
     kernel.run(grid[0], grid[1] if len(grid) > 1 else 1, 1, stream, kernel.function, kernel.packed_metadata,
                None, None, None, *args)
+    return kernel if all(aligned) else None
+
+
+def _launch_hooked() -> bool:
+    """Whether a launch hook (a profiler's) is installed: then launches take the JIT's path."""
+    hooks = triton.knobs.runtime
+    return _hooked(hooks.launch_enter_hook) or _hooked(hooks.launch_exit_hook)
 
 
 def _raw_stream(index: int) -> int:
@@ -426,10 +434,57 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
         key = (id(st), rows >= 2**31, stride >= 2**31, stride % 16 == 0)  # st lives as long as the process
         grid = (ceil_div(rows, st.plan.R), st.plan.blocks)
         with on_device(x2.device):  # Triton loads and launches kernels on the current device
-            launch_cached(_hadamard_kernel, grid, args, st.plan.num_warps, (x2, out, core, codes, scale, zero), key)
+            kernel = launch_cached(_hadamard_kernel, grid, args, st.plan.num_warps,
+                                   (x2, out, core, codes, scale, zero), key)
+        if kernel is not None and mode == 0 and not transpose and stride == n and rows < 2**31:
+            ready = (n, x2.dtype, bool(normalize), x2.device.index)
+            if ready not in _READY:  # later contiguous calls of this kind take fast_transform
+                _READY[ready] = _Ready(kernel.run, kernel.function, kernel.packed_metadata,
+                                       None if st.core_dtype is None else core, st.plan.R, st.plan.blocks, args[7:])
     if mode == 1:
         return codes, scale, zero
     return (out,)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A plain transform's launch after its first direct one: the compiled kernel's entry points,
+    the core operand (None without a core: the input stands in, as in :func:`launch`), the row
+    tile, the output blocks and the arguments after ``rows``."""
+
+    run: object
+    function: object
+    metadata: object
+    core: torch.Tensor | None
+    R: int
+    blocks: int
+    tail: tuple
+
+
+# (n, dtype, normalize, device index) -> _Ready, filled by launch (never evicted: a few per model)
+_READY: dict = {}
+
+
+def fast_transform(x: torch.Tensor, normalize: bool) -> torch.Tensor | None:
+    """:func:`transform` of a contiguous ``x`` (no autograd) whose call kind has been launched
+    directly before, without redoing that launch's bookkeeping (rows view, setup, argument
+    tuple, compiled-kernel key): the same kernel, arguments and output. None when this call
+    needs the full path (first calls, misaligned tensors, another current device, launch hooks
+    of a profiler, empty inputs); the caller then runs :func:`transform`."""
+    n = x.shape[-1]
+    index = x.device.index
+    ready = _READY.get((n, x.dtype, normalize, index))
+    if ready is None or _launch_hooked() or (index is not None and index != torch.cuda.current_device()):
+        return None
+    rows = x.numel() // n
+    if not 0 < rows < 2**31 or x.data_ptr() % 16:
+        return None
+    out = torch.empty_like(x)
+    if out.data_ptr() % 16:
+        return None
+    ready.run(ceil_div(rows, ready.R), ready.blocks, 1, _raw_stream(index), ready.function, ready.metadata,
+              None, None, None, x, out, x if ready.core is None else ready.core, x, x, x, rows, *ready.tail)
+    return out
 
 
 @functools.lru_cache(maxsize=256)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 
 import torch
 
@@ -34,6 +35,7 @@ __all__ = ["BACKENDS", "hadamard_reference", "hadamard_transform"]
 
 BACKENDS = ("auto", "reference", "triton")
 BACKEND_ENV = "ROTAQUANT_HADAMARD_BACKEND"
+_KERNEL_CHOICES = ("auto", "triton", "")  # values of BACKEND_ENV under which the kernel runs when it can
 MAX_FACTOR_BITS = 6  # Sylvester factors of at most 64 x 64: few matmuls, few flops per element
 
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -117,6 +119,19 @@ def _backend(x: torch.Tensor, backend: str | None) -> str:
     return "triton" if supported else "reference"
 
 
+def _fast_kernel(x: torch.Tensor, normalize: bool) -> torch.Tensor | None:
+    """The kernel's launch without the per-call checks, for a contiguous CUDA tensor whose call
+    kind (order, dtype, normalisation, device) the kernel has run before under the automatic
+    backend (:func:`rotaquant.kernels.hadamard_triton.fast_transform`); None otherwise. Host time
+    per call is what decode-size transforms cost (issue 11)."""
+    kernels = sys.modules.get("rotaquant.kernels.hadamard_triton")  # loaded by the first kernel call
+    if kernels is None or not x.is_contiguous() or (x.requires_grad and torch.is_grad_enabled()):
+        return None
+    if os.environ.get(BACKEND_ENV, "auto") not in _KERNEL_CHOICES:
+        return None
+    return kernels.fast_transform(x, bool(normalize))
+
+
 def hadamard_transform(x: torch.Tensor, normalize: bool = True, *, backend: str | None = None) -> torch.Tensor:
     """Return ``x @ hadamard_matrix(n).T`` (divided by ``sqrt(n)`` if ``normalize``).
 
@@ -127,6 +142,10 @@ def hadamard_transform(x: torch.Tensor, normalize: bool = True, *, backend: str 
     Differentiable on both backends.  Raises
     :class:`~rotaquant.rotation.hadamard.HadamardUnavailableError` if ``n`` is not constructible.
     """
+    if backend is None and type(x) is torch.Tensor and x.is_cuda:  # the decode-size hot path
+        y = _fast_kernel(x, normalize)
+        if y is not None:
+            return y
     if not isinstance(x, torch.Tensor):
         raise ConfigError(f"hadamard_transform needs a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0:
