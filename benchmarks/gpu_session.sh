@@ -26,6 +26,7 @@
 #   tests    the clip-search, W4A16, int8mm, QuantLinear and CUDA-graph perplexity GPU tests
 #   evallearn  pipeline_bench eval (graphed and eager) + learn sections, no profile
 #   ncuw4    ncu --set full on one W4A16 decode kernel;  hostpath: host time per Hadamard call, layer by layer
+#   hadfold  Hadamard grid rows 2048/16384 with 0-3 Sylvester bits folded into the core (tuning sweep)
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -122,6 +123,11 @@ for part in "$@"; do
       fi
       PYTHONPATH=/tmp/fht:$PYTHONPATH step hadamard 400 python3 benchmarks/hadamard_bench.py --commit "$RQ_COMMIT" \
         --out "$dir/hadamard.json" ;;
+    hadfold)  # the Hadamard kernel with 0-3 Sylvester bits folded into the core (ROTAQUANT_HADAMARD_FOLD)
+      for f in 0 1 2 3; do
+        ROTAQUANT_HADAMARD_FOLD=$f step fold$f 120 python3 benchmarks/hadamard_bench.py --rows 2048,16384 \
+          --sizes 576,896,1536,4864,5120,14336 --commit "$RQ_COMMIT" --out "$dir/fold$f.json"
+      done ;;
     layer)
       step layer 130 python3 benchmarks/pipeline_bench.py --device cuda --repeats 2 --sections layer kernel \
         --profile "$dir/profile" --json "$dir/pipeline_layer.json" ;;
@@ -132,7 +138,7 @@ for part in "$@"; do
       step hostpath 120 python3 benchmarks/host_path_gpu.py --json "$dir/host_path.json" --profile "$dir/host_profile.txt" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

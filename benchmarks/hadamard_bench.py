@@ -172,6 +172,8 @@ def environment(commit: str | None) -> dict:
         fht_version = None
     return {
         "machine": platform.node(),
+        # the kernel's tuning overrides in effect (rotaquant.kernels.hadamard_triton._tuning)
+        "tuning": {k: v for k, v in os.environ.items() if k.startswith("ROTAQUANT_HADAMARD_")},
         "platform": platform.platform(),
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,

@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import rotaquant.kernels.hadamard_triton as ht
     import rotaquant.kernels.quant_triton as qt
-    from rotaquant.rotation import transform as tr
     from rotaquant.quant.quantizer import QuantSpec
+    from rotaquant.rotation import transform as tr
 
     # compiled-kernel path on CPU tensors: no interpreter, no CUDA stream, kernels that do nothing
     ht._INTERPRET = qt._INTERPRET = False

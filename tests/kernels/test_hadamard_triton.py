@@ -20,7 +20,7 @@ from rotaquant.quant.quantizer import (
     quantize_to_int,
     to_groups,
 )
-from rotaquant.rotation.hadamard import hadamard_matrix
+from rotaquant.rotation.hadamard import hadamard_factorization, hadamard_matrix
 from rotaquant.rotation.transform import hadamard_reference, hadamard_transform
 from tests.kernels.triton_env import DEVICE, INTERPRET, ON_GPU, TRITON_MARKS
 
@@ -134,6 +134,37 @@ def test_fused_quant_matches_reference_quantizer(spec, n, dtype):
     if ON_GPU:
         c2, s2, z2 = kernels.hadamard_quantize(x, spec)
         assert torch.equal(c2, codes) and torch.equal(s2.reshape(scale.shape), scale)
+
+
+@pytest.fixture
+def folded(monkeypatch):
+    """Plans with 3 Sylvester bits folded into cores (``ROTAQUANT_HADAMARD_FOLD=3``), in caches of
+    the test's own: the process's setups stay alive, so no compiled-kernel key is reused."""
+    import functools
+
+    from rotaquant.kernels import hadamard_triton as ht
+
+    monkeypatch.setattr(ht, "TUNING", (0, 0, 0, 3))
+    monkeypatch.setattr(ht, "_setup", functools.cache(ht._setup.__wrapped__))
+    monkeypatch.setattr(ht, "_core_operand", functools.lru_cache(maxsize=128)(ht._core_operand.__wrapped__))
+    monkeypatch.setattr(ht, "_COMPILED", {})
+    monkeypatch.setattr(ht, "_READY", {})
+    return ht
+
+
+@pytest.mark.parametrize("n", [1536, 576, 5120, 896, 14336])
+def test_folded_core_plans_match_reference(folded, n):
+    """The tuning knob's plans (order 1536: a 96-order core and 16-wide Sylvester instead of 12 and
+    128) compute the same transform and fused quantization as the default plans."""
+    if INTERPRET and n > 4096:
+        pytest.skip("large orders take minutes in the interpreter")
+    plan = folded.plan_for(n)
+    m = hadamard_factorization(n)[0]
+    assert plan.M > m or n == 576  # 576 = 36 * 16 keeps its 16-wide Sylvester part
+    test_kernel_matches_reference(n, torch.float16)
+    for spec in SPECS:
+        if folded.fused_supported(n, spec):
+            test_fused_quant_matches_reference_quantizer(spec, n, torch.float16)
 
 
 def test_plan_skips_core_padding():

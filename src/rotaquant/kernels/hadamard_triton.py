@@ -266,12 +266,14 @@ class Plan:
         return ceil_div(self.M, self.IB) if self.MP > 1 else 1
 
 
-def _tuning() -> tuple[int, int, int]:
-    """``(tile, warps, block)`` overrides from ``ROTAQUANT_HADAMARD_TILE`` / ``_WARPS`` / ``_BLOCK``
-    (0 = the default rule), read at import; for tuning sweeps, not for everyday use."""
+def _tuning() -> tuple[int, int, int, int]:
+    """``(tile, warps, block, fold)`` overrides from ``ROTAQUANT_HADAMARD_TILE`` / ``_WARPS`` /
+    ``_BLOCK`` / ``_FOLD`` (0 = the default rule), read at import; for tuning sweeps, not for
+    everyday use. ``fold``: Sylvester bits folded into a core (``kron(C, S(fold))``), which trades
+    a wide Sylvester dot on split operands (order 1536 = 12 * 128: 2 x 128-wide bfloat16 dots a
+    value) for a wider core dot on the exact input (96 x 96 padded to 128, then 2 x 16-wide)."""
     env = os.environ
-    return (int(env.get("ROTAQUANT_HADAMARD_TILE", 0)), int(env.get("ROTAQUANT_HADAMARD_WARPS", 0)),
-            int(env.get("ROTAQUANT_HADAMARD_BLOCK", 0)))
+    return tuple(int(env.get(f"ROTAQUANT_HADAMARD_{name}", 0)) for name in ("TILE", "WARPS", "BLOCK", "FOLD"))
 
 
 TUNING = _tuning()
@@ -283,8 +285,13 @@ def plan_for(n: int) -> Plan:
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(n: int, tile: int, warps: int, block: int) -> Plan:
+def _plan(n: int, tile: int, warps: int, block: int, fold: int = 0) -> Plan:
     m, k = hadamard_factorization(n)
+    if m > 1 and fold:  # fold Sylvester bits into the core (pure Sylvester orders keep theirs), keeping
+        f = max(0, min(fold, k - 4))  # a Sylvester part of >= 16 and a core of one block
+        while f and pow2_at_least(m << f, 16) > MAX_BLOCK:
+            f -= 1
+        m, k = m << f, k - f
     if k < 4:
         M, H, F1, F2 = m << k, 1, 1, 1
     else:
@@ -322,8 +329,9 @@ def _core_operand(n: int, transpose: bool, dtype: torch.dtype, device: torch.dev
     plan = plan_for(n)
     m, k = hadamard_factorization(n)
     core = core_matrix(m)
-    if plan.H == 1 and k:
-        core = torch.kron(core, sylvester(k))
+    folded = (plan.M // m).bit_length() - 1  # Sylvester bits in the core: k when H == 1, else the fold
+    if folded:
+        core = torch.kron(core, sylvester(folded))
     b = torch.zeros(plan.MP, plan.MP, dtype=torch.float64)
     b[: plan.M, : plan.M] = core if transpose else core.T
     return b.to(device=device, dtype=dtype)
