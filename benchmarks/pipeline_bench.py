@@ -198,7 +198,8 @@ def _w4a4kv4(args, dtype: str):
 
 def section_eval(args) -> list[dict]:
     rows, medians, ppls = [], {}, {}
-    # (label, quantized, quantizer backend, CUDA graph): perplexity()'s default is eager
+    # (label, quantized, quantizer backend, CUDA graph), explicit: perplexity()'s default graphs models
+    # with rotaquant stages and runs plain ones eagerly (since stop 21)
     runs = (("fp", False, None, False), ("w4a4kv4", True, None, False), ("fp graphed", False, None, True),
             ("w4a4kv4 graphed", True, None, True), ("w4a4kv4 torch quantizers", True, "reference", False))
     for label, quantized, backend, graph in runs:
@@ -230,6 +231,8 @@ def section_eval(args) -> list[dict]:
         base = "fp graphed" if label.endswith("graphed") else "fp"
         rows.append({"section": "eval", "what": f"{label} / {base} ({args.eval_dtype}) evaluation time",
                      "ratio": medians[label] / medians[base]})
+    rows.append({"section": "eval", "what": f"w4a4kv4 graphed / fp ({args.eval_dtype}): each in perplexity()'s "
+                 "default mode", "ratio": medians["w4a4kv4 graphed"] / medians["fp"]})
     rows.append({"section": "eval", "what": "PPL identical: eager, graphed, torch quantizers",
                  "identical": ppls["w4a4kv4"] == ppls["w4a4kv4 graphed"] == ppls["w4a4kv4 torch quantizers"],
                  "fp_identical": ppls["fp"] == ppls["fp graphed"]})

@@ -80,6 +80,26 @@ def test_cpu_evaluation_reports_no_graph():
     assert res.extra["cuda_graph"] == "off"
 
 
+def test_cuda_graph_default_follows_stages(monkeypatch):
+    """Without an explicit choice, graphs replay on CUDA for models that run rotaquant stages (their
+    eager forward is host-bound) and not for plain ones; ROTAQUANT_CUDA_GRAPH and the argument win.
+    (Decided from the device type, no GPU needed.)"""
+    from rotaquant.eval.perplexity import GRAPH_ENV, _graph_wanted
+    from rotaquant.quant.pipeline import quantize
+
+    plain, staged = tiny_model("llama"), tiny_model("llama")
+    quantize(staged, a_bits=4, preset="none", progress=False)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.delenv(GRAPH_ENV, raising=False)
+    assert _graph_wanted(None, cuda, 4, staged) and not _graph_wanted(None, cuda, 4, plain)
+    assert not _graph_wanted(None, cpu, 4, staged) and not _graph_wanted(None, cuda, 1, staged)
+    assert _graph_wanted(True, cuda, 4, plain) and not _graph_wanted(False, cuda, 4, staged)
+    monkeypatch.setenv(GRAPH_ENV, "0")
+    assert not _graph_wanted(None, cuda, 4, staged)
+    monkeypatch.setenv(GRAPH_ENV, "1")
+    assert _graph_wanted(None, cuda, 4, plain)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("family", ["llama", "qwen3"])

@@ -100,7 +100,7 @@ def _raise_non_finite(model: torch.nn.Module, batch: torch.Tensor, first_window:
         "settings, and the dtype (fp16 overflows; try float32 or bf16)")
 
 
-GRAPH_ENV = "ROTAQUANT_CUDA_GRAPH"  # "1": replay the evaluation as a CUDA graph by default
+GRAPH_ENV = "ROTAQUANT_CUDA_GRAPH"  # "1" / "0": CUDA graphs on / off when the call does not say
 
 
 class _GraphedNLL:
@@ -133,12 +133,21 @@ class _GraphedNLL:
         return self.static_out.clone()  # the next replay overwrites static_out
 
 
-def _graph_wanted(cuda_graph: bool | None, device: torch.device, full_batches: int) -> bool:
+def _graph_wanted(cuda_graph: bool | None, device: torch.device, full_batches: int, model: torch.nn.Module) -> bool:
+    """Whether to replay the full batches as a CUDA graph: as asked, else as ``ROTAQUANT_CUDA_GRAPH``
+    says, else when the model runs rotaquant stages (online rotations, quantizers): their many
+    small launches make the eager forward host-bound (H200, smollm2 W4A4KV4: 1.857 s eager, 1.223 s
+    graphed; FP16 without stages 0.855 / 0.892 s; benchmarks/results/h200_stop21.md)."""
     if device.type != "cuda" or full_batches < 2:
         return False
-    if cuda_graph is None:
-        return os.environ.get(GRAPH_ENV, "0") == "1"
-    return cuda_graph
+    if cuda_graph is not None:
+        return cuda_graph
+    env = os.environ.get(GRAPH_ENV, "")
+    if env in ("0", "1"):
+        return env == "1"
+    from ..stages.base import Stage
+
+    return any(isinstance(m, Stage) for m in model.modules())
 
 
 def perplexity(
@@ -168,8 +177,9 @@ def perplexity(
         progress: show a tqdm bar.
         cuda_graph: on CUDA, replay the forward pass of the full batches as one CUDA graph
             (:class:`_GraphedNLL`; the same values, without the per-batch host work: for models
-            whose evaluation is bound by the host). None (default): only if the environment sets
-            ``ROTAQUANT_CUDA_GRAPH=1``. A model whose forward pass cannot be captured (host
+            whose evaluation is bound by the host). None (default): ``ROTAQUANT_CUDA_GRAPH=1`` / ``0``
+            if the environment sets it, else on for models with rotaquant stages (online
+            rotations, activation/KV quantizers) and off for plain ones. A model whose forward pass cannot be captured (host
             synchronisation inside) runs eagerly, with a warning; ``extra["cuda_graph"]`` of the
             result says which ran.
 
@@ -194,7 +204,7 @@ def perplexity(
     model.eval()
     windows_dev = windows.to(device)  # once (2.4 MB for WikiText-2 test), not a copy per batch
     graphed = None
-    graph_state = "on" if _graph_wanted(cuda_graph, device, len(windows) // batch_size) else "off"
+    graph_state = "on" if _graph_wanted(cuda_graph, device, len(windows) // batch_size, model) else "off"
     sums: list[torch.Tensor] = []  # per batch, on the device: no host sync per batch
     running = None  # the progress bar's sum
     bar = tqdm(total=len(windows), desc=f"ppl {name}/{split}", unit="win", disable=not progress)
