@@ -224,3 +224,53 @@ def test_transposed_heads_processed_in_memory_order(fused):
     got, ref = run(x), run(x.contiguous())
     assert got.stride() == x.stride() and got.shape == x.shape
     assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("n", [64, 576, 1536, 12, 80, 344])
+def test_sign_flip_on_load_equals_flipping_first(n):
+    """``signs=`` (a random Hadamard's +-1 per column, applied as the kernel loads x) gives bit
+    for bit the kernel's result on ``x * signs``: transform, codes + scales, fake quantization,
+    and the in-place rows of a transposed [batch, heads, seq, head_dim] view."""
+    from rotaquant.kernels.hadamard_triton import launch, signed
+
+    g = torch.Generator().manual_seed(n)
+    x = (torch.randn(19, n, generator=g) * 3).to(DEVICE, torch.float16)
+    signs = (torch.randint(0, 2, (n,), generator=g) * 2 - 1).to(DEVICE, torch.float16)
+    flipped = x * signs
+    assert torch.equal(launch(x, True, signs=signs)[0], launch(flipped, True)[0])
+    assert torch.equal(signed(x, signs), _transform(flipped))
+    for spec in (QuantSpec(4), QuantSpec(4, symmetric=False), QuantSpec(8, group_size=4 if n == 12 else 16)):
+        from rotaquant.kernels.hadamard_triton import fused_supported
+
+        if not fused_supported(n, spec):
+            continue
+        assert all(torch.equal(a, b) for a, b in zip(launch(x, True, False, 1, spec, signs=signs),
+                                                     launch(flipped, True, False, 1, spec), strict=True))
+        assert torch.equal(signed(x, signs, spec), launch(flipped, True, False, 2, spec)[0])
+    xt = torch.randn(2, 5, 3, n, generator=g).to(DEVICE, torch.float16).transpose(1, 2)
+    got = signed(xt, signs)
+    assert got.stride() == xt.stride() and torch.equal(got, _transform((xt * signs).contiguous()))
+    with pytest.raises(ValueError, match="signs"):
+        launch(x, True, signs=signs.float())
+
+
+def test_online_stage_flips_signs_in_the_kernel_on_cuda():
+    """An OnlineHadamard with random signs gives, through the kernel's sign flip, exactly the values
+    of the two steps (flip, then transform / fused fake quantization); the cast signs follow the
+    buffer when it changes."""
+    if not ON_GPU:
+        pytest.skip("the stage takes the kernel path for CUDA tensors only")
+    from rotaquant.quant.quantizer import ActQuantizer
+    from rotaquant.rotation.online import OnlineHadamard
+
+    g = torch.Generator().manual_seed(5)
+    for n in (64, 1536, 576):
+        signs = torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
+        stage = OnlineHadamard(n, signs).to(DEVICE)
+        x = torch.randn(33, n, generator=g).to(DEVICE, torch.float16)
+        two_steps = hadamard_transform(x * stage.signs.to(x.dtype))
+        assert torch.equal(stage(x), two_steps)
+        quantizer = ActQuantizer(QuantSpec(4, symmetric=False))
+        assert torch.equal(stage.fused_forward(x, quantizer), quantizer(two_steps))
+        stage.signs.mul_(-1)  # the buffer changes in place: the cast copy must follow
+        assert torch.equal(stage(x), hadamard_transform(x * stage.signs.to(x.dtype)))

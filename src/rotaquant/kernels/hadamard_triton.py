@@ -192,21 +192,24 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
 
 
 @triton.jit(do_not_specialize=["rows", "stride_x"])
-def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
+def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr, signs_ptr,
                      rows, n, G, stride_x, stride_o, norm, clip, rcp, div,
                      M: tl.constexpr, MP: tl.constexpr, MK: tl.constexpr, IB: tl.constexpr, KB: tl.constexpr,
                      H: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr, R: tl.constexpr,
                      NS_IN: tl.constexpr, NS: tl.constexpr, MODE: tl.constexpr, SYM: tl.constexpr,
                      QMIN: tl.constexpr, QMAX: tl.constexpr, GP: tl.constexpr,
-                     SPLIT_DT: tl.constexpr, ON_GPU: tl.constexpr):
+                     SPLIT_DT: tl.constexpr, ON_GPU: tl.constexpr, SIGNS: tl.constexpr):
     """Program ``(i, j)``: rows ``[i R, (i + 1) R)``, core output block ``j`` (columns
-    ``[j IB H, (j + 1) IB H)``)."""
+    ``[j IB H, (j + 1) IB H)``). ``SIGNS``: the input is ``x * signs`` (``+-1`` per column, in x's
+    dtype: exact), the random Hadamard's sign flip done on load instead of in a pass of its own."""
     rr = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rr < rows
     rows64 = rr.to(tl.int64)
     if MP == 1:  # a pure Sylvester transform: the tile is [R, H]
         jj = tl.arange(0, H)
         xt = tl.load(x_ptr + rows64[:, None] * stride_x + jj[None, :], mask=rmask[:, None], other=0.0)
+        if SIGNS:
+            xt = xt * tl.load(signs_ptr + jj)[None, :]
         y = _sylvester_stages(xt, R, F1, F2, NS_IN, NS, SPLIT_DT)
         _finish(y, rr, rmask, 0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm, clip,
                 rcp, div, R, H, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
@@ -217,6 +220,8 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
             kk = kb + tl.arange(0, KB)
             msk = rmask[:, None] & (kk < M)[None, :]
             xt = tl.load(x_ptr + rows64[:, None] * stride_x + kk[None, :], mask=msk, other=0.0)
+            if SIGNS:
+                xt = xt * tl.load(signs_ptr + kk, mask=kk < M, other=0.0)[None, :]
             c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
             acc = _dot_split(xt, c, acc, NS_IN)
         _finish(acc, rr, rmask, tl.program_id(1) * IB, n, G, out_ptr, stride_o, codes_ptr, scale_ptr,
@@ -229,7 +234,11 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr,
             kk = kb + tl.arange(0, KB)
             offs = rows64[:, None, None] * stride_x + (kk[None, None, :] * H + jj[None, :, None])
             msk = rmask[:, None, None] & (kk < M)[None, None, :]
-            xt = tl.reshape(tl.load(x_ptr + offs, mask=msk, other=0.0), [R * H, KB])
+            xt = tl.load(x_ptr + offs, mask=msk, other=0.0)
+            if SIGNS:
+                cols = kk[None, :] * H + jj[:, None]
+                xt = xt * tl.load(signs_ptr + cols, mask=(kk < M)[None, :], other=0.0)[None, :, :]
+            xt = tl.reshape(xt, [R * H, KB])
             c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
             acc = _dot_split(xt, c, acc, NS_IN)
         z = tl.reshape(tl.permute(tl.reshape(acc, [R, H, IB]), (0, 2, 1)), [R * IB, H])
@@ -394,11 +403,11 @@ class _Setup:
     div: float
     groups: int
     sym: bool
-    consts: tuple  # the kernel's trailing arguments, from M to ON_GPU
+    consts: tuple  # the kernel's trailing arguments, from M to SIGNS
 
 
 @functools.cache  # never evicted: a launch keys its compiled kernel by the setup's identity
-def _setup(n: int, dtype: torch.dtype, normalize: bool, mode: int, spec) -> _Setup:
+def _setup(n: int, dtype: torch.dtype, normalize: bool, mode: int, spec, signs: bool = False) -> _Setup:
     plan = plan_for(n)
     half = dtype in (torch.float16, torch.bfloat16)
     norm = 1.0 / math.sqrt(n) if normalize else 1.0
@@ -409,21 +418,24 @@ def _setup(n: int, dtype: torch.dtype, normalize: bool, mode: int, spec) -> _Set
         gp = spec.group_size if spec.group_size and spec.group_size != n else plan.width
         groups = n // spec.group_size if spec.group_size else 1
     consts = (plan.M, plan.MP, plan.MK, plan.IB, plan.KB, plan.H, plan.F1, plan.F2, plan.R, 1 if half else 3,
-              2 if half else 3, mode, sym, qmin, qmax, gp, _SPLIT_TL, not _INTERPRET)
+              2 if half else 3, mode, sym, qmin, qmax, gp, _SPLIT_TL, not _INTERPRET, signs)
     core_dtype = (dtype if half else SPLIT_DTYPE) if plan.MP > 1 else None
     return _Setup(plan, core_dtype, norm, clip, rcp, div, groups, sym, consts)
 
 
 def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int = 0,
-           spec=None, out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """Run the kernel on the 2-D ``x2`` ``[rows, n]`` (last dim contiguous).
+           spec=None, out: torch.Tensor | None = None, signs: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Run the kernel on the 2-D ``x2`` ``[rows, n]`` (last dim contiguous), or on ``x2 * signs``
+    when ``signs`` (``[n]``, contiguous, ``+-1`` in x2's dtype and device) is given.
 
     mode 0: returns ``(y,)``; mode 1: ``(codes, scale, zero)`` with ``scale``/``zero`` float32
     ``[rows, G]`` (``zero`` all zeros when symmetric); mode 2: ``(fake_quantized,)``. Modes 0 and
     2 write into ``out`` when given (``[rows, n]``, row stride ``n``, x2's dtype).
     """
     rows, n = x2.shape
-    st = _setup(n, x2.dtype, bool(normalize), mode, spec if mode else None)
+    st = _setup(n, x2.dtype, bool(normalize), mode, spec if mode else None, signs is not None)
+    if signs is not None and (signs.shape != (n,) or signs.dtype != x2.dtype or signs.stride() != (1,)):
+        raise ValueError(f"launch: signs must be a contiguous [{n}] tensor in {x2.dtype}")
     core = x2 if st.core_dtype is None else _core_operand(n, transpose, st.core_dtype, x2.device)
     codes = scale = zero = x2  # placeholders for the pointers a mode does not use
     if mode == 1:
@@ -437,18 +449,18 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
         raise ValueError(f"launch: out must be [{rows}, {n}] with row stride {n} in {x2.dtype}")
     if rows:
         stride = x2.stride(0)
-        args = (x2, out, core, codes, scale, zero, rows, n, st.groups, stride, n, st.norm, st.clip, st.rcp, st.div,
-                *st.consts)
+        args = (x2, out, core, codes, scale, zero, x2 if signs is None else signs, rows, n, st.groups, stride, n,
+                st.norm, st.clip, st.rcp, st.div, *st.consts)
         key = (id(st), rows >= 2**31, stride >= 2**31, stride % 16 == 0)  # st lives as long as the process
         grid = (ceil_div(rows, st.plan.R), st.plan.blocks)
         with on_device(x2.device):  # Triton loads and launches kernels on the current device
             kernel = launch_cached(_hadamard_kernel, grid, args, st.plan.num_warps,
-                                   (x2, out, core, codes, scale, zero), key)
-        if kernel is not None and mode == 0 and not transpose and stride == n and rows < 2**31:
+                                   (x2, out, core, codes, scale, zero, args[6]), key)
+        if kernel is not None and mode == 0 and not transpose and signs is None and stride == n and rows < 2**31:
             ready = (n, x2.dtype, bool(normalize), x2.device.index)
             if ready not in _READY:  # later contiguous calls of this kind take fast_transform
                 _READY[ready] = _Ready(kernel.run, kernel.function, kernel.packed_metadata,
-                                       None if st.core_dtype is None else core, st.plan.R, st.plan.blocks, args[7:])
+                                       None if st.core_dtype is None else core, st.plan.R, st.plan.blocks, args[8:])
     if mode == 1:
         return codes, scale, zero
     return (out,)
@@ -491,7 +503,7 @@ def fast_transform(x: torch.Tensor, normalize: bool) -> torch.Tensor | None:
     if out.data_ptr() % 16:
         return None
     ready.run(ceil_div(rows, ready.R), ready.blocks, 1, _raw_stream(index), ready.function, ready.metadata,
-              None, None, None, x, out, x if ready.core is None else ready.core, x, x, x, rows, *ready.tail)
+              None, None, None, x, out, x if ready.core is None else ready.core, x, x, x, x, rows, *ready.tail)
     return out
 
 
@@ -520,8 +532,9 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def _rowwise(x: torch.Tensor, *args) -> torch.Tensor:
-    """``launch(rows of x, *args)`` (modes 0 and 2: one output row per input row) shaped like ``x``.
+def _rowwise(x: torch.Tensor, *args, signs: torch.Tensor | None = None) -> torch.Tensor:
+    """``launch(rows of x, *args, signs=signs)`` (modes 0 and 2: one output row per input row)
+    shaped like ``x``.
 
     A dense layout whose rows are not one stride apart (queries and keys as transposed
     ``[batch, heads, seq, head_dim]`` views after RoPE) is processed in memory order and the
@@ -531,9 +544,17 @@ def _rowwise(x: torch.Tensor, *args) -> torch.Tensor:
         rows = rows_view(x, n)
         if rows is not None:
             out = torch.empty_like(x)  # same strides: dense and non-overlapping like x
-            launch(rows, *args, out=rows_view(out, n))
+            launch(rows, *args, out=rows_view(out, n), signs=signs)
             return out
-    return launch(_as_rows(x), *args)[0].reshape(x.shape)
+    return launch(_as_rows(x), *args, signs=signs)[0].reshape(x.shape)
+
+
+def signed(x: torch.Tensor, signs: torch.Tensor, spec=None) -> torch.Tensor:
+    """The normalised transform of ``x * signs`` (a random Hadamard), fake-quantized on ``spec``'s
+    grid when given: one launch, the sign flip done on load. No autograd; ``signs`` as for
+    :func:`launch`. Equals ``transform(x * signs)`` (then the fused quantizer) bit for bit: the
+    flip by +-1 is exact in every float dtype."""
+    return _rowwise(x, True, False, 2 if spec is not None else 0, spec, signs=signs)
 
 
 def transform(x: torch.Tensor, normalize: bool, transpose: bool = False) -> torch.Tensor:

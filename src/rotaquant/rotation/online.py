@@ -24,6 +24,7 @@ from ..stages import Stage, add_attention_stage, add_input_stage
 from .hadamard import hadamard_factorization
 from .matrices import RotationStore, config_dim
 from .spec import RotationConfigError, RotationSpec
+from .transform import _backend as _hadamard_backend
 from .transform import hadamard_transform
 
 logger = logging.getLogger(__name__)
@@ -47,13 +48,31 @@ class OnlineHadamard(Stage):
             raise RotationConfigError(f"signs of shape {tuple(signs.shape)} for an online Hadamard of size {n}")
         self.n = n
         self.register_buffer("signs", None if signs is None else signs.to(torch.float32))
+        self._signs_cast = None  # (key, signs in a kernel input's dtype and device), see _kernel_signs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.n:
             raise RotationConfigError(f"online Hadamard of size {self.n} got a last dimension of {x.shape[-1]}")
         if self.signs is not None:
+            signs = self._kernel_signs(x)
+            if signs is not None:  # the kernel flips the signs as it loads x: no pass of its own
+                from ..kernels.hadamard_triton import signed
+
+                return signed(x, signs)
             x = x * self.signs.to(x.dtype)
         return hadamard_transform(x)
+
+    def _kernel_signs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The signs in ``x``'s dtype for the Triton kernel's sign flip, when the automatic backend
+        runs the kernel on ``x`` and no gradient is needed (training keeps the two differentiable
+        steps); else None. Cast once per dtype and device, again if the buffer changes."""
+        if not x.is_cuda or (x.requires_grad and torch.is_grad_enabled()) or _hadamard_backend(x, None) != "triton":
+            return None
+        s = self.signs
+        key = (x.dtype, x.device, s.device, s.data_ptr(), s._version)
+        if self._signs_cast is None or self._signs_cast[0] != key:
+            self._signs_cast = (key, s.to(device=x.device, dtype=x.dtype).contiguous())
+        return self._signs_cast[1]
 
     def fused_forward(self, x: torch.Tensor, following: Stage) -> torch.Tensor | None:
         """The transform and a following quantizer stage in one Triton launch (on CUDA, without
@@ -69,6 +88,11 @@ class OnlineHadamard(Stage):
         if not fusion_applies(x, spec):
             return None
         if self.signs is not None:
+            signs = self._kernel_signs(x)  # fusion_applies: the kernel runs, no gradient
+            if signs is not None:
+                from ..kernels.hadamard_triton import signed
+
+                return signed(x, signs, spec)
             x = x * self.signs.to(x.dtype)
         return hadamard_fake_quantize(x, spec)
 
