@@ -17,6 +17,10 @@ bfloat16 input is exact; later dots take their float32 operand split into two bf
 normalisation ``1 / sqrt(n)`` is applied once in float32 before the single rounding to the
 output dtype.
 
+A random Hadamard's sign flip (``x * signs``, +-1 per column) can be done as the tile is loaded
+(``SIGNS``) instead of in a pass of its own. Repeated plain transforms of contiguous inputs can
+skip the per-call bookkeeping (:func:`fast_transform`).
+
 Fused quantization (``MODE`` 1: integer codes + scales, ``MODE`` 2: quantize-dequantize) rounds
 the transformed values to the input dtype first, then follows the grid of
 :mod:`rotaquant.quant.quantizer` exactly: IEEE division (``div_rn``) and round-half-to-even
@@ -449,18 +453,18 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
         raise ValueError(f"launch: out must be [{rows}, {n}] with row stride {n} in {x2.dtype}")
     if rows:
         stride = x2.stride(0)
-        args = (x2, out, core, codes, scale, zero, x2 if signs is None else signs, rows, n, st.groups, stride, n,
-                st.norm, st.clip, st.rcp, st.div, *st.consts)
+        ptrs = (x2, out, core, codes, scale, zero, x2 if signs is None else signs)  # x2: placeholder, no signs
+        args = (*ptrs, rows, n, st.groups, stride, n, st.norm, st.clip, st.rcp, st.div, *st.consts)
         key = (id(st), rows >= 2**31, stride >= 2**31, stride % 16 == 0)  # st lives as long as the process
         grid = (ceil_div(rows, st.plan.R), st.plan.blocks)
         with on_device(x2.device):  # Triton loads and launches kernels on the current device
-            kernel = launch_cached(_hadamard_kernel, grid, args, st.plan.num_warps,
-                                   (x2, out, core, codes, scale, zero, args[6]), key)
+            kernel = launch_cached(_hadamard_kernel, grid, args, st.plan.num_warps, ptrs, key)
         if kernel is not None and mode == 0 and not transpose and signs is None and stride == n and rows < 2**31:
             ready = (n, x2.dtype, bool(normalize), x2.device.index)
             if ready not in _READY:  # later contiguous calls of this kind take fast_transform
                 _READY[ready] = _Ready(kernel.run, kernel.function, kernel.packed_metadata,
-                                       None if st.core_dtype is None else core, st.plan.R, st.plan.blocks, args[8:])
+                                       None if st.core_dtype is None else core, st.plan.R, st.plan.blocks,
+                                       args[len(ptrs) + 1:])
     if mode == 1:
         return codes, scale, zero
     return (out,)
