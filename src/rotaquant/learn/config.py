@@ -15,9 +15,9 @@ perplexities 37.85 / 36.68 / 35.79 / 35.69 / 36.03, and 6 beat 1.5 on every seed
 ``min(lr, 1 / ||W||)`` (``q = 1/2``), so a large lr mostly means "the capped step" until the
 cosine schedule brings it below the cap near the end.
 
-Why 200 steps (same setting, ``benchmarks/results/h200_stop21.md``): at lr 6, 200 steps gave
-35.450 / 35.586 / 35.070 on seeds 0/1/2 (mean 35.369, 1.591x FP) against 35.644 / 35.898 / 35.512
-with 100 (mean 35.685), better on every seed; learning takes twice as long (~80 s on an H200).
+Why 200 steps (same setting, ``benchmarks/results/h200_stop21.md``): at lr 6, seeds 0-5 gave a
+mean of 35.384 (1.591x FP) with 200 steps against 35.749 with 100, better on five of the six seeds;
+learning takes twice as long (~80 s on an H200).
 """
 
 from __future__ import annotations
