@@ -108,9 +108,11 @@ class _GraphedNLL:
 
     The host work of a forward pass (Python, module hooks, kernel launches) then happens once at
     capture instead of once per batch. It pays only where that host work, not the GPU, bounds the
-    evaluation: on an H200 (smollm2-135m, full WikiText-2 test, batch 8) the eager loop without
-    per-batch syncs is already GPU-bound, and the capture made it slower (FP16 1.93 s vs 1.80 s,
-    W4A4KV4 1.98 vs 1.89 s), so it is opt-in. The first batch runs eagerly on the capture stream
+    evaluation: on an H200 (smollm2-135m, full WikiText-2 test, batch 8) the FP16 model's eager
+    loop is GPU-bound (0.855 s eager, 0.892 s graphed) while the W4A4KV4 fake-quantized one, with
+    ~10 stage launches per layer, is not (1.857 s eager, 1.223 s graphed; stop 21), hence the
+    default of :func:`_graph_wanted`. (In stop 19, with a sync per batch still in the loop, the
+    capture made both slower.) The first batch runs eagerly on the capture stream
     (its result is used: it is the warm-up Triton autotuning and cuBLAS need), the others replay
     the graph on a static copy of their tokens; the same kernels run, so the values are the eager
     ones (tested on the GPU).
@@ -177,11 +179,11 @@ def perplexity(
         progress: show a tqdm bar.
         cuda_graph: on CUDA, replay the forward pass of the full batches as one CUDA graph
             (:class:`_GraphedNLL`; the same values, without the per-batch host work: for models
-            whose evaluation is bound by the host). None (default): ``ROTAQUANT_CUDA_GRAPH=1`` / ``0``
-            if the environment sets it, else on for models with rotaquant stages (online
-            rotations, activation/KV quantizers) and off for plain ones. A model whose forward pass cannot be captured (host
-            synchronisation inside) runs eagerly, with a warning; ``extra["cuda_graph"]`` of the
-            result says which ran.
+            whose evaluation is bound by the host). None (default): ``ROTAQUANT_CUDA_GRAPH=1`` /
+            ``0`` if the environment sets it, else on for models with rotaquant stages (online
+            rotations, activation/KV quantizers) and off for plain ones. A model whose forward
+            pass cannot be captured (host synchronisation inside) runs eagerly, with a warning;
+            ``extra["cuda_graph"]`` of the result says which ran.
 
     Without a progress bar the batches are queued with no host synchronisation (tokens moved to
     the device once, the sums kept there, finiteness checked once after the last batch), so the
