@@ -188,9 +188,9 @@ def perplexity(
     Without a progress bar the batches are queued with no host synchronisation (tokens moved to
     the device once, the sums kept there, finiteness checked once after the last batch), so the
     GPU does not wait for the host between batches; a bar's running PPL costs one sync per batch.
-    On an H200 the W4A4KV4 / FP16 evaluation-time ratio of smollm2-135m went from 1.385 (a sync
-    per batch, before the fake-quant kernel's direct launch) to 1.055 (benchmarks/results/
-    h200_stop19.md, measured when finiteness was still checked one batch behind, a sync per batch).
+    On an H200 (smollm2-135m, full test, batch 8) that made the FP16 evaluation 0.855 s (1.795 s
+    with a sync per batch in stop 19); W4A4KV4 fake-quantized takes 1.857 s eager and 1.223 s
+    graphed (benchmarks/results/h200_stop21.md).
     """
     started = time.perf_counter()
     if isinstance(data, torch.Tensor):
