@@ -20,6 +20,7 @@ VALUE_OBJECTS = {
     "QuantSpec": "a quantizer grid, built from the recipe; hashed and read in the hot path",
     "Plan": "a Triton launch plan",
     "_Setup": "the constants of one kind of Hadamard launch, cached for the process (its identity keys the compiled kernel)",
+    "_Ready": "a plain Hadamard launch kept after its first direct launch, repeated by the fast path (kernel entry, constants)",
     "ModelAlias": "a row of the table of model short names",
     "ModelSource": "a resolved model location",
     "Gap": "one finding of the rotation structure check",
