@@ -27,6 +27,7 @@
 #   evallearn  pipeline_bench eval (graphed and eager) + learn sections, no profile
 #   ncuw4    ncu --set full on one W4A16 decode kernel;  hostpath: host time per Hadamard call, layer by layer
 #   hadfold  Hadamard grid rows 2048/16384 with 0-3 Sylvester bits folded into the core (tuning sweep)
+#   newtests the GPU tests of stop 21's code that has not run on a GPU yet
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -103,6 +104,10 @@ for part in "$@"; do
         tests/kernels/test_int8_linear.py -q -rf --tb=short -p no:cacheprovider
       step qlinear 270 python3 -m pytest -m gpu tests/quant/test_qlinear.py tests/eval/test_perplexity.py -q -rf \
         --tb=short -p no:cacheprovider ;;
+    newtests)  # the GPU tests of stop 21's unmeasured code: sign flip on load, folded plans, fast path, graph default
+      step newtests 280 python3 -m pytest -m gpu tests/kernels/test_hadamard_triton.py tests/kernels/test_launch_cache.py \
+        tests/eval/test_perplexity.py -k "sign or folded or plan or fast or launch or graph or 14336 or 1536" \
+        -q -rf --tb=short -p no:cacheprovider ;;
     evallearn)
       step evallearn 230 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
         --sections eval learn --json "$dir/pipeline_eval_learn.json" ;;
@@ -138,7 +143,7 @@ for part in "$@"; do
       step hostpath 120 python3 benchmarks/host_path_gpu.py --json "$dir/host_path.json" --profile "$dir/host_profile.txt" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done
