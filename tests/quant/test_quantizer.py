@@ -166,6 +166,32 @@ def test_ste_gradient_is_identity():
     assert torch.allclose(x2.grad, 2 * fake_quantize(x2.detach(), spec))
 
 
+def test_ste_forward_is_the_quantizer_alone():
+    """The straight-through quantizer's forward runs exactly fake_quantize's operations (one kernel
+    launch on CUDA), not two more passes over the activations (x + (fq(x) - x).detach())."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    spec = QuantSpec(bits=4, symmetric=False)
+    x = random_tensor(7, 4, 64, 1.0).requires_grad_()
+    xd = x.detach()
+    with Ops() as plain:
+        fake_quantize(xd, spec)
+    with Ops() as ste:
+        y = fake_quantize_ste(x, spec)
+    assert ste.ops == plain.ops and y.requires_grad
+
+
 def test_act_quantizer_is_per_token_and_kv_is_per_head():
     spec = QuantSpec(bits=4, symmetric=False)
     act = torch.randn(2, 5, 64)

@@ -16,7 +16,7 @@ import torch
 from rotaquant.errors import ConfigError
 from rotaquant.quant.quantizer import (
     QuantSpec,
-    fake_quantize,
+    fake_quantize_ste,
     quant_params,
     quantize_to_int,
     to_groups,
@@ -41,8 +41,8 @@ def _use_kernel(x: torch.Tensor, spec: QuantSpec, backend: str | None) -> bool:
 def fusion_applies(x: torch.Tensor, spec: QuantSpec) -> bool:
     """Whether :func:`hadamard_fake_quantize` of ``x`` runs the fused kernel *and* equals, bit for
     bit, what the automatic backends give for ``fake_quantize(hadamard_transform(x), spec)``: a
-    CUDA tensor without a gradient (the straight-through quantizer's value ``y + (fq(y) - y)``
-    can differ from ``fq(y)`` in the last bit), the Hadamard kernel chosen for it, a spec the fused
+    CUDA tensor without a gradient (with one, the two stages run: a learning quantizer
+    differentiates on its own), the Hadamard kernel chosen for it, a spec the fused
     kernel covers, and neither backend forced to the reference by its environment variable."""
     import os
 
@@ -108,4 +108,4 @@ def hadamard_fake_quantize(x: torch.Tensor, spec: QuantSpec, normalize: bool = T
     y = hadamard_transform(x, normalize, backend=backend)
     if not spec.enabled:
         return y
-    return y + (fake_quantize(y.detach(), spec) - y).detach() if y.requires_grad else fake_quantize(y, spec)
+    return fake_quantize_ste(y, spec)

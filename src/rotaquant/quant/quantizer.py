@@ -316,14 +316,28 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None =
     return out.reshape(x.shape).to(x.dtype)
 
 
-def fake_quantize_ste(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """:func:`fake_quantize` forward with a straight-through (identity) gradient.
+class _StraightThrough(torch.autograd.Function):
+    """``fake_quantize(x)`` forward (exactly its values, one kernel launch on CUDA), identity
+    backward. The usual ``x + (fq(x) - x).detach()`` costs two more passes over ``x`` (a
+    subtraction and an addition, each a launch) and can differ from ``fq(x)`` in the last bit."""
 
-    Computes ``x + (fq(x) - x).detach()``, so ``d/dx`` of any loss passes through unchanged.
-    """
+    @staticmethod
+    def forward(ctx, x, spec):
+        return fake_quantize(x, spec)  # grad mode is off here: the Triton kernel applies on CUDA
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def fake_quantize_ste(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """:func:`fake_quantize` forward (the same values) with a straight-through (identity)
+    gradient: ``d/dx`` of any loss passes through the quantizer unchanged."""
     if not spec.enabled:
         return x
-    return x + (fake_quantize(x.detach(), spec) - x).detach()
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return fake_quantize(x, spec)
+    return _StraightThrough.apply(x, spec)
 
 
 def fake_quantize_scale_grad(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

@@ -81,7 +81,7 @@ class OnlineHadamard(Stage):
         spec = getattr(following, "spec", None)
         if following.kind != "quantizer" or spec is None or not x.is_cuda or x.shape[-1] != self.n:
             return None
-        if getattr(following, "ste", False):  # its value y + (fq(y) - y) may differ from fq(y) in the last bit
+        if getattr(following, "ste", False):  # a learning quantizer: its gradient runs through the two stages
             return None
         from ..kernels.fused_quant import fusion_applies, hadamard_fake_quantize
 
