@@ -66,7 +66,8 @@ def test_packed_layout_halves():
 
 
 CONFIGS = [{"BLOCK_N": 16, "SPLIT_K": 1, "UNROLL": 1}, {"BLOCK_N": 16, "SPLIT_K": 2, "UNROLL": 2},
-           {"BLOCK_N": 32, "SPLIT_K": 4, "UNROLL": 1}, {"BLOCK_N": 16, "SPLIT_K": 8, "UNROLL": 2}]
+           {"BLOCK_N": 32, "SPLIT_K": 4, "UNROLL": 1}, {"BLOCK_N": 16, "SPLIT_K": 8, "UNROLL": 2},
+           {"BLOCK_N": 16, "SPLIT_K": 32, "UNROLL": 1}]  # the widest split: more programs than K blocks
 
 
 @pytest.mark.parametrize("rows", [1, 7, 16])
