@@ -33,6 +33,23 @@ def git_commit() -> str | None:
     return f"{sha}{'+dirty' if dirty else ''}" if sha else None
 
 
+def host_seconds(fn, reps: int, runs: int, warmup: int = 0) -> float:
+    """Median over ``runs`` of the host's wall-clock seconds per call of ``reps`` back-to-back
+    calls of ``fn`` on a CUDA device, after ``warmup`` calls; the GPU is synchronised before each
+    run, not between calls, so while its queue is not full this is what a call costs the host."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - t) / reps)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 def median_seconds(fn, device: torch.device, reps: int, runs: int, warmup: int = 0) -> float:
     """Median over ``runs`` of the mean seconds per call of ``reps`` back-to-back calls of
     ``fn`` (CUDA events on a CUDA ``device``, the wall clock elsewhere), after ``warmup`` calls."""

@@ -26,13 +26,11 @@ import logging
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
-from bench_common import git_commit, median_seconds
+from bench_common import git_commit, host_seconds, median_seconds
 
 from rotaquant.kernels import hadamard_quantize, triton_available
 from rotaquant.quant.quantizer import QuantSpec, quant_params, quantize_to_int, to_groups
@@ -52,19 +50,8 @@ def cuda_time(fn, reps: int, runs: int) -> float:
 
 
 def host_time(fn, reps: int, runs: int) -> float:
-    """Median over ``runs`` of the host's wall-clock ms per call of ``reps`` calls (3 warm-up calls;
-    the GPU is synchronised before each run, not between calls)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - t) / reps)
-    torch.cuda.synchronize()
-    return 1e3 * statistics.median(times)
+    """Like :func:`cuda_time`, the host's wall-clock ms per call (:func:`bench_common.host_seconds`)."""
+    return 1e3 * host_seconds(fn, reps, runs, warmup=3)
 
 
 def graph_time(fn, reps: int, runs: int) -> float:

@@ -18,34 +18,18 @@ import cProfile
 import io
 import platform
 import pstats
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
-from bench_common import git_commit  # noqa: E402
+from bench_common import git_commit, host_seconds  # noqa: E402
 
 from rotaquant.io import atomic_write_json  # noqa: E402
 
 CASES = [(16, 4096), (16, 1536), (1, 576)]
-
-
-def per_call_us(fn, calls: int, runs: int) -> float:
-    for _ in range(50):
-        fn()
-    times = []
-    for _ in range(runs):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t) / calls * 1e6)
-    torch.cuda.synchronize()
-    return statistics.median(times)
 
 
 def layers(x: torch.Tensor) -> dict:
@@ -96,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for rows, n in CASES:
         x = torch.randn(rows, n, device="cuda", dtype=torch.float16)
         for name, fn in layers(x).items():
-            us = per_call_us(fn, args.calls, args.runs)
+            us = 1e6 * host_seconds(fn, args.calls, args.runs, warmup=50)
             rows_out.append({"rows": rows, "n": n, "what": name, "us": us})
             print(f"{rows:5d} x {n:5d}  {name:32s} {us:7.2f} us", flush=True)
     if args.profile:
