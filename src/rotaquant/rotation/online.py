@@ -54,20 +54,18 @@ class OnlineHadamard(Stage):
         if x.shape[-1] != self.n:
             raise RotationConfigError(f"online Hadamard of size {self.n} got a last dimension of {x.shape[-1]}")
         if self.signs is not None:
-            signs = self._kernel_signs(x)
-            if signs is not None:  # the kernel flips the signs as it loads x: no pass of its own
+            # on the kernel without a gradient (training keeps the two differentiable steps), the
+            # kernel flips the signs as it loads x: no pass of its own
+            if x.is_cuda and not (x.requires_grad and torch.is_grad_enabled()) and _hadamard_backend(x, None) == "triton":
                 from ..kernels.hadamard_triton import signed
 
-                return signed(x, signs)
+                return signed(x, self._signs_like(x))
             x = x * self.signs.to(x.dtype)
         return hadamard_transform(x)
 
-    def _kernel_signs(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The signs in ``x``'s dtype for the Triton kernel's sign flip, when the automatic backend
-        runs the kernel on ``x`` and no gradient is needed (training keeps the two differentiable
-        steps); else None. Cast once per dtype and device, again if the buffer changes."""
-        if not x.is_cuda or (x.requires_grad and torch.is_grad_enabled()) or _hadamard_backend(x, None) != "triton":
-            return None
+    def _signs_like(self, x: torch.Tensor) -> torch.Tensor:
+        """The signs in ``x``'s dtype and device, for the kernel's sign flip: cast once per dtype
+        and device, again if the buffer changes."""
         s = self.signs
         key = (x.dtype, x.device, s.device, s.data_ptr(), s._version)
         if self._signs_cast is None or self._signs_cast[0] != key:
@@ -87,13 +85,10 @@ class OnlineHadamard(Stage):
 
         if not fusion_applies(x, spec):
             return None
-        if self.signs is not None:
-            signs = self._kernel_signs(x)  # fusion_applies: the kernel runs, no gradient
-            if signs is not None:
-                from ..kernels.hadamard_triton import signed
+        if self.signs is not None:  # fusion_applies: the kernel runs, no gradient
+            from ..kernels.hadamard_triton import signed
 
-                return signed(x, signs, spec)
-            x = x * self.signs.to(x.dtype)
+            return signed(x, self._signs_like(x), spec)
         return hadamard_fake_quantize(x, spec)
 
     def matrix(self, dtype=torch.float64) -> torch.Tensor:
