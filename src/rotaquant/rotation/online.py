@@ -48,7 +48,7 @@ class OnlineHadamard(Stage):
             raise RotationConfigError(f"signs of shape {tuple(signs.shape)} for an online Hadamard of size {n}")
         self.n = n
         self.register_buffer("signs", None if signs is None else signs.to(torch.float32))
-        self._signs_cast = None  # (key, signs in a kernel input's dtype and device), see _kernel_signs
+        self._signs_cast = None  # (key, signs in a kernel input's dtype and device), see _signs_like
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.n:
