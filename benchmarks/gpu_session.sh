@@ -28,6 +28,8 @@
 #   ncuw4    ncu --set full on one W4A16 decode kernel;  hostpath: host time per Hadamard call, layer by layer
 #   hadfold  Hadamard grid rows 2048/16384 with 0-3 Sylvester bits folded into the core (tuning sweep)
 #   newtests the GPU tests of stop 21's code that has not run on a GPU yet
+#   fusedsweep  tile/warp sweep of the fused Hadamard + quantizer and fake-quant kernels
+#   fusedeval   the evaluation with fusedsweep's fastest settings
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -141,9 +143,22 @@ for part in "$@"; do
         python3 benchmarks/w4_decode_sweep.py --copies 2 --shapes 4096x4096 --modes fast --no-autotuned --tiles 64:8:2:4 ;;
     hostpath)  # where the host time of one Hadamard call goes (alone on the GPU)
       step hostpath 120 python3 benchmarks/host_path_gpu.py --json "$dir/host_path.json" --profile "$dir/host_profile.txt" ;;
+    fusedsweep)  # tile/warp settings of the fused Hadamard + quantizer and fake-quant kernels (one process each)
+      for cfg in "0 0 0 0" "2048 4 1024 2" "2048 8 1024 4" "4096 4 2048 2" "4096 8 2048 4" "8192 8 2048 8" \
+          "8192 16 4096 2" "16384 8 4096 8" "16384 16 8192 4" "4096 2 8192 8" "2048 2 16384 8" "16384 4 1024 1"; do
+        read -r ht hw ft fw <<< "$cfg"
+        ROTAQUANT_HADAMARD_TILE=$ht ROTAQUANT_HADAMARD_WARPS=$hw ROTAQUANT_FAKEQUANT_TILE=$ft ROTAQUANT_FAKEQUANT_WARPS=$fw \
+          step "sweep_${ht}_${hw}_${ft}_${fw}" 90 python3 benchmarks/fused_quant_sweep.py --out "$dir/sweep.jsonl"
+      done ;;
+    fusedeval)  # after fusedsweep: the evaluation with the sweep's fastest settings next to the defaults
+      best=$(python3 benchmarks/fused_quant_sweep.py --out /root/rq/out/fusedsweep/sweep.jsonl --pick 16384x1536 16384x576)
+      echo "fastest settings: $best" | tee "$dir/best.txt"
+      ( [ -n "$best" ] && export $best
+        step evalbest 200 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
+          --sections eval --json "$dir/pipeline_eval_best.json" ) ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

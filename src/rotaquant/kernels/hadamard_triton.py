@@ -177,21 +177,26 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
         tl.store(out_ptr + offs, yq, mask=msk)
     else:
         NG: tl.constexpr = W // GP
-        v = tl.reshape(yq.to(tl.float32), [R, NG, GP])
-        lo = tl.minimum(tl.min(v, axis=2), 0.0)
-        hi = tl.maximum(tl.max(v, axis=2), 0.0)
-        scale, zero = grid_params(lo, hi, clip, rcp, div, SYM, QMAX, ON_GPU)
-        q = _rint(tl.math.div_rn(v, scale[:, :, None]), ON_GPU) + zero[:, :, None]
+        if NG == 1:  # one group per row (per token): reduce the tile as it is, no [R, NG, GP] relayout
+            v = yq.to(tl.float32)
+            lo = tl.minimum(tl.min(v, axis=1), 0.0)[:, None]
+            hi = tl.maximum(tl.max(v, axis=1), 0.0)[:, None]
+        else:
+            v = tl.reshape(yq.to(tl.float32), [R, NG, GP])
+            lo = tl.minimum(tl.min(v, axis=2), 0.0)[:, :, None]
+            hi = tl.maximum(tl.max(v, axis=2), 0.0)[:, :, None]
+        scale, zero = grid_params(lo, hi, clip, rcp, div, SYM, QMAX, ON_GPU)  # broadcast over v
+        q = _rint(tl.math.div_rn(v, scale), ON_GPU) + zero
         q = tl.minimum(tl.maximum(q, QMIN), QMAX)
         if MODE == 1:
             tl.store(codes_ptr + offs, tl.reshape(q, [R, W]).to(codes_ptr.dtype.element_ty), mask=msk)
             groups = col0 // GP + tl.arange(0, NG)
             goffs = rr.to(tl.int64)[:, None] * G + groups[None, :]
             gmsk = rmask[:, None] & (groups < G)[None, :]
-            tl.store(scale_ptr + goffs, scale, mask=gmsk)
-            tl.store(zero_ptr + goffs, zero, mask=gmsk)
+            tl.store(scale_ptr + goffs, tl.reshape(scale, [R, NG]), mask=gmsk)
+            tl.store(zero_ptr + goffs, tl.reshape(zero, [R, NG]), mask=gmsk)
         else:
-            deq = (q - zero[:, :, None]) * scale[:, :, None]
+            deq = (q - zero) * scale
             tl.store(out_ptr + offs, tl.reshape(deq, [R, W]).to(out_ptr.dtype.element_ty), mask=msk)
 
 

@@ -27,6 +27,8 @@ __all__ = ["MAX_WIDTH", "launch_fake_quant"]
 
 MAX_WIDTH = 16384  # padded row width one program holds in registers
 TILE = 4096  # padded elements per program (R rows of W)
+# (tile, warps) overrides for tuning sweeps (benchmarks/fused_quant_sweep.py), 0 = the default rule
+TUNING = tuple(int(os.environ.get(f"ROTAQUANT_FAKEQUANT_{name}", 0)) for name in ("TILE", "WARPS"))
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -51,9 +53,9 @@ def launch_fake_quant(x2: torch.Tensor, out2: torch.Tensor, spec) -> None:
     if rows == 0:
         return
     w = pow2_at_least(g, 16)
-    r = max(1, TILE // w)
+    r = max(1, (TUNING[0] or TILE) // w)
     div, rcp = grid_divisor(spec)
-    warps = 4 if w <= 4096 else 8
+    warps = TUNING[1] or (4 if w <= 4096 else 8)
     grid = (ceil_div(rows, r),)
     args = (x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric, spec.qmin, spec.qmax,
             not _INTERPRET)
