@@ -144,11 +144,14 @@ for part in "$@"; do
     hostpath)  # where the host time of one Hadamard call goes (alone on the GPU)
       step hostpath 120 python3 benchmarks/host_path_gpu.py --json "$dir/host_path.json" --profile "$dir/host_profile.txt" ;;
     fusedsweep)  # tile/warp settings of the fused Hadamard + quantizer and fake-quant kernels (one process each)
-      for cfg in "0 0 0 0" "2048 4 1024 2" "2048 8 1024 4" "4096 4 2048 2" "4096 8 2048 4" "8192 8 2048 8" \
-          "8192 16 4096 2" "16384 8 4096 8" "16384 16 8192 4" "4096 2 8192 8" "2048 2 16384 8" "16384 4 1024 1"; do
-        read -r ht hw ft fw <<< "$cfg"
-        ROTAQUANT_HADAMARD_TILE=$ht ROTAQUANT_HADAMARD_WARPS=$hw ROTAQUANT_FAKEQUANT_TILE=$ft ROTAQUANT_FAKEQUANT_WARPS=$fw \
-          step "sweep_${ht}_${hw}_${ft}_${fw}" 90 python3 benchmarks/fused_quant_sweep.py --out "$dir/sweep.jsonl"
+      # Hadamard tile, warps, Sylvester bits folded into the core; fake-quant tile, warps (0: default rule)
+      for cfg in "0 0 0 0 0" "2048 4 0 1024 2" "2048 8 0 1024 4" "4096 4 0 2048 2" "4096 8 0 2048 4" "8192 8 0 2048 8" \
+          "8192 16 0 4096 2" "16384 8 0 4096 8" "16384 16 0 8192 4" "4096 2 0 8192 8" "2048 2 0 16384 8" \
+          "16384 4 0 1024 1" "0 0 2 0 0" "4096 8 2 0 0" "2048 8 2 0 0"; do
+        read -r ht hw hf ft fw <<< "$cfg"
+        ROTAQUANT_HADAMARD_TILE=$ht ROTAQUANT_HADAMARD_WARPS=$hw ROTAQUANT_HADAMARD_FOLD=$hf ROTAQUANT_FAKEQUANT_TILE=$ft \
+          ROTAQUANT_FAKEQUANT_WARPS=$fw step "sweep_${ht}_${hw}_${hf}_${ft}_${fw}" 90 python3 benchmarks/fused_quant_sweep.py \
+          --out "$dir/sweep.jsonl"
       done ;;
     fusedeval)  # after fusedsweep: the evaluation with the sweep's fastest settings next to the defaults
       best=$(python3 benchmarks/fused_quant_sweep.py --out /root/rq/out/fusedsweep/sweep.jsonl --pick 16384x1536 16384x576)
