@@ -209,9 +209,13 @@ def section_eval(args) -> list[dict]:
                               max_windows=args.eval_windows, progress=False, cuda_graph=graph)
 
         with _env(BACKEND_ENV, backend):
-            if args.profile is not None and not graph:  # one profiled run, apart from the timed ones
-                with _Profile(args, f"eval_{label.replace(' ', '_')}"):
-                    evaluate()
+            if args.profile is not None:  # one profiled run, apart from the timed ones
+                try:  # graphed: the capture and the replayed kernels (a profiler may refuse a capture)
+                    with _Profile(args, f"eval_{label.replace(' ', '_')}"):
+                        evaluate()
+                except RuntimeError as exc:
+                    rows.append({"section": "eval", "what": f"profile of {label} failed",
+                                 "error": f"{type(exc).__name__}: {exc}"[:300]})
             res, times = _timed(args, evaluate, args.repeats + 1)  # the first run warms up (kernels, allocator)
         ppl, state = res.ppl, res.extra.get("cuda_graph")
         medians[label], ppls[label] = _median(times[1:]), ppl

@@ -136,6 +136,28 @@ def test_fused_quant_matches_reference_quantizer(spec, n, dtype):
         assert torch.equal(c2, codes) and torch.equal(s2.reshape(scale.shape), scale)
 
 
+@pytest.mark.parametrize("n", [64, 576, 1536, 4096])
+@pytest.mark.parametrize("spec", [QuantSpec(4), QuantSpec(4, group_size=64, sym_grid="full")], ids=str)
+def test_fake_quant_dispatch_two_launches_for_core_orders(monkeypatch, n, spec):
+    """Orders with a core fake-quantize as the transform, then the fake-quant kernel (faster than
+    the fused launch on the H200); pure Sylvester orders keep the fused launch. Either way the
+    values are the fused launch's, bit for bit."""
+    from rotaquant.kernels import hadamard_triton as ht
+    from rotaquant.kernels import quant_triton
+
+    monkeypatch.setenv("ROTAQUANT_QUANT_BACKEND", "triton")  # the interpreter's CPU tensors take the kernel too
+    assert ht.two_launches(n) == (hadamard_factorization(n)[0] > 1)
+    calls = []
+    launch_fq = quant_triton.launch_fake_quant
+    monkeypatch.setattr(quant_triton, "launch_fake_quant", lambda *a: calls.append(a) or launch_fq(*a))
+    x = (torch.randn(ROWS[-1], n, generator=torch.Generator().manual_seed(n)) * 2).half().to(DEVICE)
+    got = ht.hadamard_fake_quant_autograd(x, spec)
+    assert len(calls) == (1 if ht.two_launches(n) else 0)
+    assert torch.equal(got, ht.launch(x, True, False, 2, spec)[0])
+    signs = (torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(1)) * 2 - 1).half().to(DEVICE)
+    assert torch.equal(ht.signed(x, signs, spec), ht.launch(x, True, False, 2, spec, signs=signs)[0])
+
+
 @pytest.fixture
 def folded(monkeypatch):
     """Plans with 3 Sylvester bits folded into cores (``ROTAQUANT_HADAMARD_FOLD=3``), in caches of
@@ -154,8 +176,8 @@ def folded(monkeypatch):
 
 @pytest.mark.parametrize("n", [1536, 576, 5120, 896, 14336])
 def test_folded_core_plans_match_reference(folded, n):
-    """The tuning knob's plans (order 1536: a 96-order core and 16-wide Sylvester instead of 12 and
-    128) compute the same transform and fused quantization as the default plans."""
+    """The tuning knob's plans (order 1536: a 96-order core and 16-wide Sylvester instead of the
+    default 48 and 32) compute the same transform and fused quantization as the default plans."""
     if INTERPRET and n > 4096:
         pytest.skip("large orders take minutes in the interpreter")
     plan = folded.plan_for(n)

@@ -41,7 +41,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from rotaquant.kernels import ceil_div, on_device, pow2_at_least
-from rotaquant.kernels.fake_quant import rows_view
+from rotaquant.kernels.fake_quant import kernel_fake_quantize, rows_view
 from rotaquant.rotation.hadamard import core_matrix, hadamard_factorization, sylvester
 
 __all__ = ["Plan", "grid_divisor", "hadamard_autograd", "hadamard_fake_quant_autograd", "launch", "plan_for"]
@@ -286,12 +286,20 @@ class Plan:
 
 def _tuning() -> tuple[int, int, int, int]:
     """``(tile, warps, block, fold)`` overrides from ``ROTAQUANT_HADAMARD_TILE`` / ``_WARPS`` /
-    ``_BLOCK`` / ``_FOLD`` (0 = the default rule), read at import; for tuning sweeps, not for
-    everyday use. ``fold``: Sylvester bits folded into a core (``kron(C, S(fold))``), which trades
-    a wide Sylvester dot on split operands (order 1536 = 12 * 128: 2 x 128-wide bfloat16 dots a
-    value) for a wider core dot on the exact input (96 x 96 padded to 128, then 2 x 16-wide)."""
+    ``_BLOCK`` / ``_FOLD`` (0, or -1 for the fold, = the default rule), read at import; for tuning
+    sweeps, not for everyday use. ``fold``: Sylvester bits folded into a core (``kron(C, S(fold))``),
+    which trades a wide Sylvester dot on split operands (order 1536 = 12 * 128: 2 x 128-wide
+    bfloat16 dots a value) for a wider core dot on the exact input (48 x 48 padded to 64, then
+    32-wide); the default rule is :data:`FOLD_BY_CORE`."""
     env = os.environ
-    return tuple(int(env.get(f"ROTAQUANT_HADAMARD_{name}", 0)) for name in ("TILE", "WARPS", "BLOCK", "FOLD"))
+    names = ("TILE", "WARPS", "BLOCK", "FOLD")
+    return tuple(int(env.get(f"ROTAQUANT_HADAMARD_{name}", -1 if name == "FOLD" else 0)) for name in names)
+
+
+# Sylvester bits folded into a core of order m by default (the others: none). H200, 16384 x 1536
+# (12 * 128), the transform alone: 0.092 ms unfolded, 0.068 with 1 bit, 0.061 with 2; order 5120
+# (20 * 256) gained nothing (0.307 vs 0.314 ms); benchmarks/results/h200_stop22.md
+FOLD_BY_CORE = {12: 2}
 
 
 TUNING = _tuning()
@@ -305,6 +313,8 @@ def plan_for(n: int) -> Plan:
 @functools.lru_cache(maxsize=256)
 def _plan(n: int, tile: int, warps: int, block: int, fold: int = 0) -> Plan:
     m, k = hadamard_factorization(n)
+    if fold < 0:
+        fold = FOLD_BY_CORE.get(m, 0)
     if m > 1 and fold:  # fold Sylvester bits into the core (pure Sylvester orders keep theirs), keeping
         f = max(0, min(fold, k - 4))  # a Sylvester part of >= 16 and a core of one block
         while f and pow2_at_least(m << f, 16) > MAX_BLOCK:
@@ -541,14 +551,32 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def two_launches(n: int) -> bool:
+    """Whether fake quantization after the transform of order ``n`` runs as the transform, then
+    the fake-quant kernel (:mod:`rotaquant.kernels.quant_triton`), instead of one fused launch:
+    for orders with a core. The values are the same (the fused kernel rounds the transform to the
+    input dtype before quantizing), the time is not: on an H200, 16384 rows, per-token int4,
+    fused vs two launches: 0.202 vs 0.107 ms at 1536 = 12 * 128, 0.116 vs 0.068 at 576 = 36 * 16,
+    0.547 vs 0.497 at 5120 = 20 * 256, but 0.192 vs 0.201 at 4096 and 0.040 vs 0.054 at 64 (keys,
+    per-head groups), pure Sylvester orders (benchmarks/fused_quant_sweep.py, h200_stop22.md)."""
+    return plan_for(n).MP > 1
+
+
 def _rowwise(x: torch.Tensor, *args, signs: torch.Tensor | None = None) -> torch.Tensor:
     """``launch(rows of x, *args, signs=signs)`` (modes 0 and 2: one output row per input row)
-    shaped like ``x``.
+    shaped like ``x``; mode 2 where :func:`two_launches` as the transform, then the fake-quant
+    kernel.
 
     A dense layout whose rows are not one stride apart (queries and keys as transposed
     ``[batch, heads, seq, head_dim]`` views after RoPE) is processed in memory order and the
     output keeps ``x``'s strides, instead of a reshape copying ``x`` first."""
     n = x.shape[-1]
+    if len(args) > 2 and args[2] == 2 and two_launches(n):
+        normalize, transpose, _, spec = args
+        y = _rowwise(x, normalize, transpose, 0, None, signs=signs)
+        out = kernel_fake_quantize(y, spec)
+        if out is not None:  # None: a spec or backend setting the fake-quant kernel does not take
+            return out
     if not x.is_contiguous():
         rows = rows_view(x, n)
         if rows is not None:

@@ -26,9 +26,17 @@ from .hadamard_triton import _finish, grid_divisor, launch_cached
 __all__ = ["MAX_WIDTH", "launch_fake_quant"]
 
 MAX_WIDTH = 16384  # padded row width one program holds in registers
-TILE = 4096  # padded elements per program (R rows of W)
+# Padded elements per program (R rows of W) and warps: W / 1024 warps (2..8), one row per program
+# from W = 1024 up. The best of a 12-setting sweep on an H200 at 16384 rows (per-token int4; ms, new
+# rule vs the old 4096-element tile with 4 warps): 576 wide 0.027 vs 0.036, 1536 wide 0.041 vs
+# 0.046, 4096 and 5120 the same; 64-wide rows level (benchmarks/fused_quant_sweep.py, h200_stop22.md)
+TILE = 1024
 # (tile, warps) overrides for tuning sweeps (benchmarks/fused_quant_sweep.py), 0 = the default rule
 TUNING = tuple(int(os.environ.get(f"ROTAQUANT_FAKEQUANT_{name}", 0)) for name in ("TILE", "WARPS"))
+
+
+def _warps(w: int) -> int:
+    return min(8, max(2, w // 1024))
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -55,7 +63,7 @@ def launch_fake_quant(x2: torch.Tensor, out2: torch.Tensor, spec) -> None:
     w = pow2_at_least(g, 16)
     r = max(1, (TUNING[0] or TILE) // w)
     div, rcp = grid_divisor(spec)
-    warps = TUNING[1] or (4 if w <= 4096 else 8)
+    warps = TUNING[1] or _warps(w)
     grid = (ceil_div(rows, r),)
     args = (x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric, spec.qmin, spec.qmax,
             not _INTERPRET)
