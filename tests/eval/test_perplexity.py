@@ -100,6 +100,33 @@ def test_cuda_graph_default_follows_stages(monkeypatch):
     assert _graph_wanted(None, cuda, 4, plain)
 
 
+def test_capture_keeps_sdpa_causal_without_a_mask(monkeypatch):
+    """During the graph capture (simulated on this CPU: the stream reports capturing) the forward
+    pass still calls SDPA with ``is_causal`` and no mask, as eagerly; outside the context transformers
+    builds the full mask when capturing (what the graphed evaluation paid for), and its helpers are
+    restored after it."""
+    from transformers import masking_utils
+
+    from rotaquant.eval.perplexity import causal_mask_skip_in_capture
+
+    model, ids = tiny_model("llama"), torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
+    expected = model(input_ids=ids, use_cache=False).logits
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    helpers = (masking_utils.is_tracing, masking_utils.find_packed_sequence_indices)
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append((k.get("attn_mask"), k.get("is_causal"))) or sdpa(*a, **k))
+    model(input_ids=ids, use_cache=False)
+    assert calls and all(m is not None and not c for m, c in calls)  # capturing: a full mask, no is_causal
+    calls.clear()
+    with causal_mask_skip_in_capture():
+        assert not masking_utils.is_tracing() and masking_utils.is_tracing(torch.zeros(1)) is True
+        logits = model(input_ids=ids, use_cache=False).logits
+    assert (masking_utils.is_tracing, masking_utils.find_packed_sequence_indices) == helpers
+    assert len(calls) == model.config.num_hidden_layers and all(m is None and c for m, c in calls)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("family", ["llama", "qwen3"])

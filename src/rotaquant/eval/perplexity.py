@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -103,6 +104,47 @@ def _raise_non_finite(model: torch.nn.Module, batch: torch.Tensor, first_window:
 GRAPH_ENV = "ROTAQUANT_CUDA_GRAPH"  # "1" / "0": CUDA graphs on / off when the call does not say
 
 
+@contextlib.contextmanager
+def causal_mask_skip_in_capture():
+    """Let transformers call SDPA with ``is_causal`` and no mask while a CUDA graph is captured.
+
+    transformers (5.17 and 5.24 alike) counts a stream capture as tracing. It then keeps the
+    packed-sequence mask it derives from the position ids (deciding that it is not needed would
+    read the GPU, which a capture forbids) and, in 5.17, refuses the causal skip outright, so the
+    graph builds the full ``[B, 1, L, L]`` mask: attention took 295 us a layer instead of 108
+    (cuDNN with a mask), plus the mask's conversions and the grouped keys and values expanded,
+    ~170 ms of the evaluation's ~0.7 s of GPU time (H200, smollm2-135m, full WikiText-2 test,
+    batch 8; benchmarks/results/h200_stop22.md). Perplexity windows are one unpadded sequence a
+    row, passed without a mask, so for the duration of the capture (1) its position-id check
+    answers "not packed" and (2) its ``is_tracing`` answers a call without a tensor (the padding
+    mask check) as outside the capture; calls about a tensor, compilation and jit tracing are
+    answered as before. A transformers without these helpers is left as it is."""
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        masking_utils = None
+    originals = {name: getattr(masking_utils, name, None) for name in ("is_tracing", "find_packed_sequence_indices")}
+    patches = {}
+    if originals["is_tracing"] is not None:
+        traced = originals["is_tracing"]
+
+        def is_tracing(tensor=None):
+            if tensor is None:
+                return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
+            return traced(tensor)
+
+        patches["is_tracing"] = is_tracing
+    if originals["find_packed_sequence_indices"] is not None:
+        patches["find_packed_sequence_indices"] = lambda position_ids: None
+    for name, fn in patches.items():
+        setattr(masking_utils, name, fn)
+    try:
+        yield
+    finally:
+        for name in patches:
+            setattr(masking_utils, name, originals[name])
+
+
 class _GraphedNLL:
     """:func:`window_nll` of one batch shape, captured once as a CUDA graph and replayed.
 
@@ -112,10 +154,11 @@ class _GraphedNLL:
     loop is GPU-bound (0.855 s eager, 0.892 s graphed) while the W4A4KV4 fake-quantized one, with
     ~10 stage launches per layer, is not (1.857 s eager, 1.223 s graphed; stop 21), hence the
     default of :func:`_graph_wanted`. (In stop 19, with a sync per batch still in the loop, the
-    capture made both slower.) The first batch runs eagerly on the capture stream
-    (its result is used: it is the warm-up Triton autotuning and cuBLAS need), the others replay
-    the graph on a static copy of their tokens; the same kernels run, so the values are the eager
-    ones (tested on the GPU).
+    capture made both slower.) Those graphed figures still paid for a causal mask transformers
+    builds during a capture (:func:`causal_mask_skip_in_capture` since stop 22). The first batch
+    runs eagerly on the capture stream (its result is used: it is the warm-up Triton autotuning
+    and cuBLAS need), the others replay the graph on a static copy of their tokens; the same
+    kernels run, so the values are the eager ones (tested on the GPU).
     """
 
     def __init__(self, model: torch.nn.Module, first: torch.Tensor):
@@ -126,7 +169,7 @@ class _GraphedNLL:
         torch.cuda.current_stream(first.device).wait_stream(self.stream)
         self.static_in = first.clone()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=self.stream):
+        with causal_mask_skip_in_capture(), torch.cuda.graph(self.graph, stream=self.stream):
             self.static_out = window_nll(model, self.static_in)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
