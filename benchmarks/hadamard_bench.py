@@ -2,13 +2,16 @@
 
 Columns (ms per call, median of ``--runs`` runs of ``--reps`` back-to-back calls, CUDA events):
 ``copy`` (``x.clone()``), ``dense`` (``x @ H.T`` with a precomputed normalised matrix),
-``reference`` (rotaquant's torch path), ``triton`` (rotaquant's kernel), ``fht``
+``reference`` (rotaquant's torch path), ``triton`` (rotaquant's kernel, asked for by name:
+the full dispatch every call), ``auto`` (``hadamard_transform(x)``, the default call a model
+makes: after the first call of a kind, the fast path of
+:func:`rotaquant.kernels.hadamard_triton.fast_transform`), ``fht``
 (fast-hadamard-transform, when importable and it has a kernel for ``n``: powers of two and
 12/20/28/40 times a power of two; its 12/20/28/40 cores are its own matrices, so only its speed
 is comparable), ``int4`` (fused Hadamard + per-token symmetric int4 codes and scales),
 ``int4_fake`` (fused Hadamard + int4 quantize-dequantize), ``unfused`` (kernel transform, then
 the torch quantizer), and ``graph`` (the kernel replayed from a CUDA graph, rows <= 16: the
-launch-overhead-free time).  ``host_copy`` / ``host_triton``: the host's wall-clock ms per call
+launch-overhead-free time).  ``host_copy`` / ``host_triton`` / ``host_auto``: the host's wall-clock ms per call
 while the GPU queue is not full (no synchronisation between the calls): where a column's CUDA-event
 time equals its host time, that call is bound by the Python/launch path, not by the GPU.
 Orders with no Hadamard construction are skipped and listed.
@@ -103,6 +106,7 @@ def bench_one(rows: int, n: int, dtype: torch.dtype, reps: int, runs: int) -> di
         cols["dense"] = lambda: x @ ht
     if triton_available():
         cols["triton"] = lambda: hadamard_transform(x, backend="triton")
+        cols["auto"] = lambda: hadamard_transform(x)  # the default call: the fast path after the first
         cols["int4"] = lambda: hadamard_quantize(x, INT4, backend="triton")
         cols["int4_fake"] = lambda: _fake(x)
         cols["unfused"] = lambda: unfused_int4(x)
@@ -117,7 +121,7 @@ def bench_one(rows: int, n: int, dtype: torch.dtype, reps: int, runs: int) -> di
             rec[name] = None
             rec.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:300]
             logger.warning("%s rows=%d n=%d: %s", name, rows, n, rec["errors"][name])
-    for name in ("copy", "triton"):
+    for name in ("copy", "triton", "auto"):
         if rec.get(name) is not None:
             rec[f"host_{name}"] = host_time(cols[name], reps, runs)
     if "triton" in cols and rows <= 16:
@@ -177,8 +181,8 @@ def fmt(v) -> str:
 
 
 def table(records: list[dict]) -> str:
-    cols = ["copy", "dense", "reference", "triton", "fht", "int4", "int4_fake", "unfused", "graph",
-            "host_copy", "host_triton", "triton/copy", "triton/fht", "int4/triton"]
+    cols = ["copy", "dense", "reference", "triton", "auto", "fht", "int4", "int4_fake", "unfused", "graph",
+            "host_copy", "host_triton", "host_auto", "triton/copy", "triton/fht", "int4/triton"]
     lines = ["| rows x n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in records:
         m, k = r["m_k"]
