@@ -83,7 +83,8 @@ def main() -> None:
     if args.pick:
         print(pick(args.out, *args.pick))
         return
-    tuning = {k: v for k, v in os.environ.items() if k.startswith(("ROTAQUANT_HADAMARD_", "ROTAQUANT_FAKEQUANT_"))}
+    tuning = {k: v for k, v in os.environ.items()
+              if k.startswith(("ROTAQUANT_HADAMARD_", "ROTAQUANT_FAKEQUANT_", "ROTAQUANT_QUANT_DIV"))}
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": git_commit(), "tuning": tuning}
     for shape in args.shapes.split(","):
         rows, n = map(int, shape.split("x"))

@@ -30,6 +30,7 @@
 #   newtests the GPU tests of stop 21's code that has not run on a GPU yet
 #   fusedsweep  tile/warp sweep of the fused Hadamard + quantizer and fake-quant kernels
 #   fusedeval   the evaluation with fusedsweep's fastest settings
+#   fmadiv   GPU tests and sweep of the quantizers' FMA division (ROTAQUANT_QUANT_DIV=fma)
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -159,9 +160,15 @@ for part in "$@"; do
       ( [ -n "$best" ] && export $best
         step evalbest 200 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
           --sections eval --json "$dir/pipeline_eval_best.json" ) ;;
+    fmadiv)  # the quantizers' FMA division (ROTAQUANT_QUANT_DIV=fma): GPU tests, then the sweep and the evaluation
+      ROTAQUANT_QUANT_DIV=fma step tests 240 python3 -m pytest -m gpu tests/kernels/test_fake_quant_triton.py \
+        tests/kernels/test_hadamard_triton.py tests/kernels/test_int8_linear.py -k "quant or fused or int8" -q -rf \
+        --tb=short -p no:cacheprovider
+      step sweep_ieee 60 python3 benchmarks/fused_quant_sweep.py --out "$dir/sweep.jsonl"
+      ROTAQUANT_QUANT_DIV=fma step sweep_fma 60 python3 benchmarks/fused_quant_sweep.py --out "$dir/sweep.jsonl" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval fmadiv)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

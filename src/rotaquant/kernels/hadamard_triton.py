@@ -130,6 +130,40 @@ def _sylvester_stages(z, P: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr,
     return y
 
 
+# How the quantizers divide by the grid's scale on the GPU: "ieee" (default), IEEE division per
+# element; "fma", one reciprocal per group and FMA corrections (:func:`quotient`). Read at import.
+QUANT_DIV_ENV = "ROTAQUANT_QUANT_DIV"
+_FMA_DIV = tl.constexpr(os.environ.get(QUANT_DIV_ENV, "ieee") == "fma")
+_RCP_MIN = tl.constexpr(2.0**-120)  # scales whose reciprocal is a normal float32 (the FMA path's range)
+_RCP_MAX = tl.constexpr(2.0**120)
+
+
+@triton.jit
+def quotient(v, scale, ON_GPU: tl.constexpr):
+    """``v / scale`` rounded to nearest float32, what torch's division gives (``scale`` broadcast
+    over ``v``). IEEE division per element (``div_rn``) by default. With
+    ``ROTAQUANT_QUANT_DIV=fma``, on the GPU, when every scale of the tile lies in ``[2^-120, 2^120]``:
+    the correctly rounded reciprocal ``r`` once per group, ``q = v r``, then two corrections
+    ``q += (v - scale q) r`` on FMAs (the remainder is exact in an FMA; once ``q`` is within an ulp
+    the correction rounds to the correctly rounded quotient, Markstein's theorem; checked in exact
+    arithmetic by tests/kernels/test_quotient.py): a multiply and four FMAs per element instead of
+    the division's reciprocal, refinement and range check. Off by default until timed and tested
+    on the GPU."""
+    if ON_GPU and _FMA_DIV:
+        flat = tl.ravel(scale)
+        if (tl.min(flat, axis=0) >= _RCP_MIN) & (tl.max(flat, axis=0) <= _RCP_MAX):
+            r = tl.broadcast_to(tl.math.div_rn(tl.zeros_like(scale) + 1.0, scale), v.shape)
+            neg = tl.broadcast_to(-scale, v.shape)
+            q = v * r
+            q = tl.fma(tl.fma(neg, q, v), r, q)
+            q = tl.fma(tl.fma(neg, q, v), r, q)
+        else:
+            q = tl.math.div_rn(v, scale)
+    else:
+        q = tl.math.div_rn(v, scale)
+    return q
+
+
 @triton.jit
 def grid_params(lo, hi, clip, rcp, div, SYM: tl.constexpr, QMAX: tl.constexpr, ON_GPU: tl.constexpr):
     """Scale and zero point of :func:`rotaquant.quant.quantizer.params_from_range` from groups'
@@ -186,7 +220,7 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
             lo = tl.minimum(tl.min(v, axis=2), 0.0)[:, :, None]
             hi = tl.maximum(tl.max(v, axis=2), 0.0)[:, :, None]
         scale, zero = grid_params(lo, hi, clip, rcp, div, SYM, QMAX, ON_GPU)  # broadcast over v
-        q = _rint(tl.math.div_rn(v, scale), ON_GPU) + zero
+        q = _rint(quotient(v, scale, ON_GPU), ON_GPU) + zero
         q = tl.minimum(tl.maximum(q, QMIN), QMAX)
         if MODE == 1:
             tl.store(codes_ptr + offs, tl.reshape(q, [R, W]).to(codes_ptr.dtype.element_ty), mask=msk)
