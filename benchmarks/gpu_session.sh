@@ -31,6 +31,7 @@
 #   fusedsweep  tile/warp sweep of the fused Hadamard + quantizer and fake-quant kernels
 #   fusedeval   the evaluation with fusedsweep's fastest settings
 #   fmadiv   GPU tests and sweep of the quantizers' FMA division (ROTAQUANT_QUANT_DIV=fma)
+#   w4tc     GPU tests and tile sweep of the W4A16 decode kernel's tc mode
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -166,9 +167,12 @@ for part in "$@"; do
         --tb=short -p no:cacheprovider
       step sweep_ieee 60 python3 benchmarks/fused_quant_sweep.py --out "$dir/sweep.jsonl"
       ROTAQUANT_QUANT_DIV=fma step sweep_fma 60 python3 benchmarks/fused_quant_sweep.py --out "$dir/sweep.jsonl" ;;
+    w4tc)  # the W4A16 decode kernel's "tc" mode (tensor cores on the codes; inline PTX unpacking): GPU tests, tiles
+      step tests 200 python3 -m pytest -m gpu tests/kernels/test_w4a16_triton.py -q -rf --tb=short -p no:cacheprovider
+      step sweep 200 python3 benchmarks/w4_decode_sweep.py --modes fast,tc --no-autotuned --json "$dir/w4_sweep.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval fmadiv)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval fmadiv w4tc)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done

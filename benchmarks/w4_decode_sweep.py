@@ -3,7 +3,7 @@
 Each measurement runs ``--copies`` different weights of one shape back to back inside one CUDA
 graph (more bytes than the L2 cache holds, as in a real model), so the time is what one linear
 costs in a decoder, launch gaps included. Rows: FP16 cuBLAS, then every tile of the split-K
-kernel (:mod:`rotaquant.kernels.w4a16_gemv`, modes ``dot`` and ``fast``) and the autotuned
+kernel (:mod:`rotaquant.kernels.w4a16_gemv`, modes ``fast``, ``tc`` and ``dot``) and the autotuned
 choice. Prints a table, writes JSON::
 
     python benchmarks/w4_decode_sweep.py --json benchmarks/results/w4_decode_sweep_h200.json
@@ -47,7 +47,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--copies", type=int, default=12)
     p.add_argument("--group", type=int, default=128)
-    p.add_argument("--modes", default="fast,dot")
+    p.add_argument("--modes", default="fast,tc,dot")
     p.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="out x in, comma-separated")
     p.add_argument("--no-autotuned", action="store_true", help="skip the autotuned rows (their tuning is slow)")
     p.add_argument("--tiles", default=None, help="only these tiles, BLOCK_N:SPLIT_K:UNROLL:warps, comma-separated "

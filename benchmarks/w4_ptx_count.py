@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 SIGNATURE = {"x_ptr": "*fp16", "w_ptr": "*u8", "s_ptr": "*fp32", "z_ptr": "*fp32", "y_ptr": "*fp16",
              "part_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32",
              "M_BUCKET": "i32", "K": "constexpr", "H": "constexpr", "PER_CHANNEL": "constexpr", "MODE": "constexpr",
-             "BM": "constexpr", "BLOCK_N": "constexpr", "SPLIT_K": "constexpr", "UNROLL": "constexpr"}
+             "BM": "constexpr", "BLOCK_N": "constexpr", "SPLIT_K": "constexpr", "UNROLL": "constexpr",
+             "ZP8": "constexpr"}
 ALIGNED = ("x_ptr", "w_ptr", "s_ptr", "z_ptr", "y_ptr", "part_ptr", "cnt_ptr", "N", "stride_xm", "stride_ym")
 
 
@@ -63,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split-k", type=int, default=8)
     p.add_argument("--unroll", type=int, default=1)
     p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--sym", action="store_true", help="symmetric codes (every zero point 8: the tc mode's short path)")
     p.add_argument("--ptx", type=Path, default=None, help="also write the PTX here")
     args = p.parse_args(argv)
     mode = w4a16_gemv._MODES[args.mode]
-    bm = 1 if mode else w4a16_gemv.BLOCK_M
+    bm = 1 if mode in w4a16_gemv._ONE_ROW else w4a16_gemv.BLOCK_M
     consts = {"K": args.k, "H": args.half, "PER_CHANNEL": False, "MODE": mode, "BM": bm, "BLOCK_N": args.block_n,
-              "SPLIT_K": args.split_k, "UNROLL": args.unroll}
+              "SPLIT_K": args.split_k, "UNROLL": args.unroll, "ZP8": args.sym}
     names = list(SIGNATURE)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ALIGNED}
     src = ASTSource(fn=w4a16_gemv._w4_mm_kernel, signature=SIGNATURE, constexprs=consts, attrs=attrs)

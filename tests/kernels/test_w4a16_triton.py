@@ -72,7 +72,7 @@ CONFIGS = [{"BLOCK_N": 16, "SPLIT_K": 1, "UNROLL": 1}, {"BLOCK_N": 16, "SPLIT_K"
 
 @pytest.mark.parametrize("rows", [1, 7, 16])
 @pytest.mark.parametrize("name", ["asym g64", "sym g128", "asym per-channel", "sym g32"])
-@pytest.mark.parametrize("mode", ["dot", "fma", "fast"])
+@pytest.mark.parametrize("mode", ["dot", "fma", "fast", "tc"])
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)), ids=lambda i: "split{SPLIT_K}-unroll{UNROLL}-n{BLOCK_N}".format(**CONFIGS[i]))
 def test_matmul_matches_reference(name, rows, mode, cfg):
     """Every split of K (uneven ones too: 9 groups of 64 in 576) gives the reference's values up to

@@ -10,6 +10,12 @@ the float32 scale and rounded to the activation dtype, that is
 :meth:`~rotaquant.quant.qlinear.QuantLinear.dequantize` bit for bit, so the result equals the
 reference path up to accumulation order.
 
+The ``tc`` mode goes further: the nibbles become the 16-bit floats ``M16 + u`` (one LOP3 per two,
+in inline PTX) that feed tensor-core dots directly, and each block's zero point and scale are
+applied to the dot's ``[rows, BLOCK_N]`` result instead of to every weight; with symmetric codes
+a packed FMA per two codes subtracts ``M16 + 8`` first. Compiled for sm_90, its main loop is 255
+SASS instructions per 64 weights a thread against the ``fast`` mode's 475 (not yet timed).
+
 Layout (built by :func:`pack_w4`; ``H`` = :func:`half_for`, half a group, or a K tile for per-
 channel scales): the input dim is cut into blocks of ``2H``; byte ``j`` of a block holds element
 ``j`` in its low nibble and element ``H + j`` in its high nibble (unsigned, ``u = code + 8``), so a
@@ -45,9 +51,16 @@ HALVES = (128, 64, 32, 16)  # block halves for per-channel scales (the largest w
 # "fma": one row at a time on the FMA units (the same rounded weights, float32 products);
 # "fast": one row on the FMA units with the float32 weights not rounded to the activation dtype
 # (the exact dequantized values: differs from the reference by that rounding, ~1e-4 relative);
+# "tc": tensor cores on the codes themselves, any rows: each block's dot of the activations with
+# the exact 16-bit floats M16 + u (u the unsigned code; M16 = 1024 for float16, 128 for bfloat16,
+# whose bits are 0x6400 / 0x4300 OR u: no conversion), then the block's zero point and scale
+# applied to the [rows, BLOCK_N] result, (dot - sum(x) (zp + M16)) * s: a nibble costs a mask, an
+# OR and its share of the dot instead of the per-weight subtract, multiply and FMA of "fast"
+# (the exact dequantized values again, float32 sums: ~1e-4 relative from the reference);
 # chosen by benchmarks/export_bench.py --parts linears
 DECODE_MODE = "dot"
-_MODES = {"dot": 0, "fma": 1, "fast": 2}
+_MODES = {"dot": 0, "fma": 1, "fast": 2, "tc": 3}
+_ONE_ROW = (1, 2)  # the modes that compute one row at a time (others: tiles of BLOCK_M rows)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAGIC = 8388608.0  # 2^23: float32 whose last mantissa bits hold an integer 0..2^23-1 exactly
 
@@ -81,14 +94,57 @@ def pack_w4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group:
     zc = zero.to(torch.float32) + (8 + MAGIC)  # exact: |zero + 8| < 2^8
     dev = codes.device
     return {"packed": packed, "half": h, "scale_t": scale.to(torch.float32).t().contiguous(),
-            "zc_t": zc.t().contiguous(),
+            "zc_t": zc.t().contiguous(), "zp8": bool((zero == 0).all()),  # symmetric codes: every zero point 8
             # one counter per output tile of the narrowest tiling (one tile of rows; w4a16_matmul adds
             # room for more rows); the program that finishes a tile resets its counter
             "counters": torch.zeros(-(-n // MIN_TILE_N), dtype=torch.int32, device=dev)}
 
 
+# Bytes b0..b3 of $4 (each two codes: element j low, H + j high) to eight 16-bit floats M16 + u:
+# $0 = (b0, b1) and $1 = (b2, b3) low nibbles, $2 / $3 the high ones, as float16/bfloat16 pairs
+# ({magic} = the bits of M16). prmt spreads two bytes into the two halves of a word, lop3
+# computes (t & 0x000F000F) | magic (LUT 0xEA = (a & b) | c).
+_UNPACK_ASM = """{{
+.reg .b32 t0, t1;
+prmt.b32 t0, $4, 0, 0x4140;
+prmt.b32 t1, $4, 0, 0x4342;
+lop3.b32 $0, t0, 0x000F000F, {magic:#x}, 0xEA;
+lop3.b32 $1, t1, 0x000F000F, {magic:#x}, 0xEA;
+shr.u32 t0, t0, 4;
+shr.u32 t1, t1, 4;
+lop3.b32 $2, t0, 0x000F000F, {magic:#x}, 0xEA;
+lop3.b32 $3, t1, 0x000F000F, {magic:#x}, 0xEA;
+}}"""
+
+# The same for symmetric codes (every zero point 8): each pair then minus (M16 + 8) in one packed
+# FMA, giving u - 8 = the signed code exactly ({one} / {neg}: the pairs 1.0 and -(M16 + 8)).
+_UNPACK_SYM_ASM = """{{
+.reg .b32 t0, t1, one, neg;
+mov.b32 one, {one:#x};
+mov.b32 neg, {neg:#x};
+prmt.b32 t0, $4, 0, 0x4140;
+prmt.b32 t1, $4, 0, 0x4342;
+lop3.b32 $0, t0, 0x000F000F, {magic:#x}, 0xEA;
+lop3.b32 $1, t1, 0x000F000F, {magic:#x}, 0xEA;
+fma.rn.{kind}x2 $0, $0, one, neg;
+fma.rn.{kind}x2 $1, $1, one, neg;
+shr.u32 t0, t0, 4;
+shr.u32 t1, t1, 4;
+lop3.b32 $2, t0, 0x000F000F, {magic:#x}, 0xEA;
+lop3.b32 $3, t1, 0x000F000F, {magic:#x}, 0xEA;
+fma.rn.{kind}x2 $2, $2, one, neg;
+fma.rn.{kind}x2 $3, $3, one, neg;
+}}"""
+
 if triton is not None:
     _MAGIC = tl.constexpr(MAGIC)  # a global a jitted function may read
+    _ASM = tl.constexpr(not _INTERPRET)  # inline PTX (the "tc" mode's unpacking) on the GPU only
+    _UNPACK_FP16 = tl.constexpr(_UNPACK_ASM.format(magic=0x64006400))  # M16 = 1024.0
+    _UNPACK_BF16 = tl.constexpr(_UNPACK_ASM.format(magic=0x43004300))  # M16 = 128.0
+    # -1032.0 = 0xE408 (float16), -136.0 = 0xC308 (bfloat16)
+    _UNPACK_SYM_FP16 = tl.constexpr(_UNPACK_SYM_ASM.format(magic=0x64006400, one=0x3C003C00, neg=0xE408E408, kind="f16"))
+    _UNPACK_SYM_BF16 = tl.constexpr(_UNPACK_SYM_ASM.format(magic=0x43004300, one=0x3F803F80, neg=0xC308C308,
+                                                           kind="bf16"))
 
     @triton.jit
     def _halves(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K: tl.constexpr, H: tl.constexpr,
@@ -108,9 +164,49 @@ if triton is not None:
         return (lo - z[:, None]) * s[:, None], (hi - z[:, None]) * s[:, None]
 
     @triton.jit
+    def _codes16(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K: tl.constexpr, H: tl.constexpr,
+                 PER_CHANNEL: tl.constexpr, s_pc, z_pc, live, DT: tl.constexpr, ZP8: tl.constexpr):
+        """Block ``blk`` of rows ``offs_n`` as the two halves of ``M16 + u`` in ``DT`` (float16 or
+        bfloat16, exact: the bits of M16 OR-ed with the nibble) ``[BLOCK_N, H]``, or with ``ZP8``
+        (every zero point 8: symmetric codes) of ``u - 8``, the signed codes; the block's scales
+        ``s`` and ``zp + M16`` (float32 ``[BLOCK_N]``; rows and blocks outside: scale 0)."""
+        offs_h = tl.arange(0, H)
+        ok = n_ok[:, None] & live
+        b = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * (K // 2) + blk * H + offs_h[None, :], mask=ok, other=0)
+        # four bytes an inline-PTX call: two byte permutes, two shifts, four LOP3s make eight codes;
+        # Triton's interpreter has no inline PTX: there the same bits by 16-bit integer operations
+        if DT == tl.bfloat16:
+            m16: tl.constexpr = 128.0
+            if _ASM:
+                lo, hi = tl.inline_asm_elementwise(_UNPACK_SYM_BF16 if ZP8 else _UNPACK_BF16, "=r,=r,=r,=r,r", [b],
+                                                   dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+            else:
+                lo = ((b & 0xF).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
+                hi = ((b >> 4).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
+                if ZP8:
+                    lo, hi = lo - 136.0, hi - 136.0  # exact: small integers
+        else:
+            m16: tl.constexpr = 1024.0
+            if _ASM:
+                lo, hi = tl.inline_asm_elementwise(_UNPACK_SYM_FP16 if ZP8 else _UNPACK_FP16, "=r,=r,=r,=r,r", [b],
+                                                   dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+            else:
+                lo = ((b & 0xF).to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
+                hi = ((b >> 4).to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
+                if ZP8:
+                    lo, hi = (lo - 1032.0).to(tl.float16), (hi - 1032.0).to(tl.float16)
+        if PER_CHANNEL:
+            s, z = s_pc, z_pc
+        else:
+            s = tl.load(s_ptr + blk * N + offs_n, mask=n_ok & live, other=0.0)
+            z = tl.load(z_ptr + blk * N + offs_n, mask=n_ok & live, other=_MAGIC)
+        return lo, hi, s, (z - _MAGIC) + m16  # z holds 2^23 + zp: both steps exact
+
+    @triton.jit
     def _w4_mm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, part_ptr, cnt_ptr, M, N, stride_xm, stride_ym, M_BUCKET,
                       K: tl.constexpr, H: tl.constexpr, PER_CHANNEL: tl.constexpr, MODE: tl.constexpr,
-                      BM: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, UNROLL: tl.constexpr):
+                      BM: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, UNROLL: tl.constexpr,
+                      ZP8: tl.constexpr = False):
         """Program ``(n, s, m)``: rows ``m`` (``BM`` of them) x outputs ``n`` over split ``s`` of K."""
         pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         offs_m = pid_m * BM + tl.arange(0, BM)
@@ -121,7 +217,7 @@ if triton is not None:
         STEPS: tl.constexpr = (NB + SPLIT_K * UNROLL - 1) // (SPLIT_K * UNROLL)
         s_pc = tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)  # per-channel scales (unused otherwise)
         z_pc = tl.load(z_ptr + offs_n, mask=n_ok, other=_MAGIC)
-        if MODE == 0:
+        if MODE == 0 or MODE == 3:
             acc = tl.zeros((BM, BLOCK_N), dtype=tl.float32)
         else:
             acc2 = tl.zeros((BLOCK_N, H), dtype=tl.float32)
@@ -130,20 +226,32 @@ if triton is not None:
             for u in tl.static_range(UNROLL):
                 blk = (pid_s * STEPS + step) * UNROLL + u
                 live = blk < NB
-                w_lo, w_hi = _halves(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K, H, PER_CHANNEL, s_pc, z_pc, live)
                 xm = m_ok[:, None] & live
                 x_lo = tl.load(x_row + blk * (2 * H) + offs_h[None, :], mask=xm, other=0.0)
                 x_hi = tl.load(x_row + blk * (2 * H) + H + offs_h[None, :], mask=xm, other=0.0)
+                if MODE == 3:
+                    c_lo, c_hi, s_b, zq = _codes16(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K, H, PER_CHANNEL,
+                                                   s_pc, z_pc, live, x_lo.dtype, ZP8)
+                    d = tl.dot(x_lo, tl.trans(c_lo), tl.zeros((BM, BLOCK_N), dtype=tl.float32))
+                    d = tl.dot(x_hi, tl.trans(c_hi), d)  # products exact
+                    if ZP8:  # d = sum x (u - 8)
+                        acc += d * s_b[None, :]
+                    else:  # d = sum x (M16 + u)
+                        xs = tl.sum(x_lo.to(tl.float32), axis=1) + tl.sum(x_hi.to(tl.float32), axis=1)
+                        acc += (d - xs[:, None] * zq[None, :]) * s_b[None, :]
+                else:
+                    w_lo, w_hi = _halves(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K, H, PER_CHANNEL, s_pc, z_pc,
+                                         live)
                 if MODE == 0:
                     acc = tl.dot(x_lo, tl.trans(w_lo.to(x_lo.dtype)), acc)
                     acc = tl.dot(x_hi, tl.trans(w_hi.to(x_hi.dtype)), acc)
                 elif MODE == 1:  # BM == 1: products of the rounded weights in float32 (exact), summed at the end
                     acc2 += w_lo.to(x_lo.dtype).to(tl.float32) * x_lo.to(tl.float32)
                     acc2 += w_hi.to(x_hi.dtype).to(tl.float32) * x_hi.to(tl.float32)
-                else:  # BM == 1, the float32 weights unrounded: no conversion per weight at all
+                elif MODE == 2:  # BM == 1, the float32 weights unrounded: no conversion per weight at all
                     acc2 += w_lo * x_lo.to(tl.float32)
                     acc2 += w_hi * x_hi.to(tl.float32)
-        if MODE != 0:
+        if MODE == 1 or MODE == 2:
             acc = tl.sum(acc2, axis=1)[None, :]
         out_ok = m_ok[:, None] & n_ok[None, :]
         y_offs = offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
@@ -217,8 +325,8 @@ def w4_dequantize(ops: dict, dtype: torch.dtype) -> torch.Tensor:
 
 def w4a16_matmul(x2: torch.Tensor, ops: dict, mode: str | None = None, config: dict | None = None) -> torch.Tensor:
     """``x2 @ W^T`` for ``x2`` ``[M, K]`` (fp16/bf16, CUDA; few rows) and the :func:`pack_w4`
-    operands ``ops`` of ``W`` ``[N, K]``. ``mode``: ``dot`` or ``fma`` (one row only; else
-    ``dot``), default :data:`DECODE_MODE`. ``config``: a fixed tile (keys ``BLOCK_N``,
+    operands ``ops`` of ``W`` ``[N, K]``. ``mode``: ``dot``, ``tc``, or ``fma`` / ``fast`` (one
+    row only; ``dot`` for more), default :data:`DECODE_MODE`. ``config``: a fixed tile (keys ``BLOCK_N``,
     ``SPLIT_K``, ``UNROLL``, ``num_warps``) instead of the autotuned one (tests, the interpreter)."""
     m, k = x2.shape
     n, _, h, per_channel = _dims(ops)
@@ -226,15 +334,17 @@ def w4a16_matmul(x2: torch.Tensor, ops: dict, mode: str | None = None, config: d
     y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     if m == 0:
         return y
-    code = _MODES[mode or DECODE_MODE] if m == 1 else 0
-    bm = 1 if code else BLOCK_M
+    code = _MODES[mode or DECODE_MODE]
+    if m > 1 and code in _ONE_ROW:
+        code = 0
+    bm = 1 if code in _ONE_ROW else BLOCK_M
     parts = torch.empty(MAX_SPLIT, m, n, dtype=torch.float32, device=x2.device)
     m_tiles = ceil_div(m, bm)
     if m_tiles * ceil_div(n, MIN_TILE_N) > ops["counters"].numel():
         ops["counters"] = torch.zeros(m_tiles * ceil_div(n, MIN_TILE_N), dtype=torch.int32, device=x2.device)
     args = (x2, ops["packed"], ops["scale_t"], ops["zc_t"], y, parts, ops["counters"], m, n, x2.stride(0),
             y.stride(0), min(pow2_at_least(m), 64))
-    consts = {"K": k, "H": h, "PER_CHANNEL": per_channel, "MODE": code, "BM": bm}
+    consts = {"K": k, "H": h, "PER_CHANNEL": per_channel, "MODE": code, "BM": bm, "ZP8": bool(ops.get("zp8"))}
     if config is None and not _INTERPRET:
         grid = lambda meta: (ceil_div(n, meta["BLOCK_N"]), meta["SPLIT_K"], m_tiles)  # noqa: E731
         _w4_mm_tuned[grid](*args, **consts)
