@@ -12,9 +12,11 @@ reference path up to accumulation order.
 
 The ``tc`` mode goes further: the nibbles become the 16-bit floats ``M16 + u`` (one LOP3 per two,
 in inline PTX) that feed tensor-core dots directly, and each block's zero point and scale are
-applied to the dot's ``[rows, BLOCK_N]`` result instead of to every weight; with symmetric codes
-a packed FMA per two codes subtracts ``M16 + 8`` first. Compiled for sm_90, its main loop is 255
-SASS instructions per 64 weights a thread against the ``fast`` mode's 475 (not yet timed).
+applied to the dot's ``[rows, BLOCK_N]`` result instead of to every weight (the sums of ``x`` the
+zero point needs come from a second dot, on a tile of ones); with symmetric codes a packed FMA
+per two codes subtracts ``M16 + 8`` first and no zero-point term is left. Compiled for sm_90, its
+main loop is 255 (symmetric) / 276 (asymmetric) SASS instructions per 64 weights a thread against
+the ``fast`` mode's 475 (not yet timed).
 
 Layout (built by :func:`pack_w4`; ``H`` = :func:`half_for`, half a group, or a K tile for per-
 channel scales): the input dim is cut into blocks of ``2H``; byte ``j`` of a block holds element
@@ -219,6 +221,8 @@ if triton is not None:
         z_pc = tl.load(z_ptr + offs_n, mask=n_ok, other=_MAGIC)
         if MODE == 0 or MODE == 3:
             acc = tl.zeros((BM, BLOCK_N), dtype=tl.float32)
+            if MODE == 3 and not ZP8:
+                ones = tl.full((H, BLOCK_N), 1.0, x_ptr.dtype.element_ty)
         else:
             acc2 = tl.zeros((BLOCK_N, H), dtype=tl.float32)
         x_row = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
@@ -236,9 +240,10 @@ if triton is not None:
                     d = tl.dot(x_hi, tl.trans(c_hi), d)  # products exact
                     if ZP8:  # d = sum x (u - 8)
                         acc += d * s_b[None, :]
-                    else:  # d = sum x (M16 + u)
-                        xs = tl.sum(x_lo.to(tl.float32), axis=1) + tl.sum(x_hi.to(tl.float32), axis=1)
-                        acc += (d - xs[:, None] * zq[None, :]) * s_b[None, :]
+                    else:  # d = sum x (M16 + u); the sums of x from the tensor cores too, on a tile of ones
+                        xs = tl.dot(x_lo, ones, tl.zeros((BM, BLOCK_N), dtype=tl.float32))
+                        xs = tl.dot(x_hi, ones, xs)
+                        acc += (d - xs * zq[None, :]) * s_b[None, :]
                 else:
                     w_lo, w_hi = _halves(w_ptr, s_ptr, z_ptr, offs_n, n_ok, blk, N, K, H, PER_CHANNEL, s_pc, z_pc,
                                          live)
