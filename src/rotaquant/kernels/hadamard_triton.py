@@ -596,28 +596,26 @@ def two_launches(n: int) -> bool:
     return plan_for(n).MP > 1
 
 
-def _rowwise(x: torch.Tensor, *args, signs: torch.Tensor | None = None) -> torch.Tensor:
-    """``launch(rows of x, *args, signs=signs)`` (modes 0 and 2: one output row per input row)
-    shaped like ``x``; mode 2 where :func:`two_launches` as the transform, then the fake-quant
-    kernel.
+def _rowwise(x: torch.Tensor, normalize: bool, transpose: bool = False, mode: int = 0, spec=None,
+             signs: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`launch` on the rows of ``x`` (modes 0 and 2: one output row per input row), shaped
+    like ``x``; mode 2 where :func:`two_launches` as the transform, then the fake-quant kernel.
 
     A dense layout whose rows are not one stride apart (queries and keys as transposed
     ``[batch, heads, seq, head_dim]`` views after RoPE) is processed in memory order and the
     output keeps ``x``'s strides, instead of a reshape copying ``x`` first."""
     n = x.shape[-1]
-    if len(args) > 2 and args[2] == 2 and two_launches(n):
-        normalize, transpose, _, spec = args
-        y = _rowwise(x, normalize, transpose, 0, None, signs=signs)
-        out = kernel_fake_quantize(y, spec)
+    if mode == 2 and two_launches(n):
+        out = kernel_fake_quantize(_rowwise(x, normalize, transpose, signs=signs), spec)
         if out is not None:  # None: a spec or backend setting the fake-quant kernel does not take
             return out
     if not x.is_contiguous():
         rows = rows_view(x, n)
         if rows is not None:
             out = torch.empty_like(x)  # same strides: dense and non-overlapping like x
-            launch(rows, *args, out=rows_view(out, n), signs=signs)
+            launch(rows, normalize, transpose, mode, spec, out=rows_view(out, n), signs=signs)
             return out
-    return launch(_as_rows(x), *args, signs=signs)[0].reshape(x.shape)
+    return launch(_as_rows(x), normalize, transpose, mode, spec, signs=signs)[0].reshape(x.shape)
 
 
 def signed(x: torch.Tensor, signs: torch.Tensor, spec=None) -> torch.Tensor:
