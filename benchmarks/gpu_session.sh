@@ -32,6 +32,7 @@
 #   fusedeval   the evaluation with fusedsweep's fastest settings
 #   fmadiv   GPU tests and sweep of the quantizers' FMA division (ROTAQUANT_QUANT_DIV=fma)
 #   w4tc     GPU tests and tile sweep of the W4A16 decode kernel's tc mode
+#   evalnext the evaluation after the in-graph mask fix; evaluation and learning with SDPA's cuDNN backend off
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -170,9 +171,14 @@ for part in "$@"; do
     w4tc)  # the W4A16 decode kernel's "tc" mode (tensor cores on the codes; inline PTX unpacking): GPU tests, tiles
       step tests 200 python3 -m pytest -m gpu tests/kernels/test_w4a16_triton.py -q -rf --tb=short -p no:cacheprovider
       step sweep 200 python3 benchmarks/w4_decode_sweep.py --modes fast,tc --no-autotuned --json "$dir/w4_sweep.json" ;;
+    evalnext)  # stop 22's open questions: the graphed evaluation without the in-graph mask; SDPA without cuDNN
+      step eval 230 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 --sections eval \
+        --json "$dir/pipeline_eval.json"
+      step eval_nocudnn 230 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
+        --sections eval learn --no-cudnn-sdpa --json "$dir/pipeline_eval_learn_nocudnn.json" ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval fmadiv w4tc)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval fmadiv w4tc evalnext)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done
