@@ -42,9 +42,10 @@ def layers(x: torch.Tensor) -> dict:
     hadamard_transform(x)  # compile
     st = ht._setup(n, x.dtype, True, 0, None)
     core = x if st.core_dtype is None else ht._core_operand(n, False, st.core_dtype, x.device)
-    args = (x, out, core, x, x, x, x, rows, n, st.groups, n, n, st.norm, st.clip, st.rcp, st.div, *st.consts)
+    syl = ht._sylvester_table(x.dtype, x.device)
+    args = (x, out, core, x, x, x, x, syl, rows, n, st.groups, n, n, st.norm, st.clip, st.rcp, st.div, *st.consts)
     key = (id(st), False, False, n % 16 == 0)
-    aligned = tuple(p.data_ptr() % 16 == 0 for p in (x, out, core, x, x, x, x))
+    aligned = tuple(p.data_ptr() % 16 == 0 for p in (x, out, core, x, x, x, x, syl))
     kernel = ht._COMPILED.get((ht._hadamard_kernel, key, aligned, x.device.index))
     grid = (ht.ceil_div(rows, st.plan.R), st.plan.blocks)
     stream = ht._raw_stream(x.device.index)
@@ -55,7 +56,7 @@ def layers(x: torch.Tensor) -> dict:
         "hadamard_triton.transform": lambda: ht.transform(x, True),
         "hadamard_triton.launch(out=)": lambda: ht.launch(x, True, out=out),
         "launch_cached (packed args)": lambda: ht.launch_cached(ht._hadamard_kernel, grid, args, st.plan.num_warps,
-                                                                (x, out, core, x, x, x, x), key),
+                                                                (x, out, core, x, x, x, x, syl), key),
         "torch.cuda.current_device": torch.cuda.current_device,
         "_raw_stream": lambda: ht._raw_stream(x.device.index),
     }

@@ -4,8 +4,8 @@ Imported only when Triton is available (see :mod:`rotaquant.kernels`).
 
 One program loads ``R`` whole rows once, transforms them in registers and writes them once.
 With ``n = m * 2**k`` the matrix is ``kron(C, S1, S2)``: ``C`` the ``m x m`` core (``m`` padded to
-a power of two, at least 16) and ``S1, S2`` Sylvester factors of at most 128 (generated in the
-kernel from ``(-1) ** popcount(i & j)``).  Each factor is one ``tl.dot`` on a reshaped view of
+a power of two, at least 16) and ``S1, S2`` Sylvester factors of at most 128 (read from a small
+table of +-1 in the dot's operand dtype, which L1 serves).  Each factor is one ``tl.dot`` on a reshaped view of
 the tile; between dots the tile is permuted so the next axis to contract is the last one.  When
 ``k < 4`` the small Sylvester part is folded into the core.  A core too large for one dot
 (padded order above 256) is applied in blocks of output columns, each finished and written
@@ -66,16 +66,21 @@ SPLIT_DTYPE = torch.float16 if _INTERPRET else torch.bfloat16
 _SPLIT_TL = tl.float16 if _INTERPRET else tl.bfloat16
 
 
+# The Sylvester factors (order <= SYL) come from a table in memory, not computed per program: the
+# popcount parity, int-to-float and float conversions of a 64 x 64 factor were about 20 of the 24.5
+# SASS instructions per element of the 16384 x 4096 transform (compiled for sm_90 offline, stop 22)
+SYL = 128  # the largest factor a plan uses (kernels.MAX_SYLVESTER_BITS = 14: two factors of <= 128)
+
 # -- device code ----------------------------------------------------------------------------
+_SYL = tl.constexpr(SYL)
+
+
 @triton.jit
-def _sylvester_block(F: tl.constexpr):
-    """The ``F x F`` Sylvester matrix ``(-1) ** popcount(i & j)`` (F <= 256) as float32."""
+def _sylvester_block(syl_ptr, T: tl.constexpr, F: tl.constexpr, DT: tl.constexpr):
+    """The ``F x F`` Sylvester matrix (``F <= SYL``, the top-left block of the order-``SYL`` one) in
+    ``DT`` from table ``T`` of ``syl_ptr`` (int16 bits of +-1, see :func:`_sylvester_table`)."""
     i = tl.arange(0, F)
-    p = i[:, None] & i[None, :]
-    p = p ^ (p >> 4)
-    p = p ^ (p >> 2)
-    p = p ^ (p >> 1)
-    return (1 - 2 * (p & 1)).to(tl.float32)
+    return tl.load(syl_ptr + T * _SYL * _SYL + i[:, None] * _SYL + i[None, :]).to(DT, bitcast=True)
 
 
 @triton.jit
@@ -108,23 +113,24 @@ def _dot_split(a, b, acc, NSPLIT: tl.constexpr):
 
 @triton.jit
 def _sylvester_stages(z, P: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr,
-                      NS1: tl.constexpr, NS2: tl.constexpr, SPLIT_DT: tl.constexpr):
+                      NS1: tl.constexpr, NS2: tl.constexpr, SPLIT_DT: tl.constexpr, syl_ptr, T1: tl.constexpr):
     """Apply ``kron(S(F1), S(F2))`` to the last dim of ``z`` ``[P, F1 * F2]``; float32 result.
 
     ``NS1 == 1`` means ``z`` is exact in its own (16-bit) dtype, so the first dot runs on it
-    directly; otherwise operands are split into ``SPLIT_DT`` (bfloat16) parts.
+    directly; otherwise operands are split into ``SPLIT_DT`` (bfloat16) parts. The first dot's
+    factor comes from table ``T1`` (in its operand dtype), the second's from table 1 (``SPLIT_DT``).
     """
     if NS1 == 1:
         dt1 = z.dtype
     else:
         dt1 = SPLIT_DT
     if F2 == 1:
-        y = _dot_split(z, _sylvester_block(F1).to(dt1), tl.zeros([P, F1], tl.float32), NS1)
+        y = _dot_split(z, _sylvester_block(syl_ptr, T1, F1, dt1), tl.zeros([P, F1], tl.float32), NS1)
     else:
         y = tl.reshape(z, [P * F1, F2])
-        y = _dot_split(y, _sylvester_block(F2).to(dt1), tl.zeros([P * F1, F2], tl.float32), NS1)
+        y = _dot_split(y, _sylvester_block(syl_ptr, T1, F2, dt1), tl.zeros([P * F1, F2], tl.float32), NS1)
         y = tl.reshape(tl.permute(tl.reshape(y, [P, F1, F2]), (0, 2, 1)), [P * F2, F1])
-        s1 = _sylvester_block(F1).to(SPLIT_DT)
+        s1 = _sylvester_block(syl_ptr, 1, F1, SPLIT_DT)
         y = _dot_split(y, s1, tl.zeros([P * F2, F1], tl.float32), NS2)
         y = tl.reshape(tl.permute(tl.reshape(y, [P, F2, F1]), (0, 2, 1)), [P, F1 * F2])
     return y
@@ -235,7 +241,7 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
 
 
 @triton.jit(do_not_specialize=["rows", "stride_x"])
-def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr, signs_ptr,
+def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr, signs_ptr, syl_ptr,
                      rows, n, G, stride_x, stride_o, norm, clip, rcp, div,
                      M: tl.constexpr, MP: tl.constexpr, MK: tl.constexpr, IB: tl.constexpr, KB: tl.constexpr,
                      H: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr, R: tl.constexpr,
@@ -253,7 +259,7 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr, s
         xt = tl.load(x_ptr + rows64[:, None] * stride_x + jj[None, :], mask=rmask[:, None], other=0.0)
         if SIGNS:
             xt = xt * tl.load(signs_ptr + jj)[None, :]
-        y = _sylvester_stages(xt, R, F1, F2, NS_IN, NS, SPLIT_DT)
+        y = _sylvester_stages(xt, R, F1, F2, NS_IN, NS, SPLIT_DT, syl_ptr, 0)
         _finish(y, rr, rmask, 0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, zero_ptr, norm, clip,
                 rcp, div, R, H, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
     elif H == 1:  # core only (small Sylvester parts are folded into it): the tile is [R, IB]
@@ -285,7 +291,7 @@ def _hadamard_kernel(x_ptr, out_ptr, core_ptr, codes_ptr, scale_ptr, zero_ptr, s
             c = tl.load(core_ptr + kk[:, None] * MP + ii[None, :])
             acc = _dot_split(xt, c, acc, NS_IN)
         z = tl.reshape(tl.permute(tl.reshape(acc, [R, H, IB]), (0, 2, 1)), [R * IB, H])
-        y = tl.reshape(_sylvester_stages(z, R * IB, F1, F2, NS, NS, SPLIT_DT), [R, IB * H])
+        y = tl.reshape(_sylvester_stages(z, R * IB, F1, F2, NS, NS, SPLIT_DT, syl_ptr, 1), [R, IB * H])
         _finish(y, rr, rmask, tl.program_id(1) * IB * H, n, G, out_ptr, stride_o, codes_ptr,
                 scale_ptr, zero_ptr, norm, clip, rcp, div, R, IB * H, MODE, SYM, QMIN, QMAX, GP, ON_GPU)
 
@@ -359,6 +365,8 @@ def _plan(n: int, tile: int, warps: int, block: int, fold: int = 0) -> Plan:
     else:
         M, H = m, 1 << k
         F1, F2 = (H, 1) if k <= 7 else (1 << (k - k // 2), 1 << (k // 2))
+    if max(F1, F2) > SYL:
+        raise ValueError(f"order {n}: a Sylvester factor of {max(F1, F2)} exceeds the kernel's {SYL}")
     if M == 1 and H > 1:
         MP = IB = KB = MK = 1
         need = 1 if F2 > 1 else 16  # the single-factor dot has R rows
@@ -397,6 +405,16 @@ def _core_operand(n: int, transpose: bool, dtype: torch.dtype, device: torch.dev
     b = torch.zeros(plan.MP, plan.MP, dtype=torch.float64)
     b[: plan.M, : plan.M] = core if transpose else core.T
     return b.to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _sylvester_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The kernel's Sylvester factors for inputs of ``dtype``: ``[2, SYL, SYL]`` int16, the bits of
+    the order-``SYL`` Sylvester matrix (+-1, exact in every float format) in the first dot's operand
+    dtype (``dtype`` for float16/bfloat16 inputs, else the split dtype), then in the split dtype."""
+    first = dtype if dtype in (torch.float16, torch.bfloat16) else SPLIT_DTYPE
+    s = sylvester(SYL.bit_length() - 1)
+    return torch.stack([s.to(first).view(torch.int16), s.to(SPLIT_DTYPE).view(torch.int16)]).to(device)
 
 
 # Compiled kernels by everything Triton specialises on (constexprs, dtypes, 16-byte alignment):
@@ -490,6 +508,7 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
     if signs is not None and (signs.shape != (n,) or signs.dtype != x2.dtype or signs.stride() != (1,)):
         raise ValueError(f"launch: signs must be a contiguous [{n}] tensor in {x2.dtype}")
     core = x2 if st.core_dtype is None else _core_operand(n, transpose, st.core_dtype, x2.device)
+    syl = _sylvester_table(x2.dtype, x2.device)
     codes = scale = zero = x2  # placeholders for the pointers a mode does not use
     if mode == 1:
         codes = torch.empty(rows, n, dtype=torch.int8 if st.sym else torch.uint8, device=x2.device)
@@ -502,7 +521,7 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
         raise ValueError(f"launch: out must be [{rows}, {n}] with row stride {n} in {x2.dtype}")
     if rows:
         stride = x2.stride(0)
-        ptrs = (x2, out, core, codes, scale, zero, x2 if signs is None else signs)  # x2: placeholder, no signs
+        ptrs = (x2, out, core, codes, scale, zero, x2 if signs is None else signs, syl)  # x2: placeholders
         args = (*ptrs, rows, n, st.groups, stride, n, st.norm, st.clip, st.rcp, st.div, *st.consts)
         key = (id(st), rows >= 2**31, stride >= 2**31, stride % 16 == 0)  # st lives as long as the process
         grid = (ceil_div(rows, st.plan.R), st.plan.blocks)
@@ -512,7 +531,7 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
             ready = (n, x2.dtype, bool(normalize), x2.device.index)
             if ready not in _READY:  # later contiguous calls of this kind take fast_transform
                 _READY[ready] = _Ready(kernel.run, kernel.function, kernel.packed_metadata,
-                                       None if st.core_dtype is None else core, st.plan.R, st.plan.blocks,
+                                       None if st.core_dtype is None else core, syl, st.plan.R, st.plan.blocks,
                                        args[len(ptrs) + 1:])
     if mode == 1:
         return codes, scale, zero
@@ -522,13 +541,14 @@ def launch(x2: torch.Tensor, normalize: bool, transpose: bool = False, mode: int
 @dataclass(frozen=True)
 class _Ready:
     """A plain transform's launch after its first direct one: the compiled kernel's entry points,
-    the core operand (None without a core: the input stands in, as in :func:`launch`), the row
-    tile, the output blocks and the arguments after ``rows``."""
+    the core operand (None without a core: the input stands in, as in :func:`launch`), the
+    Sylvester table, the row tile, the output blocks and the arguments after ``rows``."""
 
     run: object
     function: object
     metadata: object
     core: torch.Tensor | None
+    syl: torch.Tensor
     R: int
     blocks: int
     tail: tuple
@@ -556,7 +576,8 @@ def fast_transform(x: torch.Tensor, normalize: bool) -> torch.Tensor | None:
     if out.data_ptr() % 16:
         return None
     ready.run(ceil_div(rows, ready.R), ready.blocks, 1, _raw_stream(index), ready.function, ready.metadata,
-              None, None, None, x, out, x if ready.core is None else ready.core, x, x, x, x, rows, *ready.tail)
+              None, None, None, x, out, x if ready.core is None else ready.core, x, x, x, x, ready.syl, rows,
+              *ready.tail)
     return out
 
 
