@@ -33,6 +33,7 @@
 #   fmadiv   GPU tests and sweep of the quantizers' FMA division (ROTAQUANT_QUANT_DIV=fma)
 #   w4tc     GPU tests and tile sweep of the W4A16 decode kernel's tc mode
 #   evalnext the evaluation after the in-graph mask fix; evaluation and learning with SDPA's cuDNN backend off
+#   ncuhad   ncu --set full on the Hadamard kernel at 16384 x 1536
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -176,9 +177,12 @@ for part in "$@"; do
         --json "$dir/pipeline_eval.json"
       step eval_nocudnn 230 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
         --sections eval learn --no-cudnn-sdpa --json "$dir/pipeline_eval_learn_nocudnn.json" ;;
+    ncuhad)  # Nsight Compute on the Hadamard kernel at 16384 x 1536 (12.6 SASS per element cannot explain 61 us)
+      step ncu 240 ncu --clock-control none --kernel-name _hadamard_kernel --launch-skip 6 --launch-count 1 --set full \
+        python3 benchmarks/hadamard_bench.py --rows 16384 --sizes 1536 --runs 1 --reps 2 ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval fmadiv w4tc evalnext)"; continue ;;
+    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval fmadiv w4tc evalnext ncuhad)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done
