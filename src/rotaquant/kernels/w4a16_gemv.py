@@ -186,7 +186,7 @@ if triton is not None:
                 lo = ((b & 0xF).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
                 hi = ((b >> 4).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
                 if ZP8:
-                    lo, hi = lo - 136.0, hi - 136.0  # exact: small integers
+                    lo, hi = (lo - 136.0).to(tl.bfloat16), (hi - 136.0).to(tl.bfloat16)  # exact: small integers
         else:
             m16: tl.constexpr = 1024.0
             if _ASM:
