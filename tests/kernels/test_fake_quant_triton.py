@@ -29,7 +29,7 @@ SPECS = {
     "int3 full g48": QuantSpec(3, group_size=48, sym_grid="full"),
     "int2 asym": QuantSpec(2, symmetric=False),
 }
-WIDTHS = [576, 1536, 64, 96]
+WIDTHS = [576, 1536, 64, 96, 100, 3000]  # rows in 2, 2, 1, 2, 3 (last padded) and 4 parts (row_parts)
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if ON_GPU else [])
 
 
@@ -62,6 +62,20 @@ def test_kernel_equals_reference(name, n, dtype, monkeypatch):
     ref = _reference(x, spec, monkeypatch)
     assert got.dtype == dtype and got.shape == x.shape
     assert torch.equal(got, ref), f"{(got != ref).sum().item()} elements differ"
+
+
+def test_row_parts_and_a_range_set_by_the_last_part(monkeypatch):
+    """Rows are cut into at most four power-of-two parts (the last padded); the range of a row is
+    every part's: its extreme values placed in the last part give the reference's values."""
+    from rotaquant.kernels.quant_triton import row_parts
+
+    assert row_parts(576) == (512, 64, 0, 0) and row_parts(11008) == (8192, 2048, 512, 256)
+    assert row_parts(3000) == (2048, 512, 256, 256) and row_parts(17) == (16, 16, 0, 0)
+    for spec in (QuantSpec(4), QuantSpec(4, symmetric=False)):
+        x = _input(8, 3000, torch.float16, seed=5)
+        x[3:, -5] = 30.0  # the last part (columns 2816.. of 3000) holds each row's maximum
+        x[5:, -1] = -40.0  # and its minimum
+        assert torch.equal(kernel_fake_quantize(x, spec, backend="triton"), _reference(x, spec, monkeypatch))
 
 
 def test_strided_kv_layout_keeps_strides(monkeypatch):

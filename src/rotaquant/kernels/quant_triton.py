@@ -4,11 +4,12 @@ Imported only when Triton is available (see :mod:`rotaquant.kernels`).
 
 Each row of ``[rows, g]`` is one quantization group (a token, a token's group, or a head's
 ``head_dim``): the host views the tensor's memory as such rows (see
-:func:`rotaquant.kernels.fake_quant.rows_view`).  A program loads ``R`` rows padded with zeros
-to the power of two ``W >= g``; the padding changes neither ``max|x|`` nor the asymmetric range,
-which is widened to contain 0 anyway.  The grid arithmetic is the fused Hadamard kernel's
-:func:`~rotaquant.kernels.hadamard_triton._finish` (IEEE division, round half to even, the
-reciprocal torch's CUDA division by a Python number uses), which equals
+:func:`rotaquant.kernels.fake_quant.rows_view`).  A program loads ``R`` rows in power-of-two
+parts (:func:`row_parts`: 576 = 512 + 64, no lanes spent on padding), the last part padded with
+zeros where needed; the padding changes neither ``max|x|`` nor the asymmetric range, which is
+widened to contain 0 anyway.  The grid arithmetic is the fused Hadamard kernel's
+(:func:`~rotaquant.kernels.hadamard_triton.grid_params`, :func:`~rotaquant.kernels.hadamard_triton.quotient`,
+round half to even, the reciprocal torch's CUDA division by a Python number uses), which equals
 :func:`rotaquant.quant.quantizer.fake_quantize` bit for bit.
 """
 
@@ -21,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import ceil_div, on_device, pow2_at_least
-from .hadamard_triton import _finish, grid_divisor, launch_cached
+from .hadamard_triton import _rint, grid_divisor, grid_params, launch_cached, quotient
 
 __all__ = ["MAX_WIDTH", "launch_fake_quant"]
 
@@ -40,18 +41,72 @@ def _warps(w: int) -> int:
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+MAX_PARTS = 4  # a row is cut into at most this many power-of-two parts
+
+
+def row_parts(g: int) -> tuple[int, ...]:
+    """``g`` as descending powers of two (at least 16), at most :data:`MAX_PARTS` of them, the last
+    rounded up (its columns past ``g`` masked) when more would be needed; zeros fill the tuple.
+
+    A row is loaded and quantized part by part, so a 576-wide row costs 512 + 64 lanes instead of
+    1024 (1536 = 1024 + 512, 5120 = 4096 + 1024, 11008 = 8192 + 2048 + 512 + 256)."""
+    parts, rest = [], g
+    while rest >= 16 and len(parts) < MAX_PARTS - 1:
+        p = 1 << (rest.bit_length() - 1)
+        parts.append(p)
+        rest -= p
+    if rest:
+        parts.append(pow2_at_least(rest, 16))
+    return tuple(parts) + (0,) * (MAX_PARTS - len(parts))
+
+
+@triton.jit
+def _load_part(x_ptr, rows64, rmask, c0, g, W: tl.constexpr):
+    cols = c0 + tl.arange(0, W)
+    x = tl.load(x_ptr + rows64[:, None] * g + cols[None, :], mask=rmask[:, None] & (cols < g)[None, :], other=0.0)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _store_part(out_ptr, v, scale, zero, rows64, rmask, c0, g, W: tl.constexpr, QMIN: tl.constexpr,
+                QMAX: tl.constexpr, ON_GPU: tl.constexpr):
+    """Quantize-dequantize ``v`` ``[R, W]`` (columns ``c0 + [0, W)``) on the rows' grids and store it."""
+    q = _rint(quotient(v, scale[:, None], ON_GPU), ON_GPU) + zero[:, None]
+    q = tl.minimum(tl.maximum(q, QMIN), QMAX)
+    cols = c0 + tl.arange(0, W)
+    tl.store(out_ptr + rows64[:, None] * g + cols[None, :], ((q - zero[:, None]) * scale[:, None]).to(
+        out_ptr.dtype.element_ty), mask=rmask[:, None] & (cols < g)[None, :])
+
+
 @triton.jit(do_not_specialize=["rows"])
-def _fake_quant_kernel(x_ptr, out_ptr, rows, g, clip, rcp, div, R: tl.constexpr, W: tl.constexpr,
-                       SYM: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, ON_GPU: tl.constexpr):
-    """Program ``i``: rows ``[i R, (i + 1) R)`` of ``g`` contiguous elements each."""
+def _fake_quant_kernel(x_ptr, out_ptr, rows, g, clip, rcp, div, R: tl.constexpr, W1: tl.constexpr,
+                       W2: tl.constexpr, W3: tl.constexpr, W4: tl.constexpr, SYM: tl.constexpr,
+                       QMIN: tl.constexpr, QMAX: tl.constexpr, ON_GPU: tl.constexpr):
+    """Program ``i``: rows ``[i R, (i + 1) R)`` of ``g`` contiguous elements each, in the parts
+    ``W1..W4`` of :func:`row_parts` (0: absent). The range of a row covers every part and 0."""
     rr = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rr < rows
-    cols = tl.arange(0, W)
-    offs = rr.to(tl.int64)[:, None] * g + cols[None, :]
-    x = tl.load(x_ptr + offs, mask=rmask[:, None] & (cols < g)[None, :], other=0.0)
-    # MODE 2 (quantize-dequantize), one group per row; norm 1.0 keeps x exactly
-    _finish(x.to(tl.float32), rr, rmask, 0, g, 1, out_ptr, g, out_ptr, out_ptr, out_ptr, 1.0, clip, rcp, div,
-            R, W, 2, SYM, QMIN, QMAX, W, ON_GPU)
+    rows64 = rr.to(tl.int64)
+    v1 = _load_part(x_ptr, rows64, rmask, 0, g, W1)
+    lo = tl.minimum(tl.min(v1, axis=1), 0.0)
+    hi = tl.maximum(tl.max(v1, axis=1), 0.0)
+    if W2 > 0:
+        v2 = _load_part(x_ptr, rows64, rmask, W1, g, W2)
+        lo, hi = tl.minimum(lo, tl.min(v2, axis=1)), tl.maximum(hi, tl.max(v2, axis=1))
+    if W3 > 0:
+        v3 = _load_part(x_ptr, rows64, rmask, W1 + W2, g, W3)
+        lo, hi = tl.minimum(lo, tl.min(v3, axis=1)), tl.maximum(hi, tl.max(v3, axis=1))
+    if W4 > 0:
+        v4 = _load_part(x_ptr, rows64, rmask, W1 + W2 + W3, g, W4)
+        lo, hi = tl.minimum(lo, tl.min(v4, axis=1)), tl.maximum(hi, tl.max(v4, axis=1))
+    scale, zero = grid_params(lo, hi, clip, rcp, div, SYM, QMAX, ON_GPU)
+    _store_part(out_ptr, v1, scale, zero, rows64, rmask, 0, g, W1, QMIN, QMAX, ON_GPU)
+    if W2 > 0:
+        _store_part(out_ptr, v2, scale, zero, rows64, rmask, W1, g, W2, QMIN, QMAX, ON_GPU)
+    if W3 > 0:
+        _store_part(out_ptr, v3, scale, zero, rows64, rmask, W1 + W2, g, W3, QMIN, QMAX, ON_GPU)
+    if W4 > 0:
+        _store_part(out_ptr, v4, scale, zero, rows64, rmask, W1 + W2 + W3, g, W4, QMIN, QMAX, ON_GPU)
 
 
 def launch_fake_quant(x2: torch.Tensor, out2: torch.Tensor, spec) -> None:
@@ -60,15 +115,16 @@ def launch_fake_quant(x2: torch.Tensor, out2: torch.Tensor, spec) -> None:
     rows, g = x2.shape
     if rows == 0:
         return
-    w = pow2_at_least(g, 16)
-    r = max(1, (TUNING[0] or TILE) // w)
+    parts = row_parts(g)
+    w = sum(parts)
+    r = 1 << (max(1, (TUNING[0] or TILE) // w).bit_length() - 1)  # rows per program: a power of two
     div, rcp = grid_divisor(spec)
-    warps = TUNING[1] or _warps(w)
+    warps = TUNING[1] or _warps(pow2_at_least(w))
     grid = (ceil_div(rows, r),)
-    args = (x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, w, spec.symmetric, spec.qmin, spec.qmax,
+    args = (x2, out2, rows, g, float(spec.clip_ratio), rcp, div, r, *parts, spec.symmetric, spec.qmin, spec.qmax,
             not _INTERPRET)
     # g is specialised (divisible by 16, equal to 1, 32/64-bit); rows is not, but its width is
-    key = (x2.dtype, out2.dtype, r, w, spec.symmetric, spec.qmin, spec.qmax, warps, g % 16 == 0, g == 1,
+    key = (x2.dtype, out2.dtype, r, parts, spec.symmetric, spec.qmin, spec.qmax, warps, g % 16 == 0, g == 1,
            rows >= 2**31)
     with on_device(x2.device):
         launch_cached(_fake_quant_kernel, grid, args, warps, (x2, out2), key)
