@@ -27,10 +27,12 @@ from .hadamard_triton import _rint, grid_divisor, grid_params, launch_cached, qu
 __all__ = ["MAX_WIDTH", "launch_fake_quant"]
 
 MAX_WIDTH = 16384  # padded row width one program holds in registers
-# Padded elements per program (R rows of W) and warps: W / 1024 warps (2..8), one row per program
-# from W = 1024 up. The best of a 12-setting sweep on an H200 at 16384 rows (per-token int4; ms, new
-# rule vs the old 4096-element tile with 4 warps): 576 wide 0.027 vs 0.036, 1536 wide 0.041 vs
-# 0.046, 4096 and 5120 the same; 64-wide rows level (benchmarks/fused_quant_sweep.py, h200_stop22.md)
+# Elements per program (R rows of the row parts' width W, R a power of two) and warps: W / 1024
+# warps (W rounded up to a power of two; 2..8), one row per program from W = 1024 up. The best of
+# a 12-setting sweep on an H200 at 16384 rows with the single padded tile of before the row parts
+# (per-token int4; ms, this rule vs a 4096-element tile with 4 warps): 576 wide 0.027 vs 0.036,
+# 1536 wide 0.041 vs 0.046, 4096 and 5120 the same; 64-wide rows level
+# (benchmarks/fused_quant_sweep.py, h200_stop22.md)
 TILE = 1024
 # (tile, warps) overrides for tuning sweeps (benchmarks/fused_quant_sweep.py), 0 = the default rule
 TUNING = tuple(int(os.environ.get(f"ROTAQUANT_FAKEQUANT_{name}", 0)) for name in ("TILE", "WARPS"))
@@ -38,6 +40,8 @@ TUNING = tuple(int(os.environ.get(f"ROTAQUANT_FAKEQUANT_{name}", 0)) for name in
 
 def _warps(w: int) -> int:
     return min(8, max(2, w // 1024))
+
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
