@@ -146,13 +146,15 @@ def test_fake_quant_dispatch_two_launches_for_core_orders(monkeypatch, n, spec):
     from rotaquant.kernels import quant_triton
 
     monkeypatch.setenv("ROTAQUANT_QUANT_BACKEND", "triton")  # the interpreter's CPU tensors take the kernel too
-    assert ht.two_launches(n) == (hadamard_factorization(n)[0] > 1)
+    monkeypatch.setattr(ht, "TWO_LAUNCH_ROWS", ROWS[-1])  # the test's rows count as many
+    assert not ht.two_launches(n, ROWS[-1] - 1)  # few rows (decode): one launch, the host's time counts
+    assert ht.two_launches(n, ROWS[-1]) == (hadamard_factorization(n)[0] > 1)
     calls = []
     launch_fq = quant_triton.launch_fake_quant
     monkeypatch.setattr(quant_triton, "launch_fake_quant", lambda *a: calls.append(a) or launch_fq(*a))
     x = (torch.randn(ROWS[-1], n, generator=torch.Generator().manual_seed(n)) * 2).half().to(DEVICE)
     got = ht.hadamard_fake_quant_autograd(x, spec)
-    assert len(calls) == (1 if ht.two_launches(n) else 0)
+    assert len(calls) == (1 if ht.two_launches(n, ROWS[-1]) else 0)
     assert torch.equal(got, ht.launch(x, True, False, 2, spec)[0])
     signs = (torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(1)) * 2 - 1).half().to(DEVICE)
     assert torch.equal(ht.signed(x, signs, spec), ht.launch(x, True, False, 2, spec, signs=signs)[0])

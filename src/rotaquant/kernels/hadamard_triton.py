@@ -606,15 +606,21 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def two_launches(n: int) -> bool:
-    """Whether fake quantization after the transform of order ``n`` runs as the transform, then
-    the fake-quant kernel (:mod:`rotaquant.kernels.quant_triton`), instead of one fused launch:
-    for orders with a core. The values are the same (the fused kernel rounds the transform to the
-    input dtype before quantizing), the time is not: on an H200, 16384 rows, per-token int4,
-    fused vs two launches: 0.202 vs 0.107 ms at 1536 = 12 * 128, 0.116 vs 0.068 at 576 = 36 * 16,
-    0.547 vs 0.497 at 5120 = 20 * 256, but 0.192 vs 0.201 at 4096 and 0.040 vs 0.054 at 64 (keys,
-    per-head groups), pure Sylvester orders (benchmarks/fused_quant_sweep.py, h200_stop22.md)."""
-    return plan_for(n).MP > 1
+TWO_LAUNCH_ROWS = 4096  # fewer rows: one fused launch, whatever the order (see two_launches)
+
+
+def two_launches(n: int, rows: int) -> bool:
+    """Whether fake quantization after the transform of order ``n`` on ``rows`` rows runs as the
+    transform, then the fake-quant kernel (:mod:`rotaquant.kernels.quant_triton`), instead of one
+    fused launch: for orders with a core, from :data:`TWO_LAUNCH_ROWS` rows. The values are the
+    same (the fused kernel rounds the transform to the input dtype before quantizing), the time is
+    not: on an H200, 16384 rows, per-token int4, fused vs two launches: 0.202 vs 0.107 ms at 1536 =
+    12 * 128, 0.116 vs 0.068 at 576 = 36 * 16, 0.547 vs 0.497 at 5120 = 20 * 256, but 0.192 vs 0.201
+    at 4096 and 0.040 vs 0.054 at 64 (keys, per-head groups), pure Sylvester orders
+    (benchmarks/fused_quant_sweep.py, h200_stop22.md). At decode sizes the GPU time is a few
+    microseconds either way and the host's is what counts: 16 x 1536 costs the host 33 us as two
+    launches against 12 us fused (benchmarks/launch_overhead.py on this CPU)."""
+    return rows >= TWO_LAUNCH_ROWS and plan_for(n).MP > 1
 
 
 def _rowwise(x: torch.Tensor, normalize: bool, transpose: bool = False, mode: int = 0, spec=None,
@@ -626,7 +632,7 @@ def _rowwise(x: torch.Tensor, normalize: bool, transpose: bool = False, mode: in
     ``[batch, heads, seq, head_dim]`` views after RoPE) is processed in memory order and the
     output keeps ``x``'s strides, instead of a reshape copying ``x`` first."""
     n = x.shape[-1]
-    if mode == 2 and two_launches(n):
+    if mode == 2 and two_launches(n, x.numel() // max(n, 1)):
         out = kernel_fake_quantize(_rowwise(x, normalize, transpose, signs=signs), spec)
         if out is not None:  # None: a spec or backend setting the fake-quant kernel does not take
             return out
