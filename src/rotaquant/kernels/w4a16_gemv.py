@@ -175,28 +175,23 @@ if triton is not None:
         offs_h = tl.arange(0, H)
         ok = n_ok[:, None] & live
         b = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * (K // 2) + blk * H + offs_h[None, :], mask=ok, other=0)
-        # four bytes an inline-PTX call: two byte permutes, two shifts, four LOP3s make eight codes;
-        # Triton's interpreter has no inline PTX: there the same bits by 16-bit integer operations
         if DT == tl.bfloat16:
+            dt = tl.bfloat16
+            bits: tl.constexpr = 0x4300  # 128.0
             m16: tl.constexpr = 128.0
-            if _ASM:
-                lo, hi = tl.inline_asm_elementwise(_UNPACK_SYM_BF16 if ZP8 else _UNPACK_BF16, "=r,=r,=r,=r,r", [b],
-                                                   dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-            else:
-                lo = ((b & 0xF).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
-                hi = ((b >> 4).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
-                if ZP8:
-                    lo, hi = (lo - 136.0).to(tl.bfloat16), (hi - 136.0).to(tl.bfloat16)  # exact: small integers
+            asm: tl.constexpr = _UNPACK_SYM_BF16 if ZP8 else _UNPACK_BF16
         else:
+            dt = tl.float16
+            bits: tl.constexpr = 0x6400  # 1024.0
             m16: tl.constexpr = 1024.0
-            if _ASM:
-                lo, hi = tl.inline_asm_elementwise(_UNPACK_SYM_FP16 if ZP8 else _UNPACK_FP16, "=r,=r,=r,=r,r", [b],
-                                                   dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
-            else:
-                lo = ((b & 0xF).to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
-                hi = ((b >> 4).to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
-                if ZP8:
-                    lo, hi = (lo - 1032.0).to(tl.float16), (hi - 1032.0).to(tl.float16)
+            asm: tl.constexpr = _UNPACK_SYM_FP16 if ZP8 else _UNPACK_FP16
+        if _ASM:  # four bytes a call: two byte permutes, two shifts, four LOP3s make eight codes
+            lo, hi = tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,r", [b], dtype=(dt, dt), is_pure=True, pack=4)
+        else:  # Triton's interpreter has no inline PTX: the same bits by 16-bit integer operations
+            lo = ((b & 0xF).to(tl.int16) | bits).to(dt, bitcast=True)
+            hi = ((b >> 4).to(tl.int16) | bits).to(dt, bitcast=True)
+            if ZP8:
+                lo, hi = (lo - (m16 + 8.0)).to(dt), (hi - (m16 + 8.0)).to(dt)  # exact: small integers
         if PER_CHANNEL:
             s, z = s_pc, z_pc
         else:
