@@ -171,6 +171,14 @@ def quotient(v, scale, ON_GPU: tl.constexpr):
 
 
 @triton.jit
+def grid_codes(v, scale, zero, QMIN: tl.constexpr, QMAX: tl.constexpr, ON_GPU: tl.constexpr):
+    """The codes of ``v`` on the grid ``(scale, zero)`` (broadcast over ``v``), as float32:
+    ``clamp(round_half_even(v / scale) + zero, QMIN, QMAX)``, the quantizer's operation order."""
+    q = _rint(quotient(v, scale, ON_GPU), ON_GPU) + zero
+    return tl.minimum(tl.maximum(q, QMIN), QMAX)
+
+
+@triton.jit
 def grid_params(lo, hi, clip, rcp, div, SYM: tl.constexpr, QMAX: tl.constexpr, ON_GPU: tl.constexpr):
     """Scale and zero point of :func:`rotaquant.quant.quantizer.params_from_range` from groups'
     ranges ``lo <= 0 <= hi`` (any shape), clipped by ``clip``, in torch's operation order.
@@ -226,8 +234,7 @@ def _finish(y, rr, rmask, col0, n, G, out_ptr, stride_o, codes_ptr, scale_ptr, z
             lo = tl.minimum(tl.min(v, axis=2), 0.0)[:, :, None]
             hi = tl.maximum(tl.max(v, axis=2), 0.0)[:, :, None]
         scale, zero = grid_params(lo, hi, clip, rcp, div, SYM, QMAX, ON_GPU)  # broadcast over v
-        q = _rint(quotient(v, scale, ON_GPU), ON_GPU) + zero
-        q = tl.minimum(tl.maximum(q, QMIN), QMAX)
+        q = grid_codes(v, scale, zero, QMIN, QMAX, ON_GPU)
         if MODE == 1:
             tl.store(codes_ptr + offs, tl.reshape(q, [R, W]).to(codes_ptr.dtype.element_ty), mask=msk)
             groups = col0 // GP + tl.arange(0, NG)

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from . import ceil_div, on_device, pow2_at_least
-from .hadamard_triton import _rint, grid_divisor, grid_params, quotient
+from .hadamard_triton import grid_codes, grid_divisor, grid_params
 
 __all__ = ["INT8_GEMM", "MAX_TILE", "int8_epilogue", "int8_linear", "int8_quantize", "quantize_rows"]
 
@@ -77,8 +77,7 @@ def _quant_rows_kernel(x_ptr, codes_ptr, scale_ptr, zero_ptr, sum_ptr, rows, row
     for c in range(0, NCHUNK):
         if NCHUNK > 1:  # one chunk: the tile of pass 1 is still in registers
             v = _load_chunk(x_ptr, rows64, stride_x, live, c * BK, K, BK)
-        q = _rint(quotient(v, scale[:, None], ON_GPU), ON_GPU) + zero[:, None]
-        q = tl.minimum(tl.maximum(q, QMIN), QMAX).to(tl.int32) - OFF
+        q = grid_codes(v, scale[:, None], zero[:, None], QMIN, QMAX, ON_GPU).to(tl.int32) - OFF
         q = tl.where(live[:, None], q, 0)
         cols = c * BK + tl.arange(0, BK)
         total += tl.sum(tl.where((cols < K)[None, :], q, 0), axis=1)

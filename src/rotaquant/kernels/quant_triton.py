@@ -8,13 +8,14 @@ Each row of ``[rows, g]`` is one quantization group (a token, a token's group, o
 parts (:func:`row_parts`: 576 = 512 + 64, no lanes spent on padding), the last part padded with
 zeros where needed; the padding changes neither ``max|x|`` nor the asymmetric range, which is
 widened to contain 0 anyway.  The grid arithmetic is the fused Hadamard kernel's
-(:func:`~rotaquant.kernels.hadamard_triton.grid_params`, :func:`~rotaquant.kernels.hadamard_triton.quotient`,
+(:func:`~rotaquant.kernels.hadamard_triton.grid_params`, :func:`~rotaquant.kernels.hadamard_triton.grid_codes`,
 round half to even, the reciprocal torch's CUDA division by a Python number uses), which equals
 :func:`rotaquant.quant.quantizer.fake_quantize` bit for bit.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -22,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import ceil_div, on_device, pow2_at_least
-from .hadamard_triton import _rint, grid_divisor, grid_params, launch_cached, quotient
+from .hadamard_triton import grid_codes, grid_divisor, grid_params, launch_cached
 
 __all__ = ["MAX_WIDTH", "launch_fake_quant"]
 
@@ -48,6 +49,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_PARTS = 4  # a row is cut into at most this many power-of-two parts
 
 
+@functools.lru_cache(maxsize=256)  # every fake-quant launch asks
 def row_parts(g: int) -> tuple[int, ...]:
     """``g`` as descending powers of two (at least 16), at most :data:`MAX_PARTS` of them, the last
     rounded up (its columns past ``g`` masked) when more would be needed; zeros fill the tuple.
@@ -75,8 +77,7 @@ def _load_part(x_ptr, rows64, rmask, c0, g, W: tl.constexpr):
 def _store_part(out_ptr, v, scale, zero, rows64, rmask, c0, g, W: tl.constexpr, QMIN: tl.constexpr,
                 QMAX: tl.constexpr, ON_GPU: tl.constexpr):
     """Quantize-dequantize ``v`` ``[R, W]`` (columns ``c0 + [0, W)``) on the rows' grids and store it."""
-    q = _rint(quotient(v, scale[:, None], ON_GPU), ON_GPU) + zero[:, None]
-    q = tl.minimum(tl.maximum(q, QMIN), QMAX)
+    q = grid_codes(v, scale[:, None], zero[:, None], QMIN, QMAX, ON_GPU)
     cols = c0 + tl.arange(0, W)
     tl.store(out_ptr + rows64[:, None] * g + cols[None, :], ((q - zero[:, None]) * scale[:, None]).to(
         out_ptr.dtype.element_ty), mask=rmask[:, None] & (cols < g)[None, :])
