@@ -73,3 +73,9 @@ def median_seconds(fn, device: torch.device, reps: int, runs: int, warmup: int =
                 fn()
             times.append((time.perf_counter() - t) / reps)
     return statistics.median(times)
+
+
+def cuda_ms(fn, reps: int, runs: int, warmup: int = 3) -> float:
+    """Milliseconds per call on the current CUDA device: :func:`median_seconds` with CUDA events."""
+    return 1e3 * median_seconds(fn, torch.device("cuda"), reps, runs, warmup=warmup)
+

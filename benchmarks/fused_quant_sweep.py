@@ -21,7 +21,7 @@ import json
 import os
 
 import torch
-from bench_common import git_commit, median_seconds
+from bench_common import cuda_ms, git_commit
 
 from rotaquant.kernels import hadamard_fake_quantize
 from rotaquant.kernels.fake_quant import kernel_fake_quantize
@@ -29,10 +29,6 @@ from rotaquant.quant.quantizer import QuantSpec
 from rotaquant.rotation.transform import hadamard_transform
 
 SHAPES = ("16384x1536", "16384x576", "147456x64", "49152x64", "16384x4096", "16384x5120")
-
-
-def timed(fn) -> float:
-    return 1e3 * median_seconds(fn, torch.device("cuda"), 50, 5, warmup=3)
 
 
 def sweep_one(rows: int, n: int, spec: QuantSpec) -> dict:
@@ -48,7 +44,7 @@ def sweep_one(rows: int, n: int, spec: QuantSpec) -> dict:
     }
     for name, fn in cols.items():
         try:
-            rec[name] = timed(fn)
+            rec[name] = cuda_ms(fn, 50, 5)
         except Exception as exc:  # a setting a kernel cannot compile (too many registers) loses its column only
             rec[name] = None
             rec.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:300]

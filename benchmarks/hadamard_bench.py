@@ -33,7 +33,7 @@ import sys
 import tempfile
 
 import torch
-from bench_common import git_commit, host_seconds, median_seconds
+from bench_common import cuda_ms, git_commit, host_seconds
 
 from rotaquant.kernels import hadamard_quantize, triton_available
 from rotaquant.quant.quantizer import QuantSpec, quant_params, quantize_to_int, to_groups
@@ -49,7 +49,7 @@ INT4 = QuantSpec(bits=4)
 
 def cuda_time(fn, reps: int, runs: int) -> float:
     """Median over ``runs`` of the mean ms per call of ``reps`` back-to-back calls (3 warm-up calls)."""
-    return 1e3 * median_seconds(fn, torch.device("cuda"), reps, runs, warmup=3)
+    return cuda_ms(fn, reps, runs)
 
 
 def host_time(fn, reps: int, runs: int) -> float:
