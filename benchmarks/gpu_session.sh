@@ -10,6 +10,7 @@
 # $OUT/PART.tgz: the device returns at most 8 files from $OUT (a run that wrote more lost its
 # seed results on 2026-12-03). Each step has its own timeout, so a slow step costs only itself.
 #   check    GPU kernel tests (GPTQ/W4A16/int8/fake-quant kernels vs their torch references)
+#   checkpar check + the w4tc and fmadiv GPU tests, four concurrent processes (one ~8-minute call)
 #   speed    pipeline_bench eval + learn with op profiles, and the 7B-layer GPTQ section
 #   export   export_bench: the LLaMA-7B layer's linears, the 7B-shaped model, SmolLM2
 #   seeds    seed_sweep default vs noclip (3 seeds), the llm-compressor parity rows
@@ -60,6 +61,19 @@ for part in "$@"; do
         -q -rf --tb=short -p no:cacheprovider
       step w4_qlinear 270 python3 -m pytest -m gpu tests/kernels/test_w4a16_triton.py tests/quant/test_qlinear.py \
         tests/eval/test_perplexity.py -k "not flex" -q -rf --tb=short -p no:cacheprovider ;;
+    checkpar)  # check + the w4tc and fmadiv GPU tests as four concurrent processes (correctness only: the
+      # steps are bound by Triton's compiles on the host, so four fit in the time of one; nothing here is timed)
+      step kernels 480 python3 -m pytest -m gpu tests/kernels --ignore=tests/kernels/test_w4a16_triton.py -k "not flex" \
+        -q -rf --tb=short -p no:cacheprovider > "$dir/kernels.sum" &
+      step w4_qlinear 480 python3 -m pytest -m gpu tests/quant/test_qlinear.py tests/eval/test_perplexity.py \
+        -k "not flex" -q -rf --tb=short -p no:cacheprovider > "$dir/w4_qlinear.sum" &
+      step w4tc_tests 480 python3 -m pytest -m gpu tests/kernels/test_w4a16_triton.py -q -rf --tb=short \
+        -p no:cacheprovider > "$dir/w4tc_tests.sum" &
+      ROTAQUANT_QUANT_DIV=fma step fma_tests 480 python3 -m pytest -m gpu tests/kernels/test_fake_quant_triton.py \
+        tests/kernels/test_hadamard_triton.py tests/kernels/test_int8_linear.py -k "quant or fused or int8" -q -rf \
+        --tb=short -p no:cacheprovider > "$dir/fma_tests.sum" &
+      wait
+      cat "$dir"/*.sum ;;
     speed)
       step eval_learn 200 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
         --sections eval learn --profile "$dir/profile" --json "$dir/pipeline_eval_learn.json"
@@ -184,7 +198,7 @@ for part in "$@"; do
         python3 benchmarks/hadamard_bench.py --rows 16384 --sizes 1536 --runs 1 --reps 2 ;;
     linears)
       step linears 170 python3 benchmarks/export_bench.py --parts linears --json "$dir/export_linears.json" ;;
-    *) echo "unknown part $part (check speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval fmadiv w4tc evalnext ncuhad)"; continue ;;
+    *) echo "unknown part $part (check checkpar speed export seeds parity learned kl zs proflearn hadamard fsdp recheck int8 layer linears tests evallearn ncuw4 hostpath hadfold newtests fusedsweep fusedeval fmadiv w4tc evalnext ncuhad)"; continue ;;
   esac
   tar -czf "$OUT/$part.tgz" -C /root/rq/out "$part" && echo "packed $OUT/$part.tgz ($(du -h "$OUT/$part.tgz" | cut -f1))"
 done
