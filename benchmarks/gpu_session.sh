@@ -10,7 +10,7 @@
 # $OUT/PART.tgz: the device returns at most 8 files from $OUT (a run that wrote more lost its
 # seed results on 2026-12-03). Each step has its own timeout, so a slow step costs only itself.
 #   check    GPU kernel tests (GPTQ/W4A16/int8/fake-quant kernels vs their torch references)
-#   checkpar check + the w4tc and fmadiv GPU tests, four concurrent processes (one ~8-minute call)
+#   checkpar check + the w4tc GPU tests + the quantizer tests with ieee division, four concurrent processes (one ~8-minute call)
 #   speed    pipeline_bench eval + learn with op profiles, and the 7B-layer GPTQ section
 #   export   export_bench: the LLaMA-7B layer's linears, the 7B-shaped model, SmolLM2
 #   seeds    seed_sweep default vs noclip (3 seeds), the llm-compressor parity rows
@@ -31,7 +31,7 @@
 #   newtests the GPU tests of stop 21's code that has not run on a GPU yet
 #   fusedsweep  tile/warp sweep of the fused Hadamard + quantizer and fake-quant kernels
 #   fusedeval   the evaluation with fusedsweep's fastest settings
-#   fmadiv   GPU tests and sweep of the quantizers' FMA division (ROTAQUANT_QUANT_DIV=fma)
+#   fmadiv   GPU tests and sweep of the quantizers' IEEE division (ROTAQUANT_QUANT_DIV=ieee) vs the default fma
 #   w4tc     GPU tests and tile sweep of the W4A16 decode kernel's tc mode
 #   evalnext the evaluation after the in-graph mask fix; evaluation and learning with SDPA's cuDNN backend off
 #   ncuhad   ncu --set full on the Hadamard kernel at 16384 x 1536
@@ -61,7 +61,7 @@ for part in "$@"; do
         -q -rf --tb=short -p no:cacheprovider
       step w4_qlinear 270 python3 -m pytest -m gpu tests/kernels/test_w4a16_triton.py tests/quant/test_qlinear.py \
         tests/eval/test_perplexity.py -k "not flex" -q -rf --tb=short -p no:cacheprovider ;;
-    checkpar)  # check + the w4tc and fmadiv GPU tests as four concurrent processes (correctness only: the
+    checkpar)  # check + the w4tc GPU tests + the quantizer tests with IEEE division as four concurrent processes (correctness only: the
       # steps are bound by Triton's compiles on the host, so four fit in the time of one; nothing here is timed)
       step kernels 480 python3 -m pytest -m gpu tests/kernels --ignore=tests/kernels/test_w4a16_triton.py -k "not flex" \
         -q -rf --tb=short -p no:cacheprovider > "$dir/kernels.sum" &
@@ -69,9 +69,9 @@ for part in "$@"; do
         -k "not flex" -q -rf --tb=short -p no:cacheprovider > "$dir/w4_qlinear.sum" &
       step w4tc_tests 480 python3 -m pytest -m gpu tests/kernels/test_w4a16_triton.py -q -rf --tb=short \
         -p no:cacheprovider > "$dir/w4tc_tests.sum" &
-      ROTAQUANT_QUANT_DIV=fma step fma_tests 480 python3 -m pytest -m gpu tests/kernels/test_fake_quant_triton.py \
+      ROTAQUANT_QUANT_DIV=ieee step ieee_tests 480 python3 -m pytest -m gpu tests/kernels/test_fake_quant_triton.py \
         tests/kernels/test_hadamard_triton.py tests/kernels/test_int8_linear.py -k "quant or fused or int8" -q -rf \
-        --tb=short -p no:cacheprovider > "$dir/fma_tests.sum" &
+        --tb=short -p no:cacheprovider > "$dir/ieee_tests.sum" &
       wait
       cat "$dir"/*.sum ;;
     speed)
@@ -179,11 +179,11 @@ for part in "$@"; do
       ( [ -n "$best" ] && export $best
         step evalbest 200 python3 benchmarks/pipeline_bench.py --model "$RQ_MODEL" --device cuda --repeats 3 \
           --sections eval --json "$dir/pipeline_eval_best.json" ) ;;
-    fmadiv)  # the quantizers' FMA division (ROTAQUANT_QUANT_DIV=fma): GPU tests, then the sweep and the evaluation
-      ROTAQUANT_QUANT_DIV=fma step tests 240 python3 -m pytest -m gpu tests/kernels/test_fake_quant_triton.py \
+    fmadiv)  # the quantizers' IEEE division (ROTAQUANT_QUANT_DIV=ieee; fma is the default): GPU tests, sweeps
+      ROTAQUANT_QUANT_DIV=ieee step tests 240 python3 -m pytest -m gpu tests/kernels/test_fake_quant_triton.py \
         tests/kernels/test_hadamard_triton.py tests/kernels/test_int8_linear.py -k "quant or fused or int8" -q -rf \
         --tb=short -p no:cacheprovider
-      step sweep_ieee 60 python3 benchmarks/fused_quant_sweep.py --out "$dir/sweep.jsonl"
+      ROTAQUANT_QUANT_DIV=ieee step sweep_ieee 60 python3 benchmarks/fused_quant_sweep.py --out "$dir/sweep.jsonl"
       ROTAQUANT_QUANT_DIV=fma step sweep_fma 60 python3 benchmarks/fused_quant_sweep.py --out "$dir/sweep.jsonl" ;;
     w4tc)  # the W4A16 decode kernel's "tc" mode (tensor cores on the codes; inline PTX unpacking): GPU tests, tiles
       step tests 200 python3 -m pytest -m gpu tests/kernels/test_w4a16_triton.py -q -rf --tb=short -p no:cacheprovider
