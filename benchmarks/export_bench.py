@@ -98,10 +98,11 @@ LAYER_TINY = [((256, 256), 4), ((512, 256), 2), ((256, 512), 1)]
 LINEAR_SETTINGS = {  # name -> (weight spec, activation spec, kernel)
     "w4a16_g128_int4mm": (QuantSpec(bits=4, group_size=128), None, "int4mm"),
     "w4a16_g128_triton": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
-    # the same with the other modes of the decode kernel (w4a16_gemv.DECODE_MODE "fma", "fast", "tc")
+    # the same with the other modes of the decode kernel (w4a16_gemv.DECODE_MODE "dot", "fma", "fast"; the
+    # default is "tc")
+    "w4a16_g128_triton_dot": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
     "w4a16_g128_triton_fma": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
     "w4a16_g128_triton_fast": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
-    "w4a16_g128_triton_tc": (QuantSpec(bits=4, group_size=128), None, "w4triton"),
     "w8a8_int8mm": (QuantSpec(bits=8), QuantSpec(bits=8), "int8mm"),
     # the same layers with torch._int_mm + the epilogue kernel instead of the default fused Triton
     # GEMM + epilogue (int8_linear.INT8_GEMM)
@@ -198,7 +199,7 @@ def run_linears(args, device, dtype) -> list[dict]:
         row = {"setting": name}
         gemm = _kernel_setting("int8_linear", "INT8_GEMM", "cublas" if name.endswith("_int8_cublas") else None)
         w4mode = _kernel_setting("w4a16_gemv", "DECODE_MODE",
-                                 name.rsplit("_", 1)[1] if name.endswith(("_fma", "_fast", "_tc")) else None)
+                                 name.rsplit("_", 1)[1] if name.endswith(("_dot", "_fma", "_fast")) else None)
         try:
             if name == "fp16":
                 mods = [nn.Linear(w.shape[1], w.shape[0], bias=False, device=device, dtype=dtype) for w in weights]

@@ -59,8 +59,9 @@ HALVES = (128, 64, 32, 16)  # block halves for per-channel scales (the largest w
 # applied to the [rows, BLOCK_N] result, (dot - sum(x) (zp + M16)) * s: a nibble costs a mask, an
 # OR and its share of the dot instead of the per-weight subtract, multiply and FMA of "fast"
 # (the exact dequantized values again, float32 sums: ~1e-4 relative from the reference);
-# chosen by benchmarks/export_bench.py --parts linears
-DECODE_MODE = "dot"
+# chosen by benchmarks/export_bench.py --parts linears: "tc" (H200, stop 23: a LLaMA-7B layer's
+# seven linears at one row 87.2 us vs dot 114.3, fast 104.0, FP16 cuBLAS 128.4)
+DECODE_MODE = "tc"
 _MODES = {"dot": 0, "fma": 1, "fast": 2, "tc": 3}
 _ONE_ROW = (1, 2)  # the modes that compute one row at a time (others: tiles of BLOCK_M rows)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -281,8 +282,10 @@ if triton is not None:
                                           # more programs in flight: ncu (stop 21) saw the 4096x4096 decode
                                           # latency-bound at 0.78 waves and 20 % occupancy with (64, 8, 2, 4)
                                           (32, 16, 1, 4, 3), (64, 32, 1, 4, 3), (128, 16, 1, 4, 3),
-                                          (128, 32, 1, 8, 2))]
-    _w4_mm_tuned = triton.autotune(configs=_CONFIGS, key=["N", "M_BUCKET", "MODE"])(_w4_mm_kernel)
+                                          (128, 32, 1, 8, 2),
+                                          (128, 4, 1, 4, 3))]  # tc mode's best for 11008 x 4096 (stop 23)
+    # K in the key: 4096 x 4096 and 4096 x 11008 (one N) want different tiles
+    _w4_mm_tuned = triton.autotune(configs=_CONFIGS, key=["N", "K", "M_BUCKET", "MODE"])(_w4_mm_kernel)
 
     @triton.jit
     def _w4_dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K: tl.constexpr, H: tl.constexpr,
